@@ -1,0 +1,285 @@
+//! The command line: run the daemon (the default) or act on its data as the operator.
+//!
+//! Global flags come before or after any subcommand, so `commeowd --data-dir X channel add`
+//! acts on the same database the daemon started with `--data-dir X` uses.
+
+use crate::config::{Config, DEFAULT_CONFIG_TOML};
+use crate::store::{Channel, Store, StreamKey};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+const ABOUT: &str =
+    "Commeow Edge: OBS pushes RTMP to this box, viewers on the venue Wi-Fi watch HLS.";
+const LONG_ABOUT: &str = "\
+Commeow Edge: OBS pushes RTMP to this box, viewers on the venue Wi-Fi watch HLS.
+
+With no subcommand, runs the daemon. It needs no config file: data goes to ./data (or
+$STATE_DIRECTORY under systemd), HTTP listens on 0.0.0.0:8080 and RTMP on 0.0.0.0:1935.
+Settings come from, lowest first: embedded defaults, the --config file, environment
+variables, flags. `commeowd generate-config` prints the default file with every key.
+
+Streamers set OBS to rtmp://<box>:1935/live with the key `commeowd channel add` prints.
+Viewers open http://<box>:8080/hls/<channel>/master.m3u8 (the web app comes later).";
+
+#[derive(Debug, Parser)]
+#[command(name = "commeowd", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    /// TOML config file (see `generate-config`); without it, the embedded defaults.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "COMMEOW_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Directory for the database [default: $STATE_DIRECTORY, else ./data].
+    #[arg(long, global = true, env = "COMMEOW_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Address for viewers and the API [default: 0.0.0.0:8080].
+    #[arg(
+        long,
+        global = true,
+        env = "COMMEOW_HTTP_LISTEN",
+        value_name = "ADDR:PORT"
+    )]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Address OBS pushes RTMP to [default: 0.0.0.0:1935].
+    #[arg(
+        long,
+        global = true,
+        env = "COMMEOW_RTMP_LISTEN",
+        value_name = "ADDR:PORT"
+    )]
+    pub rtmp_listen: Option<SocketAddr>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (the default when no subcommand is given).
+    Run,
+    /// Create and manage channels and their stream keys.
+    #[command(subcommand)]
+    Channel(ChannelCommand),
+    /// Print the default configuration file, with every key commented.
+    GenerateConfig,
+    /// Load the configuration, report problems, and exit.
+    CheckConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChannelCommand {
+    /// Create a channel and print its stream key (shown once) and the OBS settings.
+    Add {
+        /// Short name used in URLs: a-z, 0-9 and '-', up to 32 characters.
+        slug: String,
+        /// Title shown to viewers.
+        #[arg(long, default_value = "")]
+        title: String,
+        /// Print {"slug", "stream_key", "rtmp_url"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List channels.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a channel's stream key; the old key stops working at once.
+    RotateKey {
+        slug: String,
+        /// Print {"slug", "stream_key", "rtmp_url"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Cli {
+    /// The configuration: defaults, then the file, then flags and their variables.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = Some(dir.clone());
+        }
+        if let Some(addr) = self.http_listen {
+            config.http.listen = addr;
+        }
+        if let Some(addr) = self.rtmp_listen {
+            config.rtmp.listen = addr;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Entry point behind `main`: returns the process exit code.
+pub fn main(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config()?;
+    match cli.command {
+        None | Some(Command::Run) => run_daemon(config),
+        Some(Command::GenerateConfig) => {
+            print!("{DEFAULT_CONFIG_TOML}");
+            Ok(())
+        }
+        Some(Command::CheckConfig) => {
+            println!(
+                "configuration is valid; data directory: {}",
+                config.data_dir().display()
+            );
+            Ok(())
+        }
+        Some(Command::Channel(command)) => channel_command(&config, command),
+    }
+}
+
+fn run_daemon(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("commeowd")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let data_dir = config.data_dir();
+        let store = Store::open_in(&data_dir)
+            .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+        let http = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
+        let rtmp = tokio::net::TcpListener::bind(config.rtmp.listen)
+            .await
+            .with_context(|| format!("cannot listen for RTMP on {}", config.rtmp.listen))?;
+        tracing::info!(addr = %http.local_addr()?, "http listening");
+        tracing::info!(addr = %rtmp.local_addr()?, "rtmp listening");
+        tracing::info!(data_dir = %data_dir.display(), "store open");
+
+        let shutdown = CancellationToken::new();
+        tokio::spawn(shutdown_on_signal(shutdown.clone()));
+        crate::run(config, store, crate::Listeners { http, rtmp }, shutdown).await
+    })
+}
+
+/// SIGTERM (systemd stop) and SIGINT (Ctrl-C) both start a graceful shutdown; a second
+/// signal exits at once.
+async fn shutdown_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(1);
+}
+
+fn channel_command(config: &Config, command: ChannelCommand) -> anyhow::Result<()> {
+    let mut store = Store::open_in(&config.data_dir())?;
+    match command {
+        ChannelCommand::Add { slug, title, json } => {
+            let (channel, key) = store.add_channel(&slug, &title)?;
+            print_key(config, &channel.slug, &key, json, "created");
+        }
+        ChannelCommand::RotateKey { slug, json } => {
+            let key = store.rotate_stream_key(&slug)?;
+            print_key(
+                config,
+                &slug,
+                &key,
+                json,
+                "has a new stream key; the old one no longer works",
+            );
+        }
+        ChannelCommand::List { json } => {
+            let channels = store.list_channels()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&channels)?);
+            } else {
+                print_channels(&channels);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_channels(channels: &[Channel]) {
+    if channels.is_empty() {
+        println!("No channels yet. Create one with: commeowd channel add SLUG --title \"Title\"");
+        return;
+    }
+    println!("{:<32}  {:<20}  TITLE", "SLUG", "CREATED");
+    for c in channels {
+        println!("{:<32}  {:<20}  {}", c.slug, c.created_at, c.title);
+    }
+}
+
+fn print_key(config: &Config, slug: &str, key: &StreamKey, json: bool, what: &str) {
+    let url = rtmp_url(config);
+    if json {
+        let out = serde_json::json!({ "slug": slug, "stream_key": key.as_str(), "rtmp_url": url });
+        println!("{out}");
+        return;
+    }
+    println!("Channel `{slug}` {what}.");
+    println!();
+    println!("OBS > Settings > Stream (Service: Custom...):");
+    println!("  Server:      {url}");
+    println!("  Stream Key:  {}", key.as_str());
+    println!();
+    println!("OBS > Settings > Output: keyframe interval 2 s, H.264 video, AAC audio.");
+    println!("This key is shown only now. Lost it? `commeowd channel rotate-key {slug}`.");
+}
+
+/// What OBS should connect to: the configured public host, else the listen address if it
+/// is a specific one, else this box's first LAN address.
+fn rtmp_url(config: &Config) -> String {
+    let port = config.rtmp.listen.port();
+    let host = if !config.rtmp.public_host.is_empty() {
+        config.rtmp.public_host.clone()
+    } else if !config.rtmp.listen.ip().is_unspecified() {
+        config.rtmp.listen.ip().to_string()
+    } else {
+        lan_address().map_or_else(|| "localhost".to_string(), |ip| ip.to_string())
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    format!("rtmp://{host}:{port}/live")
+}
+
+/// The first IPv4 address of an interface that is up and not loopback.
+fn lan_address() -> Option<IpAddr> {
+    let interfaces = nix::ifaddrs::getifaddrs().ok()?;
+    interfaces
+        .filter(|i| {
+            i.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP)
+                && !i
+                    .flags
+                    .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+        })
+        .find_map(|i| i.address?.as_sockaddr_in().map(|a| IpAddr::V4(a.ip())))
+}

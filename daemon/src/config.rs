@@ -1,0 +1,215 @@
+//! Configuration: embedded defaults, an optional TOML file, then command-line overrides.
+//!
+//! The daemon must run with no file at all (a venue operator never hand-edits config before
+//! the first stream), so every field has a default, and the commented default file is
+//! embedded in the binary and printed by `commeowd generate-config`.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The commented default configuration, as shipped.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("default-config.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `None` until resolved: `$STATE_DIRECTORY` under systemd, else `./data`.
+    pub data_dir: Option<PathBuf>,
+    pub http: HttpConfig,
+    pub rtmp: RtmpConfig,
+    pub hls: HlsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtmpConfig {
+    pub listen: SocketAddr,
+    pub public_host: String,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HlsConfig {
+    pub target_duration: f64,
+    pub window_segments: usize,
+    pub linger_seconds: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
+    }
+}
+
+impl Default for RtmpConfig {
+    fn default() -> Self {
+        RtmpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1935)),
+            public_host: String::new(),
+            max_connections: 64,
+        }
+    }
+}
+
+impl Default for HlsConfig {
+    fn default() -> Self {
+        HlsConfig {
+            target_duration: 2.0,
+            window_segments: 5,
+            linger_seconds: 10,
+        }
+    }
+}
+
+impl HlsConfig {
+    pub fn target(&self) -> Duration {
+        Duration::from_secs_f64(self.target_duration)
+    }
+
+    pub fn linger(&self) -> Duration {
+        Duration::from_secs(self.linger_seconds)
+    }
+}
+
+impl Config {
+    /// Parses a TOML document. Errors name the offending key (`hls.target_duration: …`).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        };
+        let deserializer =
+            toml::Deserializer::parse(text).map_err(|e| parse_error(e.to_string()))?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().message().trim().to_string();
+            parse_error(format!("key `{key}`: {inner}"))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Checks what the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let target = self.hls.target_duration;
+        if !(0.5..=30.0).contains(&target) {
+            return Err(ConfigError::Invalid {
+                key: "hls.target_duration",
+                message: format!("{target} is outside 0.5..=30 seconds"),
+            });
+        }
+        if !(3..=100).contains(&self.hls.window_segments) {
+            return Err(ConfigError::Invalid {
+                key: "hls.window_segments",
+                message: format!(
+                    "{} is outside 3..=100 (RFC 8216 wants at least three target durations)",
+                    self.hls.window_segments
+                ),
+            });
+        }
+        if self.rtmp.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "rtmp.max_connections",
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The data directory: the configured one, else `$STATE_DIRECTORY` (systemd's
+    /// `StateDirectory=`, first entry), else `./data`.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.data_dir {
+            return dir.clone();
+        }
+        match std::env::var_os("STATE_DIRECTORY") {
+            Some(dirs) if !dirs.is_empty() => {
+                let dirs = dirs.to_string_lossy().into_owned();
+                PathBuf::from(dirs.split(':').next().unwrap_or("data"))
+            }
+            _ => PathBuf::from("data"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn embedded_default_file_matches_the_built_in_defaults() {
+        let from_file = parse(DEFAULT_CONFIG_TOML).expect("embedded config parses");
+        let built_in = Config::default();
+        assert_eq!(from_file.http.listen, built_in.http.listen);
+        assert_eq!(from_file.rtmp.listen, built_in.rtmp.listen);
+        assert_eq!(
+            from_file.rtmp.max_connections,
+            built_in.rtmp.max_connections
+        );
+        assert_eq!(from_file.hls.target_duration, built_in.hls.target_duration);
+        assert_eq!(from_file.hls.window_segments, built_in.hls.window_segments);
+        assert_eq!(from_file.hls.linger_seconds, built_in.hls.linger_seconds);
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = parse("").expect("empty is valid");
+        assert_eq!(config.http.listen.port(), 8080);
+        assert_eq!(config.rtmp.listen.port(), 1935);
+    }
+
+    #[test]
+    fn bad_value_names_its_key() {
+        let err = parse("[http]\nlisten = \"nonsense\"\n").expect_err("must fail");
+        assert!(err.to_string().contains("http.listen"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[hls]\ntarget_durration = 2.0\n").expect_err("must fail");
+        assert!(err.to_string().contains("target_durration"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_value_names_its_key() {
+        let err = parse("[hls]\ntarget_duration = 0\n").expect_err("must fail");
+        assert!(err.to_string().contains("hls.target_duration"), "{err}");
+    }
+}

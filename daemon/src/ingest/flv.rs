@@ -1,0 +1,308 @@
+//! FLV tag bodies, as RTMP carries them, turned into typed media events.
+//!
+//! Pure and allocation-free: payloads are sliced out of the `Bytes` rml_rtmp handed us.
+//! Only what OBS sends by default is accepted (H.264 in AVCC form, AAC); anything else
+//! becomes an [`FlvError`] that the connection reports and refuses.
+
+use bytes::Bytes;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlvError {
+    #[error("empty media message")]
+    Empty,
+    #[error("truncated {0} tag")]
+    Truncated(&'static str),
+    #[error("video codec {0} is not supported: send H.264 (in OBS: Output > Encoder x264 or a hardware H.264 encoder)")]
+    UnsupportedVideo(String),
+    #[error("audio codec {0} is not supported: send AAC (OBS's default)")]
+    UnsupportedAudio(String),
+}
+
+/// One RTMP video message, understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VideoTag {
+    /// AVCDecoderConfigurationRecord ("avcC"): SPS/PPS, sent before the first frame.
+    Config(Bytes),
+    /// Length-prefixed NAL units of one access unit.
+    Frame {
+        keyframe: bool,
+        /// Composition time offset in milliseconds: pts = dts + cts.
+        cts: i32,
+        data: Bytes,
+    },
+    /// End of sequence, or an info/command frame: nothing to mux.
+    Ignored,
+}
+
+/// One RTMP audio message, understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AudioTag {
+    /// AudioSpecificConfig.
+    Config(Bytes),
+    /// One raw AAC frame.
+    Frame(Bytes),
+}
+
+fn video_codec_name(id: u8) -> String {
+    match id {
+        2 => "Sorenson H.263".into(),
+        3 => "Screen video".into(),
+        4 => "VP6".into(),
+        5 => "VP6 alpha".into(),
+        6 => "Screen video 2".into(),
+        12 => "HEVC".into(),
+        other => format!("id {other}"),
+    }
+}
+
+fn audio_codec_name(id: u8) -> String {
+    match id {
+        0 | 3 => "PCM".into(),
+        1 => "ADPCM".into(),
+        2 | 14 => "MP3".into(),
+        4..=6 => "Nellymoser".into(),
+        7 => "G.711 A-law".into(),
+        8 => "G.711 mu-law".into(),
+        11 => "Speex".into(),
+        13 => "Opus".into(),
+        other => format!("id {other}"),
+    }
+}
+
+pub fn parse_video(body: &Bytes) -> Result<VideoTag, FlvError> {
+    let first = *body.first().ok_or(FlvError::Empty)?;
+    if first & 0x80 != 0 {
+        // Enhanced RTMP: a FourCC follows (hvc1, av01, vp09). Name it for the refusal.
+        let fourcc = body
+            .get(1..5)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_else(|| "unknown".into());
+        return Err(FlvError::UnsupportedVideo(format!(
+            "enhanced-RTMP '{fourcc}'"
+        )));
+    }
+    let frame_type = first >> 4;
+    let codec = first & 0x0f;
+    if codec != 7 {
+        return Err(FlvError::UnsupportedVideo(video_codec_name(codec)));
+    }
+    if frame_type == 5 {
+        return Ok(VideoTag::Ignored);
+    }
+    let header = body.get(..5).ok_or(FlvError::Truncated("video"))?;
+    // Composition time is a signed 24-bit big-endian integer.
+    let raw = (u32::from(header[2]) << 16) | (u32::from(header[3]) << 8) | u32::from(header[4]);
+    let cts = ((raw << 8) as i32) >> 8;
+    let data = body.slice(5..);
+    match header[1] {
+        0 => Ok(VideoTag::Config(data)),
+        1 if data.is_empty() => Ok(VideoTag::Ignored),
+        1 => Ok(VideoTag::Frame {
+            keyframe: frame_type == 1,
+            cts,
+            data,
+        }),
+        _ => Ok(VideoTag::Ignored),
+    }
+}
+
+pub fn parse_audio(body: &Bytes) -> Result<AudioTag, FlvError> {
+    let first = *body.first().ok_or(FlvError::Empty)?;
+    let format = first >> 4;
+    if format != 10 {
+        return Err(FlvError::UnsupportedAudio(audio_codec_name(format)));
+    }
+    let packet_type = *body.get(1).ok_or(FlvError::Truncated("audio"))?;
+    let data = body.slice(2..);
+    if packet_type == 0 {
+        Ok(AudioTag::Config(data))
+    } else {
+        Ok(AudioTag::Frame(data))
+    }
+}
+
+/// What the master playlist needs from an AVCDecoderConfigurationRecord: the RFC 6381
+/// codec string, e.g. `avc1.64001f`.
+pub fn avc_codec_string(avcc: &[u8]) -> Option<String> {
+    match avcc {
+        [1, profile, compat, level, ..] => {
+            Some(format!("avc1.{profile:02x}{compat:02x}{level:02x}"))
+        }
+        _ => None,
+    }
+}
+
+/// The fields of an AAC AudioSpecificConfig (ISO 14496-3 §1.6.2.1) a muxer needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AacConfig {
+    pub object_type: u8,
+    pub sample_rate: u32,
+    pub channels: u8,
+}
+
+const AAC_SAMPLE_RATES: [u32; 13] = [
+    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
+];
+
+pub fn parse_aac_config(asc: &[u8]) -> Option<AacConfig> {
+    // Read as one big-endian bit string: at most 5+6+4+24+4 bits.
+    let mut bits: u64 = 0;
+    for (i, byte) in asc.iter().take(6).enumerate() {
+        bits |= u64::from(*byte) << (56 - 8 * i);
+    }
+    let available = asc.len().min(6) * 8;
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Option<u32> {
+        if at + n > available {
+            return None;
+        }
+        let value = (bits << at) >> (64 - n);
+        at += n;
+        u32::try_from(value).ok()
+    };
+    let mut object_type = take(5)?;
+    if object_type == 31 {
+        object_type = 32 + take(6)?;
+    }
+    let index = take(4)?;
+    let sample_rate = if index == 15 {
+        take(24)?
+    } else {
+        *AAC_SAMPLE_RATES.get(index as usize)?
+    };
+    let channels = take(4)?;
+    if object_type == 0 || sample_rate == 0 || channels == 0 {
+        return None;
+    }
+    Some(AacConfig {
+        object_type: u8::try_from(object_type).ok()?,
+        sample_rate,
+        channels: u8::try_from(channels).ok()?,
+    })
+}
+
+/// The RFC 6381 codec string of an AudioSpecificConfig, e.g. `mp4a.40.2` for AAC-LC.
+pub fn aac_codec_string(asc: &[u8]) -> Option<String> {
+    parse_aac_config(asc).map(|c| format!("mp4a.40.{}", c.object_type))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(bytes: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(bytes)
+    }
+
+    #[test]
+    fn avc_sequence_header_and_frames() {
+        let config = parse_video(&b(&[0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f])).expect("config");
+        assert_eq!(config, VideoTag::Config(b(&[1, 0x64, 0, 0x1f])));
+        let key = parse_video(&b(&[0x17, 1, 0, 0, 0x42, 0, 0, 0, 1, 0x65])).expect("key");
+        assert_eq!(
+            key,
+            VideoTag::Frame {
+                keyframe: true,
+                cts: 0x42,
+                data: b(&[0, 0, 0, 1, 0x65])
+            }
+        );
+        let inter = parse_video(&b(&[0x27, 1, 0xff, 0xff, 0xfe, 9])).expect("inter");
+        assert_eq!(
+            inter,
+            VideoTag::Frame {
+                keyframe: false,
+                cts: -2,
+                data: b(&[9])
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_other_video_codecs_by_name() {
+        let err = parse_video(&b(&[0x12, 0, 0])).expect_err("h263");
+        assert!(err.to_string().contains("H.263"));
+        let err = parse_video(&b(&[0x90, b'h', b'v', b'c', b'1'])).expect_err("ertmp");
+        assert!(err.to_string().contains("hvc1"), "{err}");
+    }
+
+    #[test]
+    fn aac_config_and_frames() {
+        assert_eq!(
+            parse_audio(&b(&[0xaf, 0, 0x12, 0x10])).expect("asc"),
+            AudioTag::Config(b(&[0x12, 0x10]))
+        );
+        assert_eq!(
+            parse_audio(&b(&[0xaf, 1, 7])).expect("raw"),
+            AudioTag::Frame(b(&[7]))
+        );
+        assert!(parse_audio(&b(&[0x2f, 1]))
+            .expect_err("mp3")
+            .to_string()
+            .contains("MP3"));
+    }
+
+    #[test]
+    fn codec_strings() {
+        assert_eq!(
+            avc_codec_string(&[1, 0x64, 0x00, 0x1f, 0xff]).as_deref(),
+            Some("avc1.64001f")
+        );
+        assert_eq!(avc_codec_string(&[0]), None);
+        assert_eq!(
+            aac_codec_string(&[0x12, 0x10]).as_deref(),
+            Some("mp4a.40.2")
+        );
+    }
+
+    #[test]
+    fn audio_specific_configs() {
+        // AAC-LC, 44.1 kHz, stereo: what OBS and ffmpeg send by default.
+        assert_eq!(
+            parse_aac_config(&[0x12, 0x10]),
+            Some(AacConfig {
+                object_type: 2,
+                sample_rate: 44100,
+                channels: 2
+            })
+        );
+        // AAC-LC, 48 kHz, mono.
+        assert_eq!(
+            parse_aac_config(&[0x11, 0x88]),
+            Some(AacConfig {
+                object_type: 2,
+                sample_rate: 48000,
+                channels: 1
+            })
+        );
+        // Explicit frequency (index 15): 5 + 4 + 24 + 4 bits.
+        let explicit = [0x17, 0x80, 0x2e, 0xe0, 0x08];
+        assert_eq!(
+            parse_aac_config(&explicit).map(|c| c.sample_rate),
+            Some(24000)
+        );
+        assert_eq!(parse_aac_config(&[0x12]), None, "truncated");
+        assert_eq!(parse_aac_config(&[]), None);
+        assert_eq!(
+            parse_aac_config(&[0x17, 0x00]),
+            None,
+            "reserved frequency index 14"
+        );
+    }
+
+    #[test]
+    fn never_panics_on_any_short_input() {
+        // Every body up to three bytes long, every value: errors are fine, panics are not.
+        for a in 0..=255u8 {
+            let _ = parse_video(&b(&[a]));
+            let _ = parse_audio(&b(&[a]));
+            for c in 0..=255u8 {
+                let _ = parse_video(&b(&[a, c]));
+                let _ = parse_audio(&b(&[a, c]));
+                let _ = parse_video(&b(&[a, c, 0, 0]));
+            }
+        }
+        let _ = parse_video(&Bytes::new());
+        let _ = parse_audio(&Bytes::new());
+    }
+}

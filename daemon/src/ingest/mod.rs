@@ -1,0 +1,556 @@
+//! RTMP ingest: where OBS connects.
+//!
+//! Each TCP connection is a task that feeds bytes to rml_rtmp's sans-IO handshake and
+//! server session and acts on the events they raise: the stream key is checked against the
+//! store at publish time, one publisher per channel is enforced by [`Broadcasts::begin`],
+//! and media is parsed ([`flv`]) and handed to the broadcast's pipeline thread.
+//!
+//! Limits: a semaphore caps open connections; a handshake must finish within
+//! [`HANDSHAKE_TIMEOUT`] and a connection that sends nothing for [`IDLE_TIMEOUT`] is closed
+//! (half-open sockets cost nothing for long). Addresses that keep sending wrong keys are
+//! slowed down ([`throttle`]). The queue to the pipeline is bounded; when it is full, media
+//! is dropped until the next keyframe, so a stalled pipeline never stalls the socket loop
+//! and never buffers without bound.
+
+pub mod flv;
+pub mod throttle;
+
+use crate::config::HlsConfig;
+use crate::hls::{Broadcast, Broadcasts};
+use crate::media::{self, Frame, MediaEvent};
+use crate::store::{StoreError, StoreHandle, StreamKey};
+use bytes::Bytes;
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use throttle::PublishThrottle;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const APP_NAME: &str = "live";
+const READ_BUFFER: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("handshake did not finish in {HANDSHAKE_TIMEOUT:?}")]
+    HandshakeTimeout,
+    #[error("nothing received for {IDLE_TIMEOUT:?}")]
+    Idle,
+    #[error("RTMP handshake: {0}")]
+    Handshake(String),
+    #[error("RTMP: {0}")]
+    Session(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What every connection shares.
+pub struct Ingest {
+    pub store: StoreHandle,
+    pub broadcasts: Arc<Broadcasts>,
+    pub hls: HlsConfig,
+    pub throttle: PublishThrottle,
+    pub connections: Arc<Semaphore>,
+    pub tracker: TaskTracker,
+    /// Daemon shutdown: ends linger timers early.
+    pub shutdown: CancellationToken,
+}
+
+/// Accepts RTMP connections until `shutdown`.
+pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>) {
+    let shutdown = ingest.shutdown.clone();
+    loop {
+        let (socket, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "rtmp accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = ingest.connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "rtmp connection refused: too many open connections");
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        let span = tracing::info_span!("rtmp", %peer, channel = tracing::field::Empty);
+        let ingest_for_task = ingest.clone();
+        let shutdown = shutdown.child_token();
+        ingest.tracker.spawn(
+            async move {
+                let _permit = permit;
+                match Connection::new(socket, peer, ingest_for_task)
+                    .run(shutdown)
+                    .await
+                {
+                    Ok(()) | Err(IngestError::Closed) => tracing::debug!("rtmp connection closed"),
+                    Err(e) => tracing::info!(reason = %e, "rtmp connection closed"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// A publish in progress on this connection.
+struct Publishing {
+    broadcast: Arc<Broadcast>,
+    media: mpsc::Sender<MediaEvent>,
+    pipeline: std::thread::JoinHandle<()>,
+    video_clock: Clock,
+    audio_clock: Clock,
+    /// Set when the pipeline queue overflowed: drop media until the next keyframe.
+    skipping: bool,
+    dropped: u64,
+}
+
+struct Connection {
+    socket: TcpStream,
+    peer: SocketAddr,
+    ingest: Arc<Ingest>,
+    publishing: Option<Publishing>,
+}
+
+impl Connection {
+    fn new(socket: TcpStream, peer: SocketAddr, ingest: Arc<Ingest>) -> Connection {
+        Connection {
+            socket,
+            peer,
+            ingest,
+            publishing: None,
+        }
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) -> Result<(), IngestError> {
+        let result = tokio::select! {
+            result = self.serve() => result,
+            _ = shutdown.cancelled() => Ok(()),
+        };
+        self.end_publish().await;
+        result
+    }
+
+    async fn serve(&mut self) -> Result<(), IngestError> {
+        let penalty = self.ingest.throttle.penalty(self.peer.ip(), Instant::now());
+        if !penalty.is_zero() {
+            tokio::time::sleep(penalty).await;
+        }
+        let mut buffer = vec![0u8; READ_BUFFER];
+        let leftover = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut buffer))
+            .await
+            .map_err(|_| IngestError::HandshakeTimeout)??;
+
+        let (mut session, initial) = ServerSession::new(ServerSessionConfig::new())
+            .map_err(|e| IngestError::Session(format!("{e:?}")))?;
+        self.act_on(&mut session, initial).await?;
+        let results = session
+            .handle_input(&leftover)
+            .map_err(|e| IngestError::Session(format!("{e:?}")))?;
+        self.act_on(&mut session, results).await?;
+
+        loop {
+            let read = tokio::time::timeout(IDLE_TIMEOUT, self.socket.read(&mut buffer))
+                .await
+                .map_err(|_| IngestError::Idle)??;
+            if read == 0 {
+                return Err(IngestError::Closed);
+            }
+            let results = session
+                .handle_input(&buffer[..read])
+                .map_err(|e| IngestError::Session(format!("{e:?}")))?;
+            if self.act_on(&mut session, results).await? == Flow::Stop {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn handshake(&mut self, buffer: &mut [u8]) -> Result<Vec<u8>, IngestError> {
+        let mut handshake = Handshake::new(PeerType::Server);
+        loop {
+            let read = self.socket.read(buffer).await?;
+            if read == 0 {
+                return Err(IngestError::Closed);
+            }
+            match handshake
+                .process_bytes(&buffer[..read])
+                .map_err(|e| IngestError::Handshake(format!("{e:?}")))?
+            {
+                HandshakeProcessResult::InProgress { response_bytes } => {
+                    self.socket.write_all(&response_bytes).await?;
+                }
+                HandshakeProcessResult::Completed {
+                    response_bytes,
+                    remaining_bytes,
+                } => {
+                    self.socket.write_all(&response_bytes).await?;
+                    return Ok(remaining_bytes);
+                }
+            }
+        }
+    }
+
+    /// Sends what the session wants sent and acts on the events it raised, in order.
+    async fn act_on(
+        &mut self,
+        session: &mut ServerSession,
+        results: Vec<ServerSessionResult>,
+    ) -> Result<Flow, IngestError> {
+        let mut flow = Flow::Continue;
+        let mut pending = std::collections::VecDeque::from(results);
+        while let Some(result) = pending.pop_front() {
+            match result {
+                ServerSessionResult::OutboundResponse(packet) => {
+                    self.socket.write_all(&packet.bytes).await?
+                }
+                ServerSessionResult::RaisedEvent(event) => {
+                    let (more, next) = self.on_event(session, event).await?;
+                    // Responses to this event go out before anything queued after it.
+                    for result in more.into_iter().rev() {
+                        pending.push_front(result);
+                    }
+                    if next == Flow::Stop {
+                        flow = Flow::Stop;
+                    }
+                }
+                ServerSessionResult::UnhandleableMessageReceived(_) => {}
+            }
+        }
+        Ok(flow)
+    }
+
+    async fn on_event(
+        &mut self,
+        session: &mut ServerSession,
+        event: ServerSessionEvent,
+    ) -> Result<(Vec<ServerSessionResult>, Flow), IngestError> {
+        let session_error =
+            |e: rml_rtmp::sessions::ServerSessionError| IngestError::Session(format!("{e:?}"));
+        match event {
+            ServerSessionEvent::ConnectionRequested {
+                request_id,
+                app_name,
+            } => {
+                if app_name != APP_NAME {
+                    tracing::warn!(app = %app_name, "connect refused: unknown application (OBS server must end in /live)");
+                    let results = session
+                        .reject_request(
+                            request_id,
+                            "NetConnection.Connect.Rejected",
+                            "unknown application: use rtmp://<box>/live",
+                        )
+                        .map_err(session_error)?;
+                    return Ok((results, Flow::Stop));
+                }
+                Ok((
+                    session.accept_request(request_id).map_err(session_error)?,
+                    Flow::Continue,
+                ))
+            }
+            ServerSessionEvent::PublishStreamRequested {
+                request_id,
+                stream_key,
+                ..
+            } => {
+                match self.begin_publish(&stream_key).await {
+                    Ok(()) => Ok((
+                        session.accept_request(request_id).map_err(session_error)?,
+                        Flow::Continue,
+                    )),
+                    Err(reason) => {
+                        let results = session
+                            .reject_request(request_id, "NetStream.Publish.BadName", &reason)
+                            .map_err(session_error)?;
+                        // Answer, then close: the refusal reaches OBS before the socket ends.
+                        for result in &results {
+                            if let ServerSessionResult::OutboundResponse(packet) = result {
+                                self.socket.write_all(&packet.bytes).await?;
+                            }
+                        }
+                        Err(IngestError::Refused(reason))
+                    }
+                }
+            }
+            ServerSessionEvent::PublishStreamFinished { .. } => {
+                self.end_publish().await;
+                Ok((Vec::new(), Flow::Stop))
+            }
+            ServerSessionEvent::StreamMetadataChanged { metadata, .. } => {
+                let resolution = metadata.video_width.zip(metadata.video_height);
+                let frame_rate = metadata
+                    .video_frame_rate
+                    .map(f64::from)
+                    .filter(|f| *f > 0.0);
+                self.forward(
+                    MediaEvent::Metadata {
+                        resolution,
+                        frame_rate,
+                    },
+                    false,
+                );
+                Ok((Vec::new(), Flow::Continue))
+            }
+            ServerSessionEvent::VideoDataReceived {
+                data, timestamp, ..
+            } => {
+                self.on_video(data, timestamp.value)?;
+                Ok((Vec::new(), Flow::Continue))
+            }
+            ServerSessionEvent::AudioDataReceived {
+                data, timestamp, ..
+            } => {
+                self.on_audio(data, timestamp.value)?;
+                Ok((Vec::new(), Flow::Continue))
+            }
+            ServerSessionEvent::PlayStreamRequested { request_id, .. } => {
+                let results = session
+                    .reject_request(
+                        request_id,
+                        "NetStream.Play.Failed",
+                        "playback is over HLS: open http://<box>/",
+                    )
+                    .map_err(session_error)?;
+                Ok((results, Flow::Stop))
+            }
+            _ => Ok((Vec::new(), Flow::Continue)),
+        }
+    }
+
+    /// Checks the key and claims the channel. Errors are the refusal sent to the client.
+    async fn begin_publish(&mut self, stream_key: &str) -> Result<(), String> {
+        if self.publishing.is_some() {
+            return Err("this connection is already publishing".into());
+        }
+        let key = StreamKey::from_publish(stream_key);
+        let channel = self
+            .ingest
+            .store
+            .call(move |store| store.channel_for_key(&key))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "publish refused: store unavailable");
+                "server error".to_string()
+            })?;
+        let Some(channel) = channel else {
+            let failures = self
+                .ingest
+                .throttle
+                .record_failure(self.peer.ip(), Instant::now());
+            // Never log the key itself: a typo of a real key is most of a real key.
+            tracing::warn!(failures, "publish refused: unknown stream key");
+            tokio::time::sleep(self.ingest.throttle.penalty(self.peer.ip(), Instant::now())).await;
+            return Err("unknown stream key".into());
+        };
+        tracing::Span::current().record("channel", channel.slug.as_str());
+        let broadcast = self.ingest.broadcasts.begin(&channel.slug).map_err(|e| {
+            tracing::warn!("publish refused: channel is already live from another connection");
+            e.to_string()
+        })?;
+        self.ingest.throttle.record_success(self.peer.ip());
+        let (media, inbox) = mpsc::channel(media::MEDIA_QUEUE);
+        let pipeline =
+            media::spawn(broadcast.clone(), self.ingest.hls.target(), inbox).map_err(|e| {
+                tracing::error!(error = %e, "cannot start the media thread");
+                broadcast.source.end();
+                "server error".to_string()
+            })?;
+        tracing::info!(broadcast = %broadcast.id, "publish started");
+        self.publishing = Some(Publishing {
+            broadcast,
+            media,
+            pipeline,
+            video_clock: Clock::default(),
+            audio_clock: Clock::default(),
+            skipping: false,
+            dropped: 0,
+        });
+        Ok(())
+    }
+
+    fn on_video(&mut self, data: Bytes, timestamp: u32) -> Result<(), IngestError> {
+        let Some(publishing) = self.publishing.as_mut() else {
+            return Ok(());
+        };
+        let dts = publishing.video_clock.extend(timestamp);
+        let event = match flv::parse_video(&data) {
+            Ok(flv::VideoTag::Config(config)) => MediaEvent::VideoConfig(config),
+            Ok(flv::VideoTag::Frame {
+                keyframe,
+                cts,
+                data,
+            }) => MediaEvent::Video(Frame {
+                dts,
+                pts: dts + i64::from(cts),
+                keyframe,
+                data,
+                arrived: chrono::Utc::now(),
+            }),
+            Ok(flv::VideoTag::Ignored) => return Ok(()),
+            Err(e) => return Err(self.refuse_media(e)),
+        };
+        let keyframe = matches!(&event, MediaEvent::Video(f) if f.keyframe);
+        self.forward(event, keyframe);
+        Ok(())
+    }
+
+    fn on_audio(&mut self, data: Bytes, timestamp: u32) -> Result<(), IngestError> {
+        let Some(publishing) = self.publishing.as_mut() else {
+            return Ok(());
+        };
+        let dts = publishing.audio_clock.extend(timestamp);
+        let event = match flv::parse_audio(&data) {
+            Ok(flv::AudioTag::Config(config)) => MediaEvent::AudioConfig(config),
+            Ok(flv::AudioTag::Frame(data)) => MediaEvent::Audio(Frame {
+                dts,
+                pts: dts,
+                keyframe: true,
+                data,
+                arrived: chrono::Utc::now(),
+            }),
+            Err(e) => return Err(self.refuse_media(e)),
+        };
+        self.forward(event, false);
+        Ok(())
+    }
+
+    fn refuse_media(&self, error: flv::FlvError) -> IngestError {
+        tracing::error!(%error, "stream refused");
+        IngestError::Refused(error.to_string())
+    }
+
+    /// Hands an event to the pipeline without ever waiting on it.
+    fn forward(&mut self, event: MediaEvent, keyframe: bool) {
+        let Some(publishing) = self.publishing.as_mut() else {
+            return;
+        };
+        let is_media = matches!(event, MediaEvent::Video(_) | MediaEvent::Audio(_));
+        if publishing.skipping && is_media {
+            if !keyframe {
+                publishing.dropped += 1;
+                return;
+            }
+            tracing::warn!(
+                dropped = publishing.dropped,
+                "media pipeline caught up; resuming at a keyframe"
+            );
+            publishing.skipping = false;
+            publishing.dropped = 0;
+        }
+        match publishing.media.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !publishing.skipping {
+                    tracing::warn!(
+                        "media pipeline is behind; dropping media until the next keyframe"
+                    );
+                }
+                publishing.skipping = true;
+                publishing.dropped += 1;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("media pipeline stopped unexpectedly");
+            }
+        }
+    }
+
+    /// Ends the publish, if any: the pipeline closes its last segment and ends the
+    /// playlist; the media is dropped after the linger period.
+    async fn end_publish(&mut self) {
+        let Some(publishing) = self.publishing.take() else {
+            return;
+        };
+        let Publishing {
+            broadcast,
+            media,
+            pipeline,
+            ..
+        } = publishing;
+        drop(media);
+        let _ = tokio::task::spawn_blocking(move || pipeline.join()).await;
+        // The pipeline marks the end itself; this covers a pipeline that panicked.
+        broadcast.source.end();
+        tracing::info!("publish ended");
+        let broadcasts = self.ingest.broadcasts.clone();
+        let linger = self.ingest.hls.linger();
+        let shutdown = self.ingest.shutdown.clone();
+        self.ingest.tracker.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(linger) => {}
+                _ = shutdown.cancelled() => {}
+            }
+            broadcasts.remove(&broadcast);
+        });
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Extends RTMP's 32-bit millisecond timestamps, which wrap after 49.7 days, to 64 bits.
+#[derive(Debug, Default)]
+struct Clock {
+    last: Option<u32>,
+    epoch: i64,
+}
+
+impl Clock {
+    fn extend(&mut self, timestamp: u32) -> i64 {
+        if let Some(last) = self.last {
+            // A large backwards jump is a wrap; a small one is reordering and stays put.
+            if timestamp < last && last - timestamp > u32::MAX / 2 {
+                self.epoch += 1 << 32;
+            } else if timestamp > last && timestamp - last > u32::MAX / 2 && self.epoch > 0 {
+                self.epoch -= 1 << 32;
+            }
+        }
+        self.last = Some(timestamp);
+        self.epoch + i64::from(timestamp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Clock;
+
+    #[test]
+    fn clock_extends_across_the_wrap() {
+        let mut clock = Clock::default();
+        assert_eq!(clock.extend(u32::MAX - 10), i64::from(u32::MAX) - 10);
+        assert_eq!(clock.extend(5), (1i64 << 32) + 5);
+        assert_eq!(
+            clock.extend(u32::MAX - 2),
+            i64::from(u32::MAX) - 2,
+            "late packet from before the wrap"
+        );
+        assert_eq!(clock.extend(40), (1i64 << 32) + 40);
+    }
+
+    #[test]
+    fn clock_keeps_small_reorderings() {
+        let mut clock = Clock::default();
+        assert_eq!(clock.extend(1000), 1000);
+        assert_eq!(clock.extend(990), 990);
+    }
+}

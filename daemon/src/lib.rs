@@ -1,0 +1,96 @@
+//! Commeow Edge daemon (`commeowd`): RTMP in, HLS out, on a box at the venue.
+//!
+//! The modules follow the data: [`ingest`] (RTMP from OBS) → [`media`] (libav, one thread
+//! per broadcast) → [`hls`] (segments in memory, playlists) → [`http`] (players, API). The
+//! [`store`] holds channels in SQLite; [`config`] and [`cli`] are the operator's side.
+//! `main.rs` only parses flags and calls [`cli::main`]; [`run`] is the daemon, callable
+//! from tests with listeners they bound themselves.
+
+pub mod cli;
+pub mod config;
+pub mod hls;
+pub mod http;
+pub mod ingest;
+pub mod media;
+pub mod store;
+
+use config::Config;
+use std::sync::Arc;
+use std::time::Duration;
+use store::{Store, StoreHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long HTTP connections get to finish after shutdown begins.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
+/// Sockets the daemon serves on, bound by the caller.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub rtmp: TcpListener,
+}
+
+/// Runs the daemon until `shutdown` is cancelled, then stops in order: stop accepting,
+/// end every publish (playlists get EXT-X-ENDLIST), drain HTTP, close the store.
+pub async fn run(
+    config: Config,
+    store: Store,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    ffmpeg_next::init()?;
+    // libav prints to stderr by itself; keep it to what an operator should see.
+    ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
+    let (store, store_thread) = StoreHandle::spawn(store)?;
+    let broadcasts = Arc::new(hls::Broadcasts::new(
+        config.hls.window_segments,
+        config.hls.target(),
+    ));
+    let tracker = TaskTracker::new();
+
+    let ingest = Arc::new(ingest::Ingest {
+        store: store.clone(),
+        broadcasts: broadcasts.clone(),
+        hls: config.hls.clone(),
+        throttle: ingest::throttle::PublishThrottle::default(),
+        connections: Arc::new(tokio::sync::Semaphore::new(config.rtmp.max_connections)),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let rtmp = tokio::spawn(ingest::serve(listeners.rtmp, ingest));
+
+    let app = http::app(http::AppState {
+        store: store.clone(),
+        broadcasts,
+    });
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listeners.http, app)
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await
+    });
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    let _ = rtmp.await;
+    // Connection tasks end their publishes (closing segments, ending playlists); linger
+    // timers watch the same token and end at once.
+    tracker.close();
+    if tokio::time::timeout(HTTP_DRAIN, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("publishes still ending after {HTTP_DRAIN:?}; exiting anyway");
+    }
+    match tokio::time::timeout(HTTP_DRAIN, http).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "http task failed"),
+        Err(_) => tracing::warn!("http connections still open after {HTTP_DRAIN:?}; closing them"),
+    }
+    drop(store);
+    let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
+    tracing::info!("stopped");
+    Ok(())
+}

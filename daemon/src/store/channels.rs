@@ -1,0 +1,238 @@
+//! Channels and their stream keys.
+//!
+//! A stream key is 160 random bits shown to the streamer once. The database keeps only its
+//! SHA-256: with that much entropy a fast hash is as safe as a slow one (nobody can
+//! enumerate 2^160 keys), and it lets a publish find its channel by an indexed lookup.
+
+use super::{Store, StoreError};
+use rand::Rng;
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// A channel as listed to viewers and operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Channel {
+    pub slug: String,
+    pub title: String,
+    pub created_at: String,
+}
+
+/// A stream key in the clear. Exists only between creation and being shown once, and
+/// between arriving in a publish request and being hashed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StreamKey(String);
+
+impl std::fmt::Debug for StreamKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamKey(…)")
+    }
+}
+
+impl StreamKey {
+    const ALPHABET: &'static [u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+    const LEN: usize = 32; // 32 symbols of 5 bits = 160 bits
+
+    pub fn generate() -> StreamKey {
+        let mut rng = rand::rng();
+        let key = (0..Self::LEN)
+            .map(|_| char::from(Self::ALPHABET[rng.random_range(0..Self::ALPHABET.len())]))
+            .collect();
+        StreamKey(key)
+    }
+
+    pub fn from_publish(key: &str) -> StreamKey {
+        StreamKey(key.to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn hash(&self) -> Vec<u8> {
+        Sha256::digest(self.0.as_bytes()).to_vec()
+    }
+}
+
+pub fn validate_slug(slug: &str) -> Result<(), StoreError> {
+    let ok = !slug.is_empty()
+        && slug.len() <= 32
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !slug.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidSlug(slug.to_string()))
+    }
+}
+
+fn validate_title(title: &str) -> Result<(), StoreError> {
+    if title.chars().count() > 100 {
+        return Err(StoreError::InvalidTitle("longer than 100 characters"));
+    }
+    if title.chars().any(char::is_control) {
+        return Err(StoreError::InvalidTitle("contains control characters"));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Creates a channel and returns its stream key, which is never retrievable again.
+    pub fn add_channel(
+        &mut self,
+        slug: &str,
+        title: &str,
+    ) -> Result<(Channel, StreamKey), StoreError> {
+        validate_slug(slug)?;
+        validate_title(title)?;
+        let key = StreamKey::generate();
+        let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let inserted = self.conn().execute(
+            "INSERT INTO channels (slug, title, stream_key_hash, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (slug) DO NOTHING",
+            params![slug, title, key.hash(), created_at],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::ChannelExists(slug.to_string()));
+        }
+        let channel = Channel {
+            slug: slug.to_string(),
+            title: title.to_string(),
+            created_at,
+        };
+        Ok((channel, key))
+    }
+
+    /// Replaces a channel's stream key; the old one stops working at once.
+    pub fn rotate_stream_key(&mut self, slug: &str) -> Result<StreamKey, StoreError> {
+        let key = StreamKey::generate();
+        let updated = self.conn().execute(
+            "UPDATE channels SET stream_key_hash = ?1 WHERE slug = ?2",
+            params![key.hash(), slug],
+        )?;
+        if updated == 0 {
+            return Err(StoreError::NoSuchChannel(slug.to_string()));
+        }
+        Ok(key)
+    }
+
+    pub fn list_channels(&self) -> Result<Vec<Channel>, StoreError> {
+        let mut statement = self
+            .conn()
+            .prepare_cached("SELECT slug, title, created_at FROM channels ORDER BY slug")?;
+        let rows = statement.query_map([], |row| {
+            Ok(Channel {
+                slug: row.get(0)?,
+                title: row.get(1)?,
+                created_at: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The channel a publish with this key is for, if any.
+    pub fn channel_for_key(&self, key: &StreamKey) -> Result<Option<Channel>, StoreError> {
+        let channel = self
+            .conn()
+            .prepare_cached(
+                "SELECT slug, title, created_at FROM channels WHERE stream_key_hash = ?1",
+            )?
+            .query_row(params![key.hash()], |row| {
+                Ok(Channel {
+                    slug: row.get(0)?,
+                    title: row.get(1)?,
+                    created_at: row.get(2)?,
+                })
+            })
+            .optional()?;
+        Ok(channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_in(dir.path()).expect("open");
+        (dir, store)
+    }
+
+    #[test]
+    fn key_finds_its_channel_and_is_not_stored_in_the_clear() {
+        let (dir, mut store) = store();
+        let (channel, key) = store.add_channel("stage", "Main stage").expect("add");
+        assert_eq!(store.channel_for_key(&key).expect("lookup"), Some(channel));
+        assert_eq!(
+            store
+                .channel_for_key(&StreamKey::from_publish("nope"))
+                .expect("lookup"),
+            None
+        );
+        drop(store);
+        let raw = std::fs::read(dir.path().join("commeow.db")).expect("read db");
+        let wal = std::fs::read(dir.path().join("commeow.db-wal")).unwrap_or_default();
+        let needle = key.as_str().as_bytes();
+        for bytes in [&raw, &wal] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "key found in database file"
+            );
+        }
+    }
+
+    #[test]
+    fn rotation_kills_the_old_key() {
+        let (_dir, mut store) = store();
+        let (_, old) = store.add_channel("stage", "").expect("add");
+        let new = store.rotate_stream_key("stage").expect("rotate");
+        assert_ne!(old, new);
+        assert_eq!(store.channel_for_key(&old).expect("lookup"), None);
+        assert!(store.channel_for_key(&new).expect("lookup").is_some());
+        assert!(matches!(
+            store.rotate_stream_key("ghost"),
+            Err(StoreError::NoSuchChannel(_))
+        ));
+    }
+
+    #[test]
+    fn duplicate_and_bad_slugs_are_refused() {
+        let (_dir, mut store) = store();
+        store.add_channel("stage", "").expect("add");
+        assert!(matches!(
+            store.add_channel("stage", ""),
+            Err(StoreError::ChannelExists(_))
+        ));
+        for bad in ["", "Stage", "-x", "a/b", "a b", &"x".repeat(33)] {
+            assert!(
+                matches!(store.add_channel(bad, ""), Err(StoreError::InvalidSlug(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_are_long_and_distinct() {
+        let a = StreamKey::generate();
+        let b = StreamKey::generate();
+        assert_eq!(a.as_str().len(), 32);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_schema() {
+        let (dir, mut store) = store();
+        store.add_channel("stage", "Main").expect("add");
+        drop(store);
+        let store = Store::open_in(dir.path()).expect("reopen");
+        assert_eq!(store.list_channels().expect("list").len(), 1);
+    }
+
+    #[test]
+    fn migrations_are_valid() {
+        assert!(super::super::migrations().validate().is_ok());
+    }
+}
