@@ -1,0 +1,147 @@
+//! The operator's command line: help, config errors, channels.
+
+mod common;
+
+use common::BIN;
+use std::process::Command;
+
+fn commeowd(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run commeowd")
+}
+
+#[test]
+fn help_explains_every_flag_and_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = commeowd(&["--help"], dir.path());
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "--config",
+        "--data-dir",
+        "--http-listen",
+        "--rtmp-listen",
+        "channel",
+        "generate-config",
+        "0.0.0.0:8080",
+        "0.0.0.0:1935",
+        "STATE_DIRECTORY",
+    ] {
+        assert!(
+            help.contains(needle),
+            "--help does not mention {needle}:\n{help}"
+        );
+    }
+    let out = commeowd(&["channel", "add", "--help"], dir.path());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--json"));
+}
+
+#[test]
+fn invalid_config_names_the_key_and_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    for (text, key) in [
+        ("[http]\nlisten = \"not an address\"\n", "http.listen"),
+        ("[hls]\ntarget_duration = -1\n", "hls.target_duration"),
+        ("[rtmp]\nlisten_on = \"0.0.0.0:1935\"\n", "listen_on"),
+    ] {
+        std::fs::write(&path, text).expect("write");
+        let out = commeowd(
+            &["--config", path.to_str().expect("path"), "check-config"],
+            dir.path(),
+        );
+        assert!(!out.status.success(), "{text} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "error does not name {key}: {stderr}");
+    }
+    let out = commeowd(&["--config", "/nonexistent/commeowd.toml"], dir.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/commeowd.toml"));
+}
+
+#[test]
+fn generated_config_is_valid_and_flags_override_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = commeowd(&["generate-config"], dir.path());
+    assert!(out.status.success());
+    let path = dir.path().join("commeowd.toml");
+    std::fs::write(&path, &out.stdout).expect("write");
+    let out = commeowd(
+        &[
+            "--config",
+            path.to_str().expect("path"),
+            "--data-dir",
+            "elsewhere",
+            "check-config",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("elsewhere"));
+}
+
+#[test]
+fn channel_add_prints_the_key_once_and_obs_settings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // No --data-dir: the default ./data, relative to where the operator runs it.
+    let out = commeowd(
+        &[
+            "--rtmp-listen",
+            "127.0.0.1:1935",
+            "channel",
+            "add",
+            "stage",
+            "--title",
+            "Main stage",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["slug"], "stage");
+    assert_eq!(json["rtmp_url"], "rtmp://127.0.0.1:1935/live");
+    let key = json["stream_key"].as_str().expect("key").to_string();
+    assert!(key.len() >= 32);
+    assert!(
+        dir.path().join("data/commeow.db").exists(),
+        "default data dir is ./data"
+    );
+
+    let out = commeowd(&["channel", "add", "stage"], dir.path());
+    assert!(!out.status.success(), "duplicate slug accepted");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+
+    let out = commeowd(&["channel", "add", "Bad Slug"], dir.path());
+    assert!(!out.status.success());
+
+    let out = commeowd(&["channel", "list"], dir.path());
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.contains("stage") && list.contains("Main stage"),
+        "{list}"
+    );
+    assert!(!list.contains(&key), "list must never show a key");
+
+    let out = commeowd(&["channel", "rotate-key", "stage", "--json"], dir.path());
+    let rotated: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_ne!(rotated["stream_key"].as_str(), Some(key.as_str()));
+
+    let out = commeowd(&["channel", "add", "plain"], dir.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Server:") && text.contains("/live") && text.contains("Stream Key:"),
+        "{text}"
+    );
+}

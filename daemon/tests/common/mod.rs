@@ -1,0 +1,408 @@
+//! Test harness: the real `commeowd` binary on ephemeral loopback ports, the real `ffmpeg`
+//! as the OBS stand-in, `ffprobe` as the player stand-in.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_commeowd");
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running daemon with its own data directory.
+pub struct Daemon {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub http: SocketAddr,
+    pub rtmp: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Starts with `config` (TOML text) as its config file.
+    pub fn start(config: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("commeowd.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args([
+                "--http-listen",
+                "127.0.0.1:0",
+                "--rtmp-listen",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "info,commeow=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start commeowd");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[commeowd] {line}");
+                sink.lock().expect("logs").push(line);
+            }
+        });
+        let mut daemon = Daemon {
+            child,
+            dir,
+            http: SocketAddr::from(([0, 0, 0, 0], 0)),
+            rtmp: SocketAddr::from(([0, 0, 0, 0], 0)),
+            logs,
+        };
+        let found = wait_until(Duration::from_secs(20), || {
+            daemon.http = daemon.logged_addr("http listening").unwrap_or(daemon.http);
+            daemon.rtmp = daemon.logged_addr("rtmp listening").unwrap_or(daemon.rtmp);
+            daemon.http.port() != 0 && daemon.rtmp.port() != 0
+        });
+        assert!(found, "commeowd did not report its listeners");
+        daemon
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn logged_addr(&self, what: &str) -> Option<SocketAddr> {
+        let logs = self.logs.lock().expect("logs");
+        let line = logs.iter().find(|l| l.contains(what))?;
+        line.split("addr=")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    pub fn logged(&self, needle: &str) -> bool {
+        self.logs
+            .lock()
+            .expect("logs")
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.logs
+            .lock()
+            .expect("logs")
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Runs an operator command against this daemon's data directory.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args)
+            .output()
+            .expect("run commeowd cli")
+    }
+
+    /// Creates a channel and returns its stream key.
+    pub fn add_channel(&self, slug: &str) -> String {
+        let out = self.cli(&[
+            "channel",
+            "add",
+            slug,
+            "--title",
+            &format!("Title of {slug}"),
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "channel add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        json["stream_key"].as_str().expect("stream_key").to_string()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn rtmp_url(&self, key: &str) -> String {
+        format!("rtmp://{}/live/{}", self.rtmp, key)
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        get(&self.url(path))
+    }
+
+    pub fn media_playlist(&self, slug: &str) -> Option<MediaPlaylist> {
+        let response = self.get(&format!("/hls/{slug}/source/index.m3u8"));
+        (response.status == 200).then(|| MediaPlaylist::parse(&response.text()))
+    }
+
+    pub fn channel_live(&self, slug: &str) -> bool {
+        let channels: serde_json::Value =
+            serde_json::from_slice(&self.get("/api/channels").body).expect("json");
+        channels
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|c| c["slug"] == slug && c["live"] == true)
+    }
+
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn get(url: &str) -> Response {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut response = agent.get(url).call().expect("http request");
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_vec()
+        .expect("body");
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A pusher standing in for OBS.
+pub struct Push {
+    pub child: Child,
+}
+
+impl Push {
+    /// Pushes `seconds` of test pattern and tone at `size` (e.g. "320x240"), 30 fps,
+    /// a keyframe every second, in real time.
+    pub fn start(url: &str, seconds: u32, size: &str) -> Push {
+        let child = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                &format!("testsrc2=size={size}:rate=30"),
+            ])
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
+            .args(["-t", &seconds.to_string()])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+                "-g",
+                "30",
+            ])
+            .args(["-c:a", "aac", "-b:a", "64k"])
+            .args(["-f", "flv", url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ffmpeg");
+        Push { child }
+    }
+
+    /// Waits for ffmpeg to exit; its status and what it printed.
+    pub fn finish(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait ffmpeg") {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = self.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                }
+                return (status, stderr);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ffmpeg did not exit in {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Push {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What `ffprobe` finds behind a URL: (codec_type, codec_name, width) per stream.
+pub fn ffprobe(url: &str) -> Vec<(String, String, Option<u64>)> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type,codec_name,width",
+            "-of",
+            "json",
+            url,
+        ])
+        .output()
+        .expect("run ffprobe");
+    assert!(
+        out.status.success(),
+        "ffprobe {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
+    json["streams"]
+        .as_array()
+        .expect("streams")
+        .iter()
+        .map(|s| {
+            (
+                s["codec_type"].as_str().unwrap_or("").to_string(),
+                s["codec_name"].as_str().unwrap_or("").to_string(),
+                s["width"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+/// A parsed HLS media playlist.
+#[derive(Debug, Clone)]
+pub struct MediaPlaylist {
+    pub version: Option<u32>,
+    pub target_duration: Option<u64>,
+    pub media_sequence: Option<u64>,
+    pub segments: Vec<SegmentEntry>,
+    pub ended: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SegmentEntry {
+    pub duration: f64,
+    pub uri: String,
+    pub program_date_time: Option<String>,
+}
+
+impl MediaPlaylist {
+    pub fn parse(text: &str) -> MediaPlaylist {
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some("#EXTM3U"),
+            "playlist must start with #EXTM3U:\n{text}"
+        );
+        let mut playlist = MediaPlaylist {
+            version: None,
+            target_duration: None,
+            media_sequence: None,
+            segments: Vec::new(),
+            ended: false,
+        };
+        let mut duration = None;
+        let mut date = None;
+        for line in lines {
+            if let Some(v) = line.strip_prefix("#EXT-X-VERSION:") {
+                playlist.version = v.parse().ok();
+            } else if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
+                playlist.target_duration = Some(v.parse().expect("integer target duration"));
+            } else if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
+                playlist.media_sequence = Some(v.parse().expect("integer media sequence"));
+            } else if let Some(v) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
+                date = Some(v.to_string());
+            } else if let Some(v) = line.strip_prefix("#EXTINF:") {
+                duration = Some(
+                    v.trim_end_matches(',')
+                        .parse::<f64>()
+                        .expect("EXTINF duration"),
+                );
+            } else if line == "#EXT-X-ENDLIST" {
+                playlist.ended = true;
+            } else if !line.starts_with('#') && !line.is_empty() {
+                playlist.segments.push(SegmentEntry {
+                    duration: duration.take().expect("URI without EXTINF"),
+                    uri: line.to_string(),
+                    program_date_time: date.take(),
+                });
+            }
+        }
+        playlist
+    }
+
+    pub fn total_duration(&self) -> f64 {
+        self.segments.iter().map(|s| s.duration).sum()
+    }
+}
+
+pub fn write_file(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write file");
+}

@@ -1,0 +1,341 @@
+//! End to end: OBS (the real ffmpeg) pushes RTMP, players (ffprobe, HTTP) get HLS.
+
+mod common;
+
+use common::{ffprobe, wait_until, Daemon, MediaPlaylist, Push};
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Short linger so tests see media dropped; 2 s segments as shipped.
+const CONFIG: &str = "[hls]\ntarget_duration = 2.0\nlinger_seconds = 3\n";
+const LIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn wait_for_segments(daemon: &Daemon, slug: &str, count: usize) -> MediaPlaylist {
+    let mut last = None;
+    let ok = wait_until(LIVE_TIMEOUT, || {
+        last = daemon.media_playlist(slug);
+        last.as_ref().is_some_and(|p| p.segments.len() >= count)
+    });
+    assert!(ok, "{slug}: fewer than {count} segments: {last:?}");
+    last.expect("playlist")
+}
+
+fn wait_for_end(daemon: &Daemon, slug: &str) -> MediaPlaylist {
+    let mut last = None;
+    let ok = wait_until(Duration::from_secs(10), || {
+        last = daemon.media_playlist(slug);
+        last.as_ref().is_some_and(|p| p.ended)
+    });
+    assert!(ok, "{slug}: playlist never ended: {last:?}");
+    last.expect("playlist")
+}
+
+#[test]
+fn a_push_becomes_hls_that_players_can_read_and_ends_cleanly() {
+    let daemon = Daemon::start(CONFIG);
+    let key = daemon.add_channel("stage");
+    assert!(!daemon.channel_live("stage"));
+    let push = Push::start(&daemon.rtmp_url(&key), 7, "320x240");
+
+    let live = wait_for_segments(&daemon, "stage", 2);
+    assert!(daemon.channel_live("stage"));
+    assert!(!live.ended, "a live playlist has no ENDLIST");
+    assert_eq!(live.target_duration, Some(2));
+    assert_eq!(live.media_sequence, Some(0));
+    for segment in &live.segments {
+        let date = segment
+            .program_date_time
+            .as_deref()
+            .expect("EXT-X-PROGRAM-DATE-TIME on every segment");
+        chrono::DateTime::parse_from_rfc3339(date).expect("PROGRAM-DATE-TIME is ISO 8601");
+        assert!(
+            segment.duration <= 2.5,
+            "segment longer than its target: {segment:?}"
+        );
+    }
+
+    let master = daemon.get("/hls/stage/master.m3u8");
+    assert_eq!(master.status, 200);
+    assert_eq!(
+        master.header("content-type"),
+        Some("application/vnd.apple.mpegurl")
+    );
+    assert_eq!(master.header("cache-control"), Some("no-cache"));
+    let master = master.text();
+    assert!(master.starts_with("#EXTM3U\n"), "{master}");
+    let stream_inf = master
+        .lines()
+        .find(|l| l.starts_with("#EXT-X-STREAM-INF:"))
+        .expect("a variant");
+    assert!(stream_inf.contains("BANDWIDTH="), "{stream_inf}");
+    assert!(
+        stream_inf.contains("CODECS=\"avc1.") && stream_inf.contains("mp4a.40.2"),
+        "{stream_inf}"
+    );
+    assert!(stream_inf.contains("RESOLUTION=320x240"), "{stream_inf}");
+    assert!(master.contains("\nsource/index.m3u8\n"), "{master}");
+
+    let segment = daemon.get(&format!("/hls/stage/source/{}", live.segments[0].uri));
+    assert_eq!(segment.status, 200);
+    assert_eq!(segment.header("content-type"), Some("video/mp2t"));
+    assert!(segment
+        .header("cache-control")
+        .is_some_and(|c| c.contains("max-age")));
+    assert_eq!(segment.body.first(), Some(&0x47), "MPEG-TS sync byte");
+    assert_eq!(segment.body.len() % 188, 0, "whole TS packets");
+
+    let streams = ffprobe(&daemon.url("/hls/stage/master.m3u8"));
+    let kinds: Vec<_> = streams
+        .iter()
+        .map(|(t, c, _)| (t.as_str(), c.as_str()))
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == ("video", "h264")).count(),
+        1,
+        "{streams:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == ("audio", "aac")).count(),
+        1,
+        "{streams:?}"
+    );
+
+    let (status, stderr) = push.finish(Duration::from_secs(30));
+    assert!(status.success(), "ffmpeg: {stderr}");
+    let ended = wait_for_end(&daemon, "stage");
+    let total = ended.total_duration();
+    assert!(
+        (total - 7.0).abs() <= 2.0,
+        "segments add up to {total} s for a 7 s push: {ended:?}"
+    );
+    assert!(!daemon.channel_live("stage"), "an ended stream is not live");
+
+    // Its media is dropped after the linger period.
+    assert!(wait_until(Duration::from_secs(10), || daemon
+        .get("/hls/stage/master.m3u8")
+        .status
+        == 404));
+    let gone = daemon.get(&format!("/hls/stage/source/{}", live.segments[0].uri));
+    assert_eq!(gone.status, 404);
+    let error: serde_json::Value = serde_json::from_slice(&gone.body).expect("JSON error");
+    assert_eq!(error["error"]["code"], "not_found");
+}
+
+#[test]
+fn a_wrong_key_is_refused_and_nothing_goes_live() {
+    let daemon = Daemon::start(CONFIG);
+    let _key = daemon.add_channel("stage");
+    for attempt in 1..=2 {
+        let push = Push::start(&daemon.rtmp_url("not-a-real-key"), 5, "160x120");
+        let (status, _) = push.finish(Duration::from_secs(30));
+        assert!(
+            !status.success(),
+            "attempt {attempt}: ffmpeg must fail on a wrong key"
+        );
+    }
+    assert!(daemon.logged("publish refused: unknown stream key"));
+    assert!(
+        daemon.logged("failures=2"),
+        "repeated failures are counted per address"
+    );
+    assert!(!daemon.logged("not-a-real-key"), "keys are never logged");
+    assert!(!daemon.channel_live("stage"));
+    assert_eq!(daemon.get("/hls/stage/master.m3u8").status, 404);
+}
+
+#[test]
+fn a_second_publisher_on_a_live_channel_is_refused_and_the_first_keeps_going() {
+    let daemon = Daemon::start(CONFIG);
+    let key = daemon.add_channel("stage");
+    let _first = Push::start(&daemon.rtmp_url(&key), 30, "320x240");
+    let before = wait_for_segments(&daemon, "stage", 1);
+
+    let second = Push::start(&daemon.rtmp_url(&key), 5, "160x120");
+    let (status, _) = second.finish(Duration::from_secs(30));
+    assert!(!status.success(), "the second publisher must be refused");
+    assert!(daemon.logged("channel is already live"));
+
+    // The first stream is undisturbed: new segments keep coming, still 320 wide.
+    let newest = before.segments.last().expect("segment").uri.clone();
+    let ok = wait_until(LIVE_TIMEOUT, || {
+        daemon.media_playlist("stage").is_some_and(|p| {
+            !p.ended && p.segments.iter().skip_while(|s| s.uri != newest).count() >= 3
+        })
+    });
+    assert!(ok, "the first stream stopped growing");
+    let streams = ffprobe(&daemon.url("/hls/stage/master.m3u8"));
+    assert!(
+        streams
+            .iter()
+            .any(|(t, _, w)| t == "video" && *w == Some(320)),
+        "{streams:?}"
+    );
+}
+
+#[test]
+fn a_restarted_stream_serves_only_its_own_segments() {
+    let daemon = Daemon::start("[hls]\nlinger_seconds = 60\n");
+    let key = daemon.add_channel("stage");
+    let (status, _) =
+        Push::start(&daemon.rtmp_url(&key), 5, "320x240").finish(Duration::from_secs(30));
+    assert!(status.success());
+    let old = wait_for_end(&daemon, "stage");
+    let old_uris: HashSet<_> = old.segments.iter().map(|s| s.uri.clone()).collect();
+    assert!(!old_uris.is_empty());
+
+    let _again = Push::start(&daemon.rtmp_url(&key), 20, "320x240");
+    let ok = wait_until(LIVE_TIMEOUT, || {
+        daemon
+            .media_playlist("stage")
+            .is_some_and(|p| !p.ended && !p.segments.is_empty())
+    });
+    assert!(ok, "the new stream never went live");
+    let new = daemon.media_playlist("stage").expect("playlist");
+    assert_eq!(
+        new.media_sequence,
+        Some(0),
+        "a new stream starts a new playlist"
+    );
+    for segment in &new.segments {
+        assert!(
+            !old_uris.contains(&segment.uri),
+            "old segment {} served in the new stream",
+            segment.uri
+        );
+    }
+    for uri in &old_uris {
+        assert_eq!(
+            daemon.get(&format!("/hls/stage/source/{uri}")).status,
+            404,
+            "old segment {uri} still served"
+        );
+    }
+}
+
+#[test]
+fn two_live_channels_stay_separate() {
+    let daemon = Daemon::start(CONFIG);
+    let big = daemon.add_channel("big");
+    let small = daemon.add_channel("small");
+    let _a = Push::start(&daemon.rtmp_url(&big), 20, "320x240");
+    let _b = Push::start(&daemon.rtmp_url(&small), 20, "160x120");
+    let big_playlist = wait_for_segments(&daemon, "big", 1);
+    let small_playlist = wait_for_segments(&daemon, "small", 1);
+    assert!(daemon.channel_live("big") && daemon.channel_live("small"));
+
+    let widths = |slug: &str| -> Vec<Option<u64>> {
+        ffprobe(&daemon.url(&format!("/hls/{slug}/master.m3u8")))
+            .into_iter()
+            .filter(|(t, _, _)| t == "video")
+            .map(|(_, _, w)| w)
+            .collect()
+    };
+    assert_eq!(widths("big"), vec![Some(320)]);
+    assert_eq!(widths("small"), vec![Some(160)]);
+    // A segment name of one channel means nothing on the other.
+    let foreign = &big_playlist.segments[0].uri;
+    assert_eq!(
+        daemon.get(&format!("/hls/small/source/{foreign}")).status,
+        404
+    );
+    assert_ne!(big_playlist.segments[0].uri, small_playlist.segments[0].uri);
+}
+
+/// Completes the plain RTMP handshake as a client would.
+fn rtmp_handshake(stream: &mut TcpStream) {
+    let mut c0c1 = vec![3u8];
+    c0c1.extend_from_slice(&[0u8; 8]);
+    c0c1.extend((0..1528).map(|i| (i * 7 % 251) as u8));
+    stream.write_all(&c0c1).expect("send C0+C1");
+    let mut s0s1s2 = vec![0u8; 1 + 1536 + 1536];
+    stream.read_exact(&mut s0s1s2).expect("read S0+S1+S2");
+    stream.write_all(&s0s1s2[1..1537]).expect("send C2");
+}
+
+/// True when the server closes the connection (EOF or reset) within `timeout`.
+fn closed_by_server(stream: &mut TcpStream, timeout: Duration) -> bool {
+    stream.set_read_timeout(Some(timeout)).expect("timeout");
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn garbage_and_half_finished_handshakes_do_not_disturb_a_live_stream() {
+    let daemon = Daemon::start(CONFIG);
+    let key = daemon.add_channel("stage");
+    let _push = Push::start(&daemon.rtmp_url(&key), 30, "320x240");
+    let before = wait_for_segments(&daemon, "stage", 1);
+
+    // Garbage instead of a handshake.
+    let mut garbage = TcpStream::connect(daemon.rtmp).expect("connect");
+    let noise: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let _ = garbage.write_all(&noise);
+    assert!(
+        closed_by_server(&mut garbage, Duration::from_secs(5)),
+        "garbage connection left open"
+    );
+
+    // A valid handshake followed by garbage chunks.
+    let mut after_handshake = TcpStream::connect(daemon.rtmp).expect("connect");
+    rtmp_handshake(&mut after_handshake);
+    let _ = after_handshake.write_all(&[0xffu8; 4096]);
+    let _ = after_handshake.write_all(&noise);
+
+    // Half a handshake, then silence; and a socket that never says anything.
+    let mut half = TcpStream::connect(daemon.rtmp).expect("connect");
+    half.write_all(&[3u8; 700]).expect("half of C1");
+    let _silent = TcpStream::connect(daemon.rtmp).expect("connect");
+
+    // The live stream keeps producing segments meanwhile.
+    let newest = before.segments.last().expect("segment").uri.clone();
+    let ok = wait_until(LIVE_TIMEOUT, || {
+        daemon.media_playlist("stage").is_some_and(|p| {
+            !p.ended && p.segments.iter().skip_while(|s| s.uri != newest).count() >= 3
+        })
+    });
+    assert!(ok, "the live stream stalled");
+    assert!(daemon.channel_live("stage"));
+    assert_eq!(daemon.get("/healthz").status, 200);
+}
+
+#[test]
+fn sigterm_while_live_ends_the_stream_and_exits_cleanly() {
+    let mut daemon = Daemon::start(CONFIG);
+    let key = daemon.add_channel("stage");
+    let push = Push::start(&daemon.rtmp_url(&key), 60, "320x240");
+    wait_for_segments(&daemon, "stage", 1);
+
+    let status = daemon
+        .terminate()
+        .expect("commeowd did not exit within 15 s of SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(daemon.logged("SIGTERM received"));
+    assert!(
+        daemon.logged("stream ended"),
+        "the pipeline closed its stream"
+    );
+    assert!(daemon.logged("stopped"));
+    // The publisher was disconnected rather than left hanging.
+    let (status, _) = push.finish(Duration::from_secs(15));
+    assert!(!status.success(), "ffmpeg should see its connection closed");
+    // The store was closed cleanly and is usable.
+    let list = daemon.cli(&["channel", "list", "--json"]);
+    assert!(list.status.success());
+    assert!(String::from_utf8_lossy(&list.stdout).contains("\"stage\""));
+}
