@@ -1,6 +1,6 @@
 //! Test harness: the real `commeowd` binary on ephemeral loopback ports, the real `ffmpeg`
 //! as the OBS stand-in, `ffprobe` as the player stand-in.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
