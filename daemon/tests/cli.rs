@@ -1,4 +1,6 @@
 //! The operator's command line: help, config errors, channels.
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::expect_used)]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! End to end: OBS (the real ffmpeg) pushes RTMP, players (ffprobe, HTTP) get HLS.
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::expect_used)]
 
 mod common;
 
