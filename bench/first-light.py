@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""First-light benchmark driver: commeowd and nginx-rtmp receive the same RTMP push at the
+same moment (one ffmpeg, tee muxer), and we measure for each server:
+
+- CPU seconds used by the server processes during the push (utime + stime from /proc);
+- peak RSS (VmHWM; for nginx, master + worker);
+- segment lag: how long after a segment's last frame was pushed the segment appeared in
+  the server's playlist, seen by polling each playlist over HTTP every 5 ms.
+
+The push time of a frame comes from commeowd's EXT-X-PROGRAM-DATE-TIME (its ingest wall
+clock of each segment's first frame) plus the frame's offset in the segment. Both servers
+get the same bytes from the same tee at the same instant, so that reference is shared.
+Run through bench/first-light.sh, which builds and installs what is needed.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+BIN = ROOT / "target" / "release" / "commeowd"
+FPS = 30
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_input(seconds):
+    """1080p30, ~6 Mbps H.264 (2 s GOP, fixed) + AAC, encoded once and cached."""
+    path = OUT / f"input-1080p30-{seconds}s.flv"
+    if path.exists():
+        return path
+    print(f"encoding {seconds} s of 1080p30 test input (once)...", file=sys.stderr)
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
+         "-f", "lavfi", "-i", f"testsrc2=size=1920x1080:rate={FPS}",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+         "-t", str(seconds),
+         "-c:v", "libx264", "-preset", "veryfast", "-b:v", "6M", "-maxrate", "6M", "-bufsize", "12M",
+         "-g", str(2 * FPS), "-keyint_min", str(2 * FPS), "-sc_threshold", "0", "-pix_fmt", "yuv420p",
+         "-c:a", "aac", "-b:a", "128k", "-ac", "2", str(path)],
+        check=True)
+    return path
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (FileNotFoundError, IndexError):
+            pass
+    return total / CLK_TCK
+
+
+def peak_rss_mb(pids):
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total / 1024
+
+
+class Poller(threading.Thread):
+    """Polls one playlist; records when each segment URI first appeared, and its EXTINF
+    and PROGRAM-DATE-TIME."""
+
+    def __init__(self, name, port, path):
+        super().__init__(daemon=True)
+        self.name, self.port, self.path = name, port, path
+        self.seen = {}  # uri -> (first_seen, duration, pdt or None, order)
+        self.stop = threading.Event()
+
+    def run(self):
+        conn = None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", self.path)
+                response = conn.getresponse()
+                body = response.read().decode()
+                now = time.time()
+                if response.status == 200:
+                    self.parse(body, now)
+            except (OSError, http.client.HTTPException):
+                conn = None
+            time.sleep(0.005)
+
+    def parse(self, text, now):
+        duration = pdt = None
+        sequence = 0
+        for line in text.splitlines():
+            if line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
+                sequence = int(line.split(":", 1)[1])
+            elif line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+                pdt = datetime.fromisoformat(line.split(":", 1)[1].replace("Z", "+00:00")).timestamp()
+            elif line.startswith("#EXTINF:"):
+                duration = float(line.split(":", 1)[1].rstrip(","))
+            elif line and not line.startswith("#"):
+                if line not in self.seen:
+                    self.seen[line] = (now, duration, pdt, sequence)
+                sequence += 1
+                duration = pdt = None
+
+    def segments(self):
+        """In order: (first_seen, duration, pdt, start offset in the stream)."""
+        rows, offset = [], 0.0
+        for uri, (seen, duration, pdt, order) in sorted(self.seen.items(), key=lambda kv: kv[1][3]):
+            rows.append((seen, duration, pdt, offset))
+            offset += duration
+        return rows
+
+
+def percentile(values, p):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=60)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    source = make_input(args.seconds)
+
+    # nginx-rtmp
+    nginx_rtmp, nginx_http = free_port(), free_port()
+    for d in ("nginx-hls", "nginx-tmp"):
+        (OUT / d).mkdir(exist_ok=True)
+        os.chmod(OUT / d, 0o777)
+        for f in (OUT / d).iterdir():
+            f.unlink()
+    conf = (ROOT / "bench" / "nginx-rtmp.conf.in").read_text()
+    conf = conf.replace("@OUT@", str(OUT)).replace("@RTMP_PORT@", str(nginx_rtmp)).replace("@HTTP_PORT@", str(nginx_http))
+    (OUT / "nginx.conf").write_text(conf)
+    nginx = subprocess.Popen(["nginx", "-p", str(OUT), "-c", str(OUT / "nginx.conf")])
+
+    # commeowd
+    data = OUT / "commeowd-data"
+    subprocess.run(["rm", "-rf", str(data)], check=True)
+    added = subprocess.run([str(BIN), "--data-dir", str(data), "channel", "add", "bench", "--json"],
+                           check=True, capture_output=True, text=True)
+    key = json.loads(added.stdout)["stream_key"]
+    c_http, c_rtmp = free_port(), free_port()
+    commeowd = subprocess.Popen(
+        [str(BIN), "--data-dir", str(data), "--http-listen", f"127.0.0.1:{c_http}",
+         "--rtmp-listen", f"127.0.0.1:{c_rtmp}"],
+        stderr=open(OUT / "commeowd.log", "w"), env={**os.environ, "RUST_LOG": "warn"})
+
+    time.sleep(1.0)  # both listening (ports checked below)
+    for port in (nginx_rtmp, c_rtmp):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    nginx_pids = [nginx.pid] + [int(p) for p in subprocess.run(
+        ["pgrep", "-P", str(nginx.pid)], capture_output=True, text=True).stdout.split()]
+
+    pollers = {
+        "commeowd": Poller("commeowd", c_http, "/hls/bench/source/index.m3u8"),
+        "nginx-rtmp": Poller("nginx-rtmp", nginx_http, "/hls/bench.m3u8"),
+    }
+    for p in pollers.values():
+        p.start()
+    pids = {"commeowd": [commeowd.pid], "nginx-rtmp": nginx_pids}
+    cpu_before = {k: cpu_seconds(v) for k, v in pids.items()}
+
+    print(f"pushing {args.seconds} s of 1080p30 to both servers at once...", file=sys.stderr)
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-i", str(source), "-map", "0",
+         "-c", "copy", "-f", "tee",
+         f"[f=flv:onfail=ignore]rtmp://127.0.0.1:{c_rtmp}/live/{key}|"
+         f"[f=flv:onfail=ignore]rtmp://127.0.0.1:{nginx_rtmp}/live/bench"],
+        check=True)
+    time.sleep(3)
+    cpu = {k: cpu_seconds(v) - cpu_before[k] for k, v in pids.items()}
+    rss = {k: peak_rss_mb(v) for k, v in pids.items()}
+    for p in pollers.values():
+        p.stop.set()
+        p.join()
+
+    # Push-time reference from commeowd's ingest clock: offset -> wall time.
+    ours = pollers["commeowd"].segments()
+    anchors = [(offset, pdt) for (_, _, pdt, offset) in ours if pdt is not None]
+
+    def pushed_at(offset):
+        base_offset, base_wall = min(anchors, key=lambda a: abs(a[0] - offset))
+        return base_wall + (offset - base_offset)
+
+    results = {}
+    for name, poller in pollers.items():
+        lags = []
+        for seen, duration, _, offset in poller.segments():
+            last_frame = offset + duration - 1 / FPS
+            lags.append((seen - pushed_at(last_frame)) * 1000)
+        # The last segment is closed by the end of the stream, not by a keyframe.
+        lags = lags[:-1]
+        results[name] = {
+            "cpu_s": cpu[name], "peak_rss_mb": rss[name], "segments": len(lags),
+            "lag_ms_p50": statistics.median(lags) if lags else float("nan"),
+            "lag_ms_p99": percentile(lags, 99), "lag_ms_max": max(lags) if lags else float("nan"),
+        }
+
+    for proc in (commeowd, nginx):
+        proc.send_signal(signal.SIGTERM)
+    commeowd.wait(timeout=15)
+    nginx.wait(timeout=15)
+
+    c, n = results["commeowd"], results["nginx-rtmp"]
+    lines = [
+        f"# First light: commeowd vs nginx-rtmp ({args.seconds} s, 1080p30 ~6 Mbps H.264 + AAC, 2 s GOP, one push teed to both)",
+        "",
+        "| server | CPU s | peak RSS MB | segments | lag p50 ms | lag p99 ms | lag max ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['cpu_s']:.2f} | {r['peak_rss_mb']:.1f} | {r['segments']} | "
+                     f"{r['lag_ms_p50']:.0f} | {r['lag_ms_p99']:.0f} | {r['lag_ms_max']:.0f} |")
+    ratio = lambda a, b: a / b if b else float("nan")
+    lines += ["", f"commeowd / nginx-rtmp: CPU x{ratio(c['cpu_s'], n['cpu_s']):.2f}, "
+              f"RSS x{ratio(c['peak_rss_mb'], n['peak_rss_mb']):.2f}, "
+              f"lag p50 x{ratio(c['lag_ms_p50'], n['lag_ms_p50']):.2f}",
+              "", "Lag = first seen in the playlist (5 ms polling) minus when the segment's last frame was pushed."]
+    report = "\n".join(lines) + "\n"
+    (OUT / "first-light.md").write_text(report)
+    (OUT / "first-light.json").write_text(json.dumps(results, indent=2))
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
