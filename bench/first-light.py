@@ -70,16 +70,35 @@ def cpu_seconds(pids):
     return total / CLK_TCK
 
 
-def peak_rss_mb(pids):
-    total = 0
+def memory_kb(pids, fields=("VmHWM", "RssAnon", "RssFile")):
+    """Sums /proc status fields over processes, in kB."""
+    total = dict.fromkeys(fields, 0)
     for pid in pids:
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
+                key = line.split(":", 1)[0]
+                if key in total:
+                    total[key] += int(line.split()[1])
         except FileNotFoundError:
             pass
-    return total / 1024
+    return total
+
+
+class MemorySampler(threading.Thread):
+    """Peak private (anonymous) and shared-library (file-backed) RSS, sampled every 250 ms:
+    VmHWM alone cannot tell a server's own memory from the libraries it maps."""
+
+    def __init__(self, pids):
+        super().__init__(daemon=True)
+        self.pids, self.peak_anon, self.peak_file = pids, 0, 0
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            m = memory_kb(self.pids)
+            self.peak_anon = max(self.peak_anon, m["RssAnon"])
+            self.peak_file = max(self.peak_file, m["RssFile"])
+            time.sleep(0.25)
 
 
 class Poller(threading.Thread):
@@ -186,6 +205,9 @@ def main():
         p.start()
     pids = {"commeowd": [commeowd.pid], "nginx-rtmp": nginx_pids}
     cpu_before = {k: cpu_seconds(v) for k, v in pids.items()}
+    samplers = {k: MemorySampler(v) for k, v in pids.items()}
+    for sampler in samplers.values():
+        sampler.start()
 
     print(f"pushing {args.seconds} s of 1080p30 to both servers at once...", file=sys.stderr)
     subprocess.run(
@@ -196,7 +218,10 @@ def main():
         check=True)
     time.sleep(3)
     cpu = {k: cpu_seconds(v) - cpu_before[k] for k, v in pids.items()}
-    rss = {k: peak_rss_mb(v) for k, v in pids.items()}
+    rss = {k: memory_kb(v)["VmHWM"] / 1024 for k, v in pids.items()}
+    for sampler in samplers.values():
+        sampler.stop.set()
+        sampler.join()
     for p in pollers.values():
         p.stop.set()
         p.join()
@@ -219,6 +244,8 @@ def main():
         lags = lags[:-1]
         results[name] = {
             "cpu_s": cpu[name], "peak_rss_mb": rss[name], "segments": len(lags),
+            "peak_private_mb": samplers[name].peak_anon / 1024,
+            "peak_shared_lib_mb": samplers[name].peak_file / 1024,
             "lag_ms_p50": statistics.median(lags) if lags else float("nan"),
             "lag_ms_p99": percentile(lags, 99), "lag_ms_max": max(lags) if lags else float("nan"),
         }
@@ -232,17 +259,20 @@ def main():
     lines = [
         f"# First light: commeowd vs nginx-rtmp ({args.seconds} s, 1080p30 ~6 Mbps H.264 + AAC, 2 s GOP, one push teed to both)",
         "",
-        "| server | CPU s | peak RSS MB | segments | lag p50 ms | lag p99 ms | lag max ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server | CPU s | peak RSS MB | of which private | of which shared libs | segments | lag p50 ms | lag p99 ms | lag max ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['cpu_s']:.2f} | {r['peak_rss_mb']:.1f} | {r['segments']} | "
+        lines.append(f"| {name} | {r['cpu_s']:.2f} | {r['peak_rss_mb']:.1f} | {r['peak_private_mb']:.1f} | "
+                     f"{r['peak_shared_lib_mb']:.1f} | {r['segments']} | "
                      f"{r['lag_ms_p50']:.0f} | {r['lag_ms_p99']:.0f} | {r['lag_ms_max']:.0f} |")
     ratio = lambda a, b: a / b if b else float("nan")
     lines += ["", f"commeowd / nginx-rtmp: CPU x{ratio(c['cpu_s'], n['cpu_s']):.2f}, "
               f"RSS x{ratio(c['peak_rss_mb'], n['peak_rss_mb']):.2f}, "
               f"lag p50 x{ratio(c['lag_ms_p50'], n['lag_ms_p50']):.2f}",
-              "", "Lag = first seen in the playlist (5 ms polling) minus when the segment's last frame was pushed."]
+              "", "Lag = first seen in the playlist (5 ms polling) minus when the segment's last frame was pushed.",
+              "Private = anonymous RSS (the server's own heap, including media held in memory);",
+              "shared libs = file-backed RSS (mapped code and data of the binary and its libraries)."]
     report = "\n".join(lines) + "\n"
     (OUT / "first-light.md").write_text(report)
     (OUT / "first-light.json").write_text(json.dumps(results, indent=2))

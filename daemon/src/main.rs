@@ -7,6 +7,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = commeow::cli::Cli::parse();
     init_logging();
+    tune_allocator();
     match commeow::cli::main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -29,5 +30,17 @@ fn init_logging() {
         builder.without_time().with_ansi(false).init();
     } else {
         builder.init();
+    }
+}
+
+/// Segments are megabyte buffers that live for seconds. glibc raises its mmap threshold
+/// each time such a buffer is freed, after which new ones come from heap arenas that rarely
+/// shrink, and the box's memory only grows. A fixed threshold keeps every large buffer in
+/// its own mapping, returned to the system when the segment expires.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
