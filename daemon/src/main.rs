@@ -7,6 +7,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = commeow::cli::Cli::parse();
     init_logging();
+    log_panics();
     tune_allocator();
     match commeow::cli::main(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -31,6 +32,15 @@ fn init_logging() {
     } else {
         builder.init();
     }
+}
+
+/// Panics go to the log like everything else (journald under systemd), not only to a
+/// bare stderr line. A panic in a connection task ends that connection only.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        tracing::error!(thread = thread.name().unwrap_or("unnamed"), "panic: {info}");
+    }));
 }
 
 /// Segments are megabyte buffers that live for seconds. glibc raises its mmap threshold

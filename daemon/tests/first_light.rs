@@ -299,6 +299,24 @@ fn garbage_and_half_finished_handshakes_do_not_disturb_a_live_stream() {
     let _ = after_handshake.write_all(&[0xffu8; 4096]);
     let _ = after_handshake.write_all(&noise);
 
+    // Chunks crafted to crash rml_rtmp 0.8's parser: part of a 300-byte message on chunk
+    // stream 3 interrupted by a 10-byte message on chunk stream 4.
+    let mut crafted = TcpStream::connect(daemon.rtmp).expect("connect");
+    rtmp_handshake(&mut crafted);
+    let mut chunks = vec![3u8, 0, 0, 0, 0, 1, 44, 9, 1, 0, 0, 0];
+    chunks.extend_from_slice(&[0x17; 128]);
+    chunks.extend_from_slice(&[4u8, 0, 0, 0, 0, 0, 10, 9, 1, 0, 0, 0]);
+    chunks.extend_from_slice(&[0x17; 10]);
+    crafted.write_all(&chunks).expect("send crafted chunks");
+    assert!(
+        closed_by_server(&mut crafted, Duration::from_secs(5)),
+        "crafted connection left open"
+    );
+    assert!(
+        daemon.logged("malformed RTMP stream"),
+        "the parser failure is logged as such"
+    );
+
     // Half a handshake, then silence; and a socket that never says anything.
     let mut half = TcpStream::connect(daemon.rtmp).expect("connect");
     half.write_all(&[3u8; 700]).expect("half of C1");
@@ -340,4 +358,40 @@ fn sigterm_while_live_ends_the_stream_and_exits_cleanly() {
     let list = daemon.cli(&["channel", "list", "--json"]);
     assert!(list.status.success());
     assert!(String::from_utf8_lossy(&list.stdout).contains("\"stage\""));
+}
+
+#[test]
+fn a_codec_other_than_h264_is_refused_clearly_and_the_channel_stays_usable() {
+    let daemon = Daemon::start(CONFIG);
+    let key = daemon.add_channel("stage");
+    // Sorenson H.263 (FLV's own codec) instead of H.264.
+    let refused = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=30",
+            "-t",
+            "5",
+        ])
+        .args(["-c:v", "flv1", "-f", "flv", &daemon.rtmp_url(&key)])
+        .output()
+        .expect("run ffmpeg");
+    assert!(!refused.status.success(), "an H.263 push must be refused");
+    assert!(wait_until(Duration::from_secs(10), || daemon.logged("stream refused")));
+    assert!(
+        daemon.logged("Sorenson H.263"),
+        "the refusal names the codec"
+    );
+    assert!(
+        daemon.logged("send H.264"),
+        "the refusal says what to send instead"
+    );
+    assert!(!daemon.channel_live("stage"));
+
+    // The channel is free again for a proper push.
+    let _push = Push::start(&daemon.rtmp_url(&key), 10, "160x120");
+    wait_for_segments(&daemon, "stage", 1);
+    assert!(daemon.channel_live("stage"));
 }

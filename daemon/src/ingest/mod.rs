@@ -36,6 +36,10 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes a connection may send before its publish is accepted. OBS needs a few hundred
+/// (connect, createStream, publish); the cap stops an unauthenticated socket from making the
+/// RTMP parser buffer messages of up to 16 MB.
+pub const MAX_BYTES_BEFORE_PUBLISH: usize = 64 * 1024;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const APP_NAME: &str = "live";
 const READ_BUFFER: usize = 64 * 1024;
@@ -56,6 +60,10 @@ pub enum IngestError {
     Session(String),
     #[error("refused: {0}")]
     Refused(String),
+    #[error("sent {0} bytes without publishing")]
+    TooMuchBeforePublish(usize),
+    #[error("malformed RTMP stream: the parser gave up on it")]
+    ParserPanic,
     #[error("store: {0}")]
     Store(#[from] StoreError),
 }
@@ -163,9 +171,8 @@ impl Connection {
         let (mut session, initial) = ServerSession::new(ServerSessionConfig::new())
             .map_err(|e| IngestError::Session(format!("{e:?}")))?;
         self.act_on(&mut session, initial).await?;
-        let results = session
-            .handle_input(&leftover)
-            .map_err(|e| IngestError::Session(format!("{e:?}")))?;
+        let mut received_before_publish = leftover.len();
+        let results = parse(&mut session, &leftover)?;
         self.act_on(&mut session, results).await?;
 
         loop {
@@ -175,9 +182,13 @@ impl Connection {
             if read == 0 {
                 return Err(IngestError::Closed);
             }
-            let results = session
-                .handle_input(&buffer[..read])
-                .map_err(|e| IngestError::Session(format!("{e:?}")))?;
+            if self.publishing.is_none() {
+                received_before_publish += read;
+                if received_before_publish > MAX_BYTES_BEFORE_PUBLISH {
+                    return Err(IngestError::TooMuchBeforePublish(received_before_publish));
+                }
+            }
+            let results = parse(&mut session, &buffer[..read])?;
             if self.act_on(&mut session, results).await? == Flow::Stop {
                 return Ok(());
             }
@@ -191,10 +202,8 @@ impl Connection {
             if read == 0 {
                 return Err(IngestError::Closed);
             }
-            match handshake
-                .process_bytes(&buffer[..read])
-                .map_err(|e| IngestError::Handshake(format!("{e:?}")))?
-            {
+            let step = contain_parser(|| handshake.process_bytes(&buffer[..read]))?;
+            match step.map_err(|e| IngestError::Handshake(format!("{e:?}")))? {
                 HandshakeProcessResult::InProgress { response_bytes } => {
                     self.socket.write_all(&response_bytes).await?;
                 }
@@ -502,6 +511,24 @@ impl Connection {
     }
 }
 
+/// Feeds bytes to the RTMP session.
+fn parse(
+    session: &mut ServerSession,
+    bytes: &[u8],
+) -> Result<Vec<ServerSessionResult>, IngestError> {
+    contain_parser(|| session.handle_input(bytes))?
+        .map_err(|e| IngestError::Session(format!("{e:?}")))
+}
+
+/// Runs rml_rtmp on untrusted bytes. Its chunk deserializer (0.8) can panic on crafted
+/// input (an interleaved chunk stream underflows a length); a panic must cost only the
+/// connection that sent it, never the daemon. The session is dropped afterwards, so no
+/// state from the panicked call is reused.
+fn contain_parser<T>(parse: impl FnOnce() -> T) -> Result<T, IngestError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse))
+        .map_err(|_| IngestError::ParserPanic)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
     Continue,
@@ -532,7 +559,30 @@ impl Clock {
 
 #[cfg(test)]
 mod tests {
-    use super::Clock;
+    use super::{parse, Clock, IngestError};
+    use rml_rtmp::sessions::{ServerSession, ServerSessionConfig};
+
+    /// A type-0 chunk header on `csid` announcing a message of `length` bytes, then `body`.
+    fn chunk(csid: u8, length: u32, body: &[u8]) -> Vec<u8> {
+        let [_, a, b, c] = length.to_be_bytes();
+        let mut bytes = vec![csid, 0, 0, 0, a, b, c, 9, 1, 0, 0, 0];
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    #[test]
+    fn a_parser_panic_is_contained_as_an_error() {
+        let (mut session, _) = ServerSession::new(ServerSessionConfig::new()).expect("session");
+        // Part of a 300-byte message on chunk stream 3, interrupted by a 10-byte message on
+        // chunk stream 4: rml_rtmp 0.8 underflows and panics on this.
+        let mut crafted = chunk(3, 300, &[0x17; 128]);
+        crafted.extend(chunk(4, 10, &[0x17; 10]));
+        let result = parse(&mut session, &crafted);
+        assert!(
+            matches!(result, Err(IngestError::ParserPanic)),
+            "{result:?}"
+        );
+    }
 
     #[test]
     fn clock_extends_across_the_wrap() {
