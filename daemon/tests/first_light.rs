@@ -129,9 +129,12 @@ fn a_push_becomes_hls_that_players_can_read_and_ends_cleanly() {
 fn a_wrong_key_is_refused_and_nothing_goes_live() {
     let daemon = Daemon::start(CONFIG);
     let _key = daemon.add_channel("stage");
+    let mut took = Vec::new();
     for attempt in 1..=2 {
+        let started = std::time::Instant::now();
         let push = Push::start(&daemon.rtmp_url("not-a-real-key"), 5, "160x120");
         let (status, _) = push.finish(Duration::from_secs(30));
+        took.push(started.elapsed());
         assert!(
             !status.success(),
             "attempt {attempt}: ffmpeg must fail on a wrong key"
@@ -141,6 +144,11 @@ fn a_wrong_key_is_refused_and_nothing_goes_live() {
     assert!(
         daemon.logged("failures=2"),
         "repeated failures are counted per address"
+    );
+    // The second attempt waits 250 ms at connect and 500 ms before its refusal.
+    assert!(
+        took[1] >= Duration::from_millis(750),
+        "second refusal was not slowed: {took:?}"
     );
     assert!(!daemon.logged("not-a-real-key"), "keys are never logged");
     assert!(!daemon.channel_live("stage"));

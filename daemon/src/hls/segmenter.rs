@@ -246,4 +246,41 @@ mod tests {
         );
         assert!(s.close(8000, Bytes::new()).is_none(), "nothing open");
     }
+
+    proptest::proptest! {
+        /// Whatever the frame timing and keyframe pattern: segments tile the stream with no
+        /// gap or overlap, start on keyframes unless the no-keyframe bound forced a cut, and
+        /// never exceed that bound by more than one frame.
+        #[test]
+        fn segments_tile_the_stream(frames in proptest::collection::vec((1i64..200, proptest::bool::weighted(0.05)), 1..600)) {
+            let mut s = Segmenter::new(Duration::from_secs(2));
+            let mut segments = Vec::new();
+            let mut dts = 0;
+            let mut first_start = None;
+            for (n, (step, key)) in frames.iter().enumerate() {
+                let key = *key || n == 0;
+                if s.cut_before(dts, key) {
+                    segments.extend(s.close(dts, Bytes::new()));
+                }
+                if !s.is_open() {
+                    s.begin(dts, now(), key);
+                    first_start.get_or_insert(dts);
+                }
+                s.observe_video(dts);
+                dts += step;
+            }
+            segments.extend(s.close_at_end(Bytes::new()));
+            // The last segment ends one frame after the last frame, the frame length being
+            // the step before it (the same rule the pipeline uses at end of stream).
+            let last_dts = dts - frames.last().map_or(0, |f| f.0);
+            let last_frame_length = if frames.len() > 1 { frames[frames.len() - 2].0 } else { 0 };
+            let total: i64 = segments.iter().map(|g| g.duration.as_millis() as i64).sum();
+            proptest::prop_assert_eq!(total, last_dts + last_frame_length - first_start.unwrap_or(0));
+            for (i, g) in segments.iter().enumerate() {
+                proptest::prop_assert_eq!(g.sequence, i as u64);
+                proptest::prop_assert!(g.duration.as_millis() <= 10_000 + 200, "{:?}", g.duration);
+            }
+            proptest::prop_assert!(segments.first().is_none_or(|g| g.parts[0].independent), "the first segment starts on a keyframe");
+        }
+    }
 }

@@ -305,4 +305,26 @@ mod tests {
         let _ = parse_video(&Bytes::new());
         let _ = parse_audio(&Bytes::new());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_parse_to_a_value_or_an_error(body in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let body = Bytes::from(body);
+            let _ = parse_video(&body);
+            let _ = parse_audio(&body);
+            if let Some(config) = parse_aac_config(&body) {
+                proptest::prop_assert!(config.sample_rate > 0 && config.channels > 0);
+            }
+            let _ = avc_codec_string(&body);
+        }
+
+        #[test]
+        fn frames_keep_their_payload_and_signed_composition_time(cts in -8_388_608i32..8_388_608, payload in proptest::collection::vec(proptest::num::u8::ANY, 1..32)) {
+            let c = cts.to_be_bytes();
+            let mut body = vec![0x27, 1, c[1], c[2], c[3]];
+            body.extend_from_slice(&payload);
+            let parsed = parse_video(&Bytes::from(body));
+            proptest::prop_assert_eq!(parsed, Ok(VideoTag::Frame { keyframe: false, cts, data: Bytes::from(payload) }));
+        }
+    }
 }

@@ -105,6 +105,15 @@ impl Daemon {
             .any(|l| l.contains(needle))
     }
 
+    /// Index of the first log line containing `needle`.
+    pub fn log_position(&self, needle: &str) -> Option<usize> {
+        self.logs
+            .lock()
+            .expect("logs")
+            .iter()
+            .position(|l| l.contains(needle))
+    }
+
     pub fn log_count(&self, needle: &str) -> usize {
         self.logs
             .lock()
