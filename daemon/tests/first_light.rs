@@ -24,6 +24,16 @@ fn wait_for_segments(daemon: &Daemon, slug: &str, count: usize) -> MediaPlaylist
     last.expect("playlist")
 }
 
+/// Whether the live playlist gains `count` segments after the newest one in `before`.
+fn keeps_growing(daemon: &Daemon, slug: &str, before: &MediaPlaylist, count: usize) -> bool {
+    let newest = before.segments.last().expect("segment").uri.clone();
+    wait_until(LIVE_TIMEOUT, || {
+        daemon.media_playlist(slug).is_some_and(|p| {
+            !p.ended && p.segments.iter().skip_while(|s| s.uri != newest).count() > count
+        })
+    })
+}
+
 fn wait_for_end(daemon: &Daemon, slug: &str) -> MediaPlaylist {
     let mut last = None;
     let ok = wait_until(Duration::from_secs(10), || {
@@ -168,13 +178,10 @@ fn a_second_publisher_on_a_live_channel_is_refused_and_the_first_keeps_going() {
     assert!(daemon.logged("channel is already live"));
 
     // The first stream is undisturbed: new segments keep coming, still 320 wide.
-    let newest = before.segments.last().expect("segment").uri.clone();
-    let ok = wait_until(LIVE_TIMEOUT, || {
-        daemon.media_playlist("stage").is_some_and(|p| {
-            !p.ended && p.segments.iter().skip_while(|s| s.uri != newest).count() >= 3
-        })
-    });
-    assert!(ok, "the first stream stopped growing");
+    assert!(
+        keeps_growing(&daemon, "stage", &before, 3),
+        "the first stream stopped growing"
+    );
     let streams = ffprobe(&daemon.url("/hls/stage/master.m3u8"));
     assert!(
         streams
@@ -331,13 +338,10 @@ fn garbage_and_half_finished_handshakes_do_not_disturb_a_live_stream() {
     let _silent = TcpStream::connect(daemon.rtmp).expect("connect");
 
     // The live stream keeps producing segments meanwhile.
-    let newest = before.segments.last().expect("segment").uri.clone();
-    let ok = wait_until(LIVE_TIMEOUT, || {
-        daemon.media_playlist("stage").is_some_and(|p| {
-            !p.ended && p.segments.iter().skip_while(|s| s.uri != newest).count() >= 3
-        })
-    });
-    assert!(ok, "the live stream stalled");
+    assert!(
+        keeps_growing(&daemon, "stage", &before, 3),
+        "the live stream stalled"
+    );
     assert!(daemon.channel_live("stage"));
     assert_eq!(daemon.get("/healthz").status, 200);
 }

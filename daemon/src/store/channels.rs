@@ -54,6 +54,15 @@ impl StreamKey {
     }
 }
 
+/// Maps a `SELECT slug, title, created_at` row.
+fn channel_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Channel> {
+    Ok(Channel {
+        slug: row.get(0)?,
+        title: row.get(1)?,
+        created_at: row.get(2)?,
+    })
+}
+
 pub fn validate_slug(slug: &str) -> Result<(), StoreError> {
     let ok = !slug.is_empty()
         && slug.len() <= 32
@@ -122,13 +131,7 @@ impl Store {
         let mut statement = self
             .conn()
             .prepare_cached("SELECT slug, title, created_at FROM channels ORDER BY slug")?;
-        let rows = statement.query_map([], |row| {
-            Ok(Channel {
-                slug: row.get(0)?,
-                title: row.get(1)?,
-                created_at: row.get(2)?,
-            })
-        })?;
+        let rows = statement.query_map([], channel_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -139,13 +142,7 @@ impl Store {
             .prepare_cached(
                 "SELECT slug, title, created_at FROM channels WHERE stream_key_hash = ?1",
             )?
-            .query_row(params![key.hash()], |row| {
-                Ok(Channel {
-                    slug: row.get(0)?,
-                    title: row.get(1)?,
-                    created_at: row.get(2)?,
-                })
-            })
+            .query_row(params![key.hash()], channel_from_row)
             .optional()?;
         Ok(channel)
     }
