@@ -22,8 +22,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long HTTP connections get to finish after shutdown begins.
-const HTTP_DRAIN: Duration = Duration::from_secs(5);
+/// How long each shutdown phase (ending publishes, draining HTTP) may take.
+const SHUTDOWN_PHASE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Sockets the daemon serves on, bound by the caller.
 pub struct Listeners {
@@ -77,20 +77,22 @@ pub async fn run(
     // Connection tasks end their publishes (closing segments, ending playlists); linger
     // timers watch the same token and end at once.
     tracker.close();
-    if tokio::time::timeout(HTTP_DRAIN, tracker.wait())
+    if tokio::time::timeout(SHUTDOWN_PHASE_LIMIT, tracker.wait())
         .await
         .is_err()
     {
-        tracing::warn!("publishes still ending after {HTTP_DRAIN:?}; exiting anyway");
+        tracing::warn!("publishes still ending after {SHUTDOWN_PHASE_LIMIT:?}; exiting anyway");
     }
-    match tokio::time::timeout(HTTP_DRAIN, http).await {
+    match tokio::time::timeout(SHUTDOWN_PHASE_LIMIT, http).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "http task failed"),
-        Err(_) => tracing::warn!("http connections still open after {HTTP_DRAIN:?}; closing them"),
+        Err(_) => tracing::warn!(
+            "http connections still open after {SHUTDOWN_PHASE_LIMIT:?}; closing them"
+        ),
     }
     drop(store);
     let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
-    tracing::info!("stopped");
+    tracing::info!("shutdown complete");
     Ok(())
 }

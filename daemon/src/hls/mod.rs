@@ -10,6 +10,7 @@
 pub mod playlist;
 pub mod segmenter;
 
+use bytes::Bytes;
 use playlist::{MediaPlaylist, Variant};
 use rand::Rng;
 use segmenter::Segment;
@@ -33,6 +34,9 @@ struct RenditionState {
     target_duration: u64,
     peak_bitrate: u64,
     ended: bool,
+    /// The media playlist, rendered when the segments change rather than per request:
+    /// every player polls it, and it changes once per segment.
+    playlist: Bytes,
 }
 
 /// One rendition of a broadcast (today the remuxed "source").
@@ -40,19 +44,55 @@ struct RenditionState {
 pub struct Rendition {
     pub name: &'static str,
     window: usize,
+    /// The broadcast's id: segment names start with it.
+    broadcast_id: String,
     state: Mutex<RenditionState>,
 }
 
 impl Rendition {
-    fn new(name: &'static str, window: usize, target_duration: u64) -> Rendition {
-        Rendition {
+    fn new(
+        name: &'static str,
+        window: usize,
+        target_duration: u64,
+        broadcast_id: String,
+    ) -> Rendition {
+        let rendition = Rendition {
             name,
             window,
+            broadcast_id,
             state: Mutex::new(RenditionState {
                 target_duration,
                 ..RenditionState::default()
             }),
-        }
+        };
+        rendition.render(&mut rendition.lock());
+        rendition
+    }
+
+    /// A segment's file name: unique per broadcast, so a player can never be served a
+    /// previous stream's segment under a reused name.
+    pub fn segment_name(&self, sequence: u64) -> String {
+        format!("{}-{sequence}.ts", self.broadcast_id)
+    }
+
+    /// Parses a segment file name of this rendition back to its sequence number.
+    pub fn parse_segment_name(&self, name: &str) -> Option<u64> {
+        let rest = name
+            .strip_prefix(self.broadcast_id.as_str())?
+            .strip_prefix('-')?;
+        rest.strip_suffix(".ts")?.parse().ok()
+    }
+
+    fn render(&self, state: &mut RenditionState) {
+        let skip = state.segments.len().saturating_sub(self.window);
+        let listed: Vec<_> = state.segments.iter().skip(skip).cloned().collect();
+        let text = playlist::media(&MediaPlaylist {
+            target_duration: state.target_duration,
+            segments: &listed,
+            ended: state.ended,
+            segment_uri: &|s| self.segment_name(s.sequence),
+        });
+        state.playlist = Bytes::from(text);
     }
 
     fn lock(&self) -> MutexGuard<'_, RenditionState> {
@@ -74,11 +114,16 @@ impl Rendition {
         while state.segments.len() > self.window * 2 {
             state.segments.pop_front();
         }
+        self.render(&mut state);
     }
 
     /// The stream ended: the playlist gets EXT-X-ENDLIST.
     pub fn end(&self) {
-        self.lock().ended = true;
+        let mut state = self.lock();
+        if !state.ended {
+            state.ended = true;
+            self.render(&mut state);
+        }
     }
 
     pub fn is_ended(&self) -> bool {
@@ -97,19 +142,8 @@ impl Rendition {
             .cloned()
     }
 
-    pub fn media_playlist(&self, segment_uri: &dyn Fn(&Segment) -> String) -> String {
-        let (target_duration, listed, ended) = {
-            let state = self.lock();
-            let skip = state.segments.len().saturating_sub(self.window);
-            let listed: Vec<_> = state.segments.iter().skip(skip).cloned().collect();
-            (state.target_duration, listed, state.ended)
-        };
-        playlist::media(&MediaPlaylist {
-            target_duration,
-            segments: &listed,
-            ended,
-            segment_uri,
-        })
+    pub fn media_playlist(&self) -> Bytes {
+        self.lock().playlist.clone()
     }
 
     fn variant(&self, uri: String) -> Variant {
@@ -133,8 +167,7 @@ impl Rendition {
 #[derive(Debug)]
 pub struct Broadcast {
     pub slug: String,
-    /// Random per publish and part of every segment name, so a player can never be served
-    /// a previous stream's segment under a reused name.
+    /// Random per publish; part of every segment name.
     pub id: String,
     pub source: Rendition,
 }
@@ -143,16 +176,6 @@ impl Broadcast {
     /// Publishing and with at least one segment a player can fetch.
     pub fn is_live(&self) -> bool {
         !self.source.is_ended() && self.source.segment_count() > 0
-    }
-
-    pub fn segment_name(&self, segment: &Segment) -> String {
-        format!("{}-{}.ts", self.id, segment.sequence)
-    }
-
-    /// Parses a segment file name of this broadcast back to its sequence number.
-    pub fn parse_segment_name(&self, name: &str) -> Option<u64> {
-        let rest = name.strip_prefix(self.id.as_str())?.strip_prefix('-')?;
-        rest.strip_suffix(".ts")?.parse().ok()
     }
 
     pub fn rendition(&self, name: &str) -> Option<&Rendition> {
@@ -205,10 +228,11 @@ impl Broadcasts {
                 return Err(AlreadyLive(slug.to_string()));
             }
         }
+        let id = format!("{:08x}", rand::rng().random::<u32>());
         let broadcast = Arc::new(Broadcast {
             slug: slug.to_string(),
-            id: format!("{:08x}", rand::rng().random::<u32>()),
-            source: Rendition::new("source", self.window, self.target_duration),
+            source: Rendition::new("source", self.window, self.target_duration, id.clone()),
+            id,
         });
         by_slug.insert(slug.to_string(), broadcast.clone());
         Ok(broadcast)
@@ -270,7 +294,8 @@ mod tests {
         assert_ne!(first.id, second.id);
         assert_eq!(second.source.segment_count(), 0);
         assert!(second
-            .parse_segment_name(&first.segment_name(&segment(0, 2.0)))
+            .source
+            .parse_segment_name(&first.source.segment_name(0))
             .is_none());
         broadcasts.remove(&first);
         assert!(
@@ -292,7 +317,7 @@ mod tests {
             b.source.segment(4).is_some(),
             "slid out of the playlist but still served"
         );
-        let text = b.source.media_playlist(&|s| b.segment_name(s));
+        let text = String::from_utf8(b.source.media_playlist().to_vec()).expect("utf-8");
         assert!(text.contains("#EXT-X-TARGETDURATION:4\n"), "{text}");
         assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:7\n"), "{text}");
         assert_eq!(text.matches("#EXTINF").count(), 3);
@@ -302,9 +327,9 @@ mod tests {
     fn segment_names_round_trip() {
         let broadcasts = Broadcasts::new(3, Duration::from_secs(2));
         let b = broadcasts.begin("stage").expect("begin");
-        let name = b.segment_name(&segment(42, 2.0));
-        assert_eq!(b.parse_segment_name(&name), Some(42));
-        assert_eq!(b.parse_segment_name("nope-42.ts"), None);
-        assert_eq!(b.parse_segment_name(&format!("{}-x.ts", b.id)), None);
+        let name = b.source.segment_name(42);
+        assert_eq!(b.source.parse_segment_name(&name), Some(42));
+        assert_eq!(b.source.parse_segment_name("nope-42.ts"), None);
+        assert_eq!(b.source.parse_segment_name(&format!("{}-x.ts", b.id)), None);
     }
 }

@@ -99,7 +99,7 @@ async fn list_channels(State(state): State<AppState>) -> Result<Json<Vec<Channel
     Ok(Json(views))
 }
 
-fn playlist_response(text: String) -> Response {
+fn playlist_response(text: impl Into<Body>) -> Response {
     (
         [
             (
@@ -111,7 +111,7 @@ fn playlist_response(text: String) -> Response {
                 HeaderValue::from_static(PLAYLIST_CACHE),
             ),
         ],
-        text,
+        text.into(),
     )
         .into_response()
 }
@@ -144,11 +144,9 @@ async fn rendition_file(
         .rendition(&rendition)
         .ok_or_else(|| ApiError::not_found(format!("no rendition `{rendition}`")))?;
     if file == "index.m3u8" {
-        return Ok(playlist_response(
-            rendition.media_playlist(&|s| broadcast.segment_name(s)),
-        ));
+        return Ok(playlist_response(rendition.media_playlist()));
     }
-    let segment = broadcast
+    let segment = rendition
         .parse_segment_name(&file)
         .and_then(|sequence| rendition.segment(sequence))
         .ok_or_else(|| ApiError::not_found("no such segment (it may have expired)"))?;

@@ -133,8 +133,7 @@ impl Pipeline {
     fn restart_on_new_config(&mut self) {
         if let Some(muxer) = self.muxer.take() {
             tracing::info!("codec configuration changed; starting a new timeline");
-            let end = self.last_dts[0].unwrap_or(0);
-            self.close_segment(muxer.finish(), |s, data| s.close(end, data));
+            self.close_segment(muxer.finish(), |s, data| s.close_at_end(data));
             self.segmenter.mark_discontinuity();
             self.last_dts = [None, None];
         }
