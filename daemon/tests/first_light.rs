@@ -360,7 +360,8 @@ fn sigterm_while_live_ends_the_stream_and_exits_cleanly() {
         .expect("commeowd did not exit within 15 s of SIGTERM");
     assert!(status.success(), "exit status {status:?}");
     // The log pipe may still hold the last lines after the process exited.
-    assert!(wait_until(Duration::from_secs(5), || daemon.logged("shutdown complete")));
+    assert!(wait_until(Duration::from_secs(5), || daemon
+        .logged("shutdown complete")));
     // Shutdown phases, in order: signal, publishes end (playlists closed), store closed.
     let signal = daemon
         .log_position("SIGTERM received")
@@ -369,7 +370,9 @@ fn sigterm_while_live_ends_the_stream_and_exits_cleanly() {
         .log_position("stream ended")
         .expect("the pipeline closed its stream");
     let publish_ended = daemon.log_position("publish ended").expect("publish ended");
-    let stopped = daemon.log_position("shutdown complete").expect("shutdown finished");
+    let stopped = daemon
+        .log_position("shutdown complete")
+        .expect("shutdown finished");
     assert!(signal < stream_ended && stream_ended < publish_ended && publish_ended < stopped);
     // The publisher was disconnected rather than left hanging.
     let (status, _) = push.finish(Duration::from_secs(15));
