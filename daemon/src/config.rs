@@ -53,6 +53,7 @@ pub struct RtmpConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HlsConfig {
     pub target_duration: f64,
+    pub part_target: f64,
     pub window_segments: usize,
     pub linger_seconds: u64,
 }
@@ -79,6 +80,7 @@ impl Default for HlsConfig {
     fn default() -> Self {
         HlsConfig {
             target_duration: 2.0,
+            part_target: 0.334,
             window_segments: 5,
             linger_seconds: 10,
         }
@@ -88,6 +90,10 @@ impl Default for HlsConfig {
 impl HlsConfig {
     pub fn target(&self) -> Duration {
         Duration::from_secs_f64(self.target_duration)
+    }
+
+    pub fn part_target(&self) -> Duration {
+        Duration::from_secs_f64(self.part_target)
     }
 
     pub fn linger(&self) -> Duration {
@@ -129,6 +135,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "hls.target_duration",
                 message: format!("{target} is outside 0.5..=30 seconds"),
+            });
+        }
+        let part = self.hls.part_target;
+        if !(0.1..=2.0).contains(&part) || part >= target {
+            return Err(ConfigError::Invalid {
+                key: "hls.part_target",
+                message: format!(
+                    "{part} must be within 0.1..=2 seconds and below hls.target_duration"
+                ),
             });
         }
         if !(3..=100).contains(&self.hls.window_segments) {
@@ -184,6 +199,7 @@ mod tests {
             built_in.rtmp.max_connections
         );
         assert_eq!(from_file.hls.target_duration, built_in.hls.target_duration);
+        assert_eq!(from_file.hls.part_target, built_in.hls.part_target);
         assert_eq!(from_file.hls.window_segments, built_in.hls.window_segments);
         assert_eq!(from_file.hls.linger_seconds, built_in.hls.linger_seconds);
     }

@@ -46,6 +46,7 @@ pub async fn run(
     let broadcasts = Arc::new(hls::Broadcasts::new(
         config.hls.window_segments,
         config.hls.target(),
+        config.hls.part_target(),
     ));
     let tracker = TaskTracker::new();
 

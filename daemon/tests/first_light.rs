@@ -87,7 +87,15 @@ fn a_push_becomes_hls_that_players_can_read_and_ends_cleanly() {
         "{stream_inf}"
     );
     assert!(stream_inf.contains("RESOLUTION=320x240"), "{stream_inf}");
-    assert!(master.contains("\nsource/index.m3u8\n"), "{master}");
+    assert!(
+        master.contains("\nll/index.m3u8\n"),
+        "master offers LL-HLS: {master}"
+    );
+    let classic = daemon.get("/hls/stage/classic.m3u8").text();
+    assert!(
+        classic.contains("\nsource/index.m3u8\n"),
+        "classic master offers TS: {classic}"
+    );
 
     let segment = daemon.get(&format!("/hls/stage/source/{}", live.segments[0].uri));
     assert_eq!(segment.status, 200);
@@ -98,21 +106,16 @@ fn a_push_becomes_hls_that_players_can_read_and_ends_cleanly() {
     assert_eq!(segment.body.first(), Some(&0x47), "MPEG-TS sync byte");
     assert_eq!(segment.body.len() % 188, 0, "whole TS packets");
 
-    let streams = ffprobe(&daemon.url("/hls/stage/master.m3u8"));
-    let kinds: Vec<_> = streams
-        .iter()
-        .map(|(t, c, _)| (t.as_str(), c.as_str()))
-        .collect();
-    assert_eq!(
-        kinds.iter().filter(|k| **k == ("video", "h264")).count(),
-        1,
-        "{streams:?}"
-    );
-    assert_eq!(
-        kinds.iter().filter(|k| **k == ("audio", "aac")).count(),
-        1,
-        "{streams:?}"
-    );
+    for master in ["master.m3u8", "classic.m3u8"] {
+        let streams = ffprobe(&daemon.url(&format!("/hls/stage/{master}")));
+        let kinds: Vec<_> = streams
+            .iter()
+            .map(|(t, c, _)| (t.as_str(), c.as_str()))
+            .collect();
+        let count = |kind| kinds.iter().filter(|k| **k == kind).count();
+        assert_eq!(count(("video", "h264")), 1, "{master}: {streams:?}");
+        assert_eq!(count(("audio", "aac")), 1, "{master}: {streams:?}");
+    }
 
     let (status, stderr) = push.finish(Duration::from_secs(30));
     assert!(status.success(), "ffmpeg: {stderr}");

@@ -11,11 +11,12 @@ pub mod playlist;
 pub mod segmenter;
 
 use bytes::Bytes;
-use playlist::{MediaPlaylist, Variant};
+use playlist::{LowLatencyPlaylist, MediaPlaylist, Variant};
 use rand::Rng;
-use segmenter::Segment;
+use segmenter::{OpenSegment, Part, Segment, SegmentStart};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::watch;
 
 /// What the master playlist says about a rendition's stream.
 #[derive(Debug, Clone, Default)]
@@ -25,74 +26,117 @@ pub struct StreamInfo {
     pub frame_rate: Option<f64>,
 }
 
+/// How a rendition is packaged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Packaging {
+    /// MPEG-TS segments, classic HLS for every player.
+    Classic,
+    /// fMP4 parts and segments, LL-HLS (RFC 8216bis).
+    LowLatency { part_target: f64 },
+}
+
 #[derive(Debug, Default)]
 struct RenditionState {
     info: StreamInfo,
     /// Oldest first; the playlist shows the last `window` of them.
     segments: VecDeque<Arc<Segment>>,
+    /// LL-HLS: the segment being built and its parts so far.
+    open: Option<OpenSegment>,
+    /// LL-HLS: the fMP4 initialization segment.
+    init: Bytes,
     /// Only grows during a broadcast (RFC 8216 forbids changing it).
     target_duration: u64,
     peak_bitrate: u64,
     ended: bool,
     /// The media playlist, rendered when the segments change rather than per request:
-    /// every player polls it, and it changes once per segment.
+    /// every player polls it, and it changes once per part or segment.
     playlist: Bytes,
+    /// LL-HLS: the delta update (`_HLS_skip=YES`), rendered alongside.
+    delta: Bytes,
 }
 
-/// One rendition of a broadcast (today the remuxed "source").
+/// Where a rendition's media has reached: the newest segment's sequence number and, for
+/// a segment still being built, how many of its parts exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub sequence: u64,
+    /// `None`: segment `sequence` is complete.
+    pub parts: Option<usize>,
+}
+
+/// One rendition of a broadcast.
 #[derive(Debug)]
 pub struct Rendition {
     pub name: &'static str,
+    pub packaging: Packaging,
     window: usize,
-    /// The broadcast's id: segment names start with it.
+    /// The broadcast's id: file names start with it.
     broadcast_id: String,
     state: Mutex<RenditionState>,
+    /// Bumped on every new part, segment or end. Held playlist and part requests wait on
+    /// it: one notification per rendition wakes them all, no thread per request.
+    changes: watch::Sender<u64>,
 }
 
 impl Rendition {
     fn new(
         name: &'static str,
+        packaging: Packaging,
         window: usize,
         target_duration: u64,
         broadcast_id: String,
     ) -> Rendition {
         let rendition = Rendition {
             name,
+            packaging,
             window,
             broadcast_id,
             state: Mutex::new(RenditionState {
                 target_duration,
                 ..RenditionState::default()
             }),
+            changes: watch::Sender::new(0),
         };
         rendition.render(&mut rendition.lock());
         rendition
     }
 
+    fn extension(&self) -> &'static str {
+        match self.packaging {
+            Packaging::Classic => "ts",
+            Packaging::LowLatency { .. } => "m4s",
+        }
+    }
+
     /// A segment's file name: unique per broadcast, so a player can never be served a
     /// previous stream's segment under a reused name.
     pub fn segment_name(&self, sequence: u64) -> String {
-        format!("{}-{sequence}.ts", self.broadcast_id)
+        format!("{}-{sequence}.{}", self.broadcast_id, self.extension())
     }
 
-    /// Parses a segment file name of this rendition back to its sequence number.
-    pub fn parse_segment_name(&self, name: &str) -> Option<u64> {
+    /// An LL-HLS part's file name.
+    pub fn part_name(&self, sequence: u64, index: usize) -> String {
+        format!("{}-{sequence}.{index}.m4s", self.broadcast_id)
+    }
+
+    pub fn init_name(&self) -> String {
+        format!("{}-init.mp4", self.broadcast_id)
+    }
+
+    /// Parses a media file name of this rendition: `(sequence, Some(part))` for a part,
+    /// `(sequence, None)` for a whole segment.
+    pub fn parse_media_name(&self, name: &str) -> Option<(u64, Option<usize>)> {
         let rest = name
             .strip_prefix(self.broadcast_id.as_str())?
             .strip_prefix('-')?;
-        rest.strip_suffix(".ts")?.parse().ok()
-    }
-
-    fn render(&self, state: &mut RenditionState) {
-        let skip = state.segments.len().saturating_sub(self.window);
-        let listed: Vec<_> = state.segments.iter().skip(skip).cloned().collect();
-        let text = playlist::media(&MediaPlaylist {
-            target_duration: state.target_duration,
-            segments: &listed,
-            ended: state.ended,
-            segment_uri: &|s| self.segment_name(s.sequence),
-        });
-        state.playlist = Bytes::from(text);
+        let rest = rest.strip_suffix(self.extension())?.strip_suffix('.')?;
+        match rest.split_once('.') {
+            Some((sequence, part)) if self.extension() == "m4s" => {
+                Some((sequence.parse().ok()?, Some(part.parse().ok()?)))
+            }
+            Some(_) => None,
+            None => Some((rest.parse().ok()?, None)),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, RenditionState> {
@@ -100,8 +144,65 @@ impl Rendition {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Renders the playlists and wakes every held request.
+    fn changed(&self, state: &mut RenditionState) {
+        self.render(state);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    fn render(&self, state: &mut RenditionState) {
+        let skip = state.segments.len().saturating_sub(self.window);
+        let listed: Vec<_> = state.segments.iter().skip(skip).cloned().collect();
+        match self.packaging {
+            Packaging::Classic => {
+                let text = playlist::media(&MediaPlaylist {
+                    target_duration: state.target_duration,
+                    segments: &listed,
+                    ended: state.ended,
+                    segment_uri: &|s| self.segment_name(s.sequence),
+                });
+                state.playlist = Bytes::from(text);
+            }
+            Packaging::LowLatency { part_target } => {
+                let map_uri = self.init_name();
+                let mut playlist = LowLatencyPlaylist {
+                    target_duration: state.target_duration,
+                    part_target,
+                    map_uri: &map_uri,
+                    segments: &listed,
+                    open: state.open.as_ref(),
+                    ended: state.ended,
+                    skip: 0,
+                    segment_uri: &|sequence| self.segment_name(sequence),
+                    part_uri: &|sequence, index| self.part_name(sequence, index),
+                };
+                let full = playlist::low_latency(&playlist);
+                // A delta update skips the segments older than CAN-SKIP-UNTIL from the end.
+                let horizon = playlist.can_skip_until();
+                let mut recent = 0.0;
+                let kept = listed.iter().rev().take_while(|s| {
+                    recent += s.duration.as_secs_f64();
+                    recent <= horizon
+                });
+                playlist.skip = listed.len() - kept.count();
+                let delta = playlist::low_latency(&playlist);
+                state.playlist = Bytes::from(full);
+                state.delta = Bytes::from(delta);
+            }
+        }
+    }
+
     pub fn set_info(&self, info: StreamInfo) {
         self.lock().info = info;
+    }
+
+    pub fn set_init(&self, init: Bytes) {
+        self.lock().init = init;
+    }
+
+    pub fn init(&self) -> Option<Bytes> {
+        let state = self.lock();
+        (!state.init.is_empty()).then(|| state.init.clone())
     }
 
     /// Publishes a closed segment and forgets the oldest beyond twice the window.
@@ -114,7 +215,36 @@ impl Rendition {
         while state.segments.len() > self.window * 2 {
             state.segments.pop_front();
         }
-        self.render(&mut state);
+        self.changed(&mut state);
+    }
+
+    /// LL-HLS: publishes a part of the segment `start` describes.
+    pub fn push_part(&self, start: SegmentStart, part: Part) {
+        let mut state = self.lock();
+        match &mut state.open {
+            Some(open) if open.start.sequence == start.sequence => open.parts.push(part),
+            _ => {
+                state.open = Some(OpenSegment {
+                    start,
+                    parts: vec![part],
+                })
+            }
+        }
+        self.changed(&mut state);
+    }
+
+    /// LL-HLS: the open segment is complete and lasted `duration`.
+    pub fn close_open(&self, duration: std::time::Duration) {
+        let open = self.lock().open.take();
+        if let Some(open) = open {
+            self.push(Segment {
+                sequence: open.start.sequence,
+                duration,
+                program_date_time: open.start.program_date_time,
+                discontinuity: open.start.discontinuity,
+                parts: open.parts,
+            });
+        }
     }
 
     /// The stream ended: the playlist gets EXT-X-ENDLIST.
@@ -122,7 +252,7 @@ impl Rendition {
         let mut state = self.lock();
         if !state.ended {
             state.ended = true;
-            self.render(&mut state);
+            self.changed(&mut state);
         }
     }
 
@@ -134,6 +264,10 @@ impl Rendition {
         self.lock().segments.len()
     }
 
+    pub fn target_duration(&self) -> u64 {
+        self.lock().target_duration
+    }
+
     pub fn segment(&self, sequence: u64) -> Option<Arc<Segment>> {
         self.lock()
             .segments
@@ -142,8 +276,58 @@ impl Rendition {
             .cloned()
     }
 
+    /// A part of a closed or open segment.
+    pub fn part(&self, sequence: u64, index: usize) -> Option<Bytes> {
+        let state = self.lock();
+        if let Some(open) = state.open.as_ref().filter(|o| o.start.sequence == sequence) {
+            return open.parts.get(index).map(|p| p.data.clone());
+        }
+        let segment = state.segments.iter().find(|s| s.sequence == sequence)?;
+        segment.parts.get(index).map(|p| p.data.clone())
+    }
+
+    /// The newest media this rendition has.
+    pub fn position(&self) -> Option<Position> {
+        let state = self.lock();
+        if let Some(open) = &state.open {
+            return Some(Position {
+                sequence: open.start.sequence,
+                parts: Some(open.parts.len()),
+            });
+        }
+        state.segments.back().map(|s| Position {
+            sequence: s.sequence,
+            parts: None,
+        })
+    }
+
+    /// Whether segment `sequence` (or its part `part`) exists yet.
+    pub fn has(&self, sequence: u64, part: Option<usize>) -> bool {
+        match self.position() {
+            None => false,
+            Some(Position {
+                sequence: newest,
+                parts: None,
+            }) => sequence <= newest,
+            Some(Position {
+                sequence: newest,
+                parts: Some(count),
+            }) => sequence < newest || (sequence == newest && part.is_some_and(|p| p < count)),
+        }
+    }
+
+    /// Notified on every change (see [`Rendition::changes`]).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     pub fn media_playlist(&self) -> Bytes {
         self.lock().playlist.clone()
+    }
+
+    /// LL-HLS delta update (`_HLS_skip=YES`).
+    pub fn delta_playlist(&self) -> Bytes {
+        self.lock().delta.clone()
     }
 
     fn variant(&self, uri: String) -> Variant {
@@ -167,30 +351,53 @@ impl Rendition {
 #[derive(Debug)]
 pub struct Broadcast {
     pub slug: String,
-    /// Random per publish; part of every segment name.
+    /// Random per publish; part of every media file name.
     pub id: String,
+    /// The remuxed stream as MPEG-TS segments: classic HLS, for every player.
     pub source: Rendition,
+    /// The same stream as fMP4 parts: LL-HLS, what `master.m3u8` offers.
+    pub ll: Rendition,
 }
 
 impl Broadcast {
     /// Publishing and with at least one segment a player can fetch.
     pub fn is_live(&self) -> bool {
-        !self.source.is_ended() && self.source.segment_count() > 0
+        !self.source.is_ended() && self.source.segment_count() > 0 && self.ll.segment_count() > 0
+    }
+
+    pub fn renditions(&self) -> [&Rendition; 2] {
+        [&self.ll, &self.source]
     }
 
     pub fn rendition(&self, name: &str) -> Option<&Rendition> {
-        (name == self.source.name).then_some(&self.source)
+        self.renditions().into_iter().find(|r| r.name == name)
     }
 
-    /// The master playlist, once the source has a segment to describe.
-    pub fn master_playlist(&self) -> Option<String> {
-        if self.source.segment_count() == 0 {
+    /// A master playlist offering one rendition, once it has a segment to describe.
+    fn master_for(&self, rendition: &Rendition) -> Option<String> {
+        if rendition.segment_count() == 0 {
             return None;
         }
-        let variant = self
-            .source
-            .variant(format!("{}/index.m3u8", self.source.name));
+        let variant = rendition.variant(format!("{}/index.m3u8", rendition.name));
         Some(playlist::master(&[variant]))
+    }
+
+    /// `master.m3u8`: the LL-HLS rendition (hls.js and Safari play it; players that do
+    /// not know LL-HLS tags ignore them and play its fMP4 segments).
+    pub fn master_playlist(&self) -> Option<String> {
+        self.master_for(&self.ll)
+    }
+
+    /// `classic.m3u8`: MPEG-TS segments, for old players without fMP4 support.
+    pub fn classic_master_playlist(&self) -> Option<String> {
+        self.master_for(&self.source)
+    }
+
+    /// Ends both renditions' playlists.
+    pub fn end(&self) {
+        for rendition in self.renditions() {
+            rendition.end();
+        }
     }
 }
 
@@ -203,14 +410,20 @@ pub struct AlreadyLive(pub String);
 pub struct Broadcasts {
     window: usize,
     target_duration: u64,
+    part_target: f64,
     by_slug: Mutex<HashMap<String, Arc<Broadcast>>>,
 }
 
 impl Broadcasts {
-    pub fn new(window: usize, target: std::time::Duration) -> Broadcasts {
+    pub fn new(
+        window: usize,
+        target: std::time::Duration,
+        part_target: std::time::Duration,
+    ) -> Broadcasts {
         Broadcasts {
             window,
             target_duration: target.as_secs_f64().round().max(1.0) as u64,
+            part_target: part_target.as_secs_f64(),
             by_slug: Mutex::new(HashMap::new()),
         }
     }
@@ -229,9 +442,28 @@ impl Broadcasts {
             }
         }
         let id = format!("{:08x}", rand::rng().random::<u32>());
+        // LL-HLS delta updates skip what is older than six target durations; the LL
+        // playlist is kept a little longer than that, so they have something to skip.
+        let ll_window = self.window.max(8);
+        let low_latency = Packaging::LowLatency {
+            part_target: self.part_target,
+        };
         let broadcast = Arc::new(Broadcast {
             slug: slug.to_string(),
-            source: Rendition::new("source", self.window, self.target_duration, id.clone()),
+            source: Rendition::new(
+                "source",
+                Packaging::Classic,
+                self.window,
+                self.target_duration,
+                id.clone(),
+            ),
+            ll: Rendition::new(
+                "ll",
+                low_latency,
+                ll_window,
+                self.target_duration,
+                id.clone(),
+            ),
             id,
         });
         by_slug.insert(slug.to_string(), broadcast.clone());
@@ -282,7 +514,7 @@ mod tests {
 
     #[test]
     fn one_publish_per_channel_and_a_new_publish_starts_clean() {
-        let broadcasts = Broadcasts::new(3, Duration::from_secs(2));
+        let broadcasts = Broadcasts::new(3, Duration::from_secs(2), Duration::from_millis(334));
         let first = broadcasts.begin("stage").expect("first");
         assert!(
             broadcasts.begin("stage").is_err(),
@@ -295,7 +527,7 @@ mod tests {
         assert_eq!(second.source.segment_count(), 0);
         assert!(second
             .source
-            .parse_segment_name(&first.source.segment_name(0))
+            .parse_media_name(&first.source.segment_name(0))
             .is_none());
         broadcasts.remove(&first);
         assert!(
@@ -306,7 +538,7 @@ mod tests {
 
     #[test]
     fn window_is_bounded_and_target_duration_only_grows() {
-        let broadcasts = Broadcasts::new(3, Duration::from_secs(2));
+        let broadcasts = Broadcasts::new(3, Duration::from_secs(2), Duration::from_millis(334));
         let b = broadcasts.begin("stage").expect("begin");
         for n in 0..10 {
             b.source.push(segment(n, if n == 4 { 4.2 } else { 2.0 }));
@@ -325,11 +557,29 @@ mod tests {
 
     #[test]
     fn segment_names_round_trip() {
-        let broadcasts = Broadcasts::new(3, Duration::from_secs(2));
+        let broadcasts = Broadcasts::new(3, Duration::from_secs(2), Duration::from_millis(334));
         let b = broadcasts.begin("stage").expect("begin");
         let name = b.source.segment_name(42);
-        assert_eq!(b.source.parse_segment_name(&name), Some(42));
-        assert_eq!(b.source.parse_segment_name("nope-42.ts"), None);
-        assert_eq!(b.source.parse_segment_name(&format!("{}-x.ts", b.id)), None);
+        assert_eq!(b.source.parse_media_name(&name), Some((42, None)));
+        assert_eq!(b.source.parse_media_name("nope-42.ts"), None);
+        assert_eq!(b.source.parse_media_name(&format!("{}-x.ts", b.id)), None);
+        assert_eq!(
+            b.source.parse_media_name(&format!("{}-42.1.ts", b.id)),
+            None,
+            "TS has no parts"
+        );
+        assert_eq!(
+            b.ll.parse_media_name(&b.ll.part_name(42, 3)),
+            Some((42, Some(3)))
+        );
+        assert_eq!(
+            b.ll.parse_media_name(&b.ll.segment_name(42)),
+            Some((42, None))
+        );
+        assert_eq!(
+            b.ll.parse_media_name(&name),
+            None,
+            "a TS name is not an LL name"
+        );
     }
 }

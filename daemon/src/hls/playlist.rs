@@ -1,6 +1,6 @@
 //! Renders HLS playlists (RFC 8216) from the segments a rendition holds. Pure text.
 
-use super::segmenter::Segment;
+use super::segmenter::{OpenSegment, Part, Segment};
 use chrono::SecondsFormat;
 use std::fmt::Write;
 use std::sync::Arc;
@@ -73,6 +73,145 @@ pub fn media(p: &MediaPlaylist<'_>) -> String {
     }
     if p.ended {
         out.push_str("#EXT-X-ENDLIST\n");
+    }
+    out
+}
+
+/// What an LL-HLS media playlist shows (RFC 8216bis).
+pub struct LowLatencyPlaylist<'a> {
+    pub target_duration: u64,
+    pub part_target: f64,
+    /// URI of the initialization segment (EXT-X-MAP).
+    pub map_uri: &'a str,
+    /// Closed segments, oldest first.
+    pub segments: &'a [Arc<Segment>],
+    /// The segment being built, with its parts so far.
+    pub open: Option<&'a OpenSegment>,
+    pub ended: bool,
+    /// Leading segments replaced by EXT-X-SKIP (a delta update); 0 for the full playlist.
+    pub skip: usize,
+    pub segment_uri: &'a dyn Fn(u64) -> String,
+    pub part_uri: &'a dyn Fn(u64, usize) -> String,
+}
+
+impl LowLatencyPlaylist<'_> {
+    /// PART-HOLD-BACK: three part targets, the minimum RFC 8216bis allows.
+    pub fn part_hold_back(&self) -> f64 {
+        3.0 * self.part_target
+    }
+
+    /// CAN-SKIP-UNTIL: six target durations, the minimum RFC 8216bis allows.
+    pub fn can_skip_until(&self) -> f64 {
+        6.0 * self.target_duration as f64
+    }
+}
+
+fn write_parts(
+    out: &mut String,
+    sequence: u64,
+    parts: &[Part],
+    part_uri: &dyn Fn(u64, usize) -> String,
+) {
+    for (index, part) in parts.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "#EXT-X-PART:DURATION={:.5},URI=\"{}\"{}",
+            part.duration.as_secs_f64(),
+            part_uri(sequence, index),
+            if part.independent {
+                ",INDEPENDENT=YES"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+pub fn low_latency(p: &LowLatencyPlaylist<'_>) -> String {
+    let mut out = String::with_capacity(512 + p.segments.len() * 400);
+    let first_sequence = p
+        .segments
+        .first()
+        .map(|s| s.sequence)
+        .or(p.open.map(|o| o.start.sequence))
+        .unwrap_or(0);
+    let _ = write!(
+        out,
+        "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:{}\n\
+         #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,CAN-SKIP-UNTIL={:.3},PART-HOLD-BACK={:.3}\n\
+         #EXT-X-PART-INF:PART-TARGET={:.3}\n#EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-MAP:URI=\"{}\"\n",
+        p.target_duration,
+        p.can_skip_until(),
+        p.part_hold_back(),
+        p.part_target,
+        first_sequence,
+        p.map_uri
+    );
+    let skip = p.skip.min(p.segments.len());
+    if skip > 0 {
+        let _ = writeln!(out, "#EXT-X-SKIP:SKIPPED-SEGMENTS={skip}");
+    }
+    // Parts are listed only near the live edge: within three target durations of the end
+    // (RFC 8216bis lets older ones go), which keeps each reload small.
+    let mut edge = 0.0;
+    let parts_from = p
+        .segments
+        .iter()
+        .rev()
+        .take_while(|s| {
+            let keep = edge < 3.0 * p.target_duration as f64;
+            edge += s.duration.as_secs_f64();
+            keep
+        })
+        .last()
+        .map_or(u64::MAX, |s| s.sequence);
+    for segment in &p.segments[skip..] {
+        if segment.discontinuity {
+            out.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        let _ = writeln!(
+            out,
+            "#EXT-X-PROGRAM-DATE-TIME:{}",
+            segment
+                .program_date_time
+                .to_rfc3339_opts(SecondsFormat::Millis, true)
+        );
+        if segment.sequence >= parts_from {
+            write_parts(&mut out, segment.sequence, &segment.parts, p.part_uri);
+        }
+        let _ = write!(
+            out,
+            "#EXTINF:{:.5},\n{}\n",
+            segment.duration.as_secs_f64(),
+            (p.segment_uri)(segment.sequence)
+        );
+    }
+    if let Some(open) = p.open {
+        if open.start.discontinuity {
+            out.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        let _ = writeln!(
+            out,
+            "#EXT-X-PROGRAM-DATE-TIME:{}",
+            open.start
+                .program_date_time
+                .to_rfc3339_opts(SecondsFormat::Millis, true)
+        );
+        write_parts(&mut out, open.start.sequence, &open.parts, p.part_uri);
+    }
+    if p.ended {
+        out.push_str("#EXT-X-ENDLIST\n");
+    } else {
+        // The next part: in the open segment, or the first of the next one.
+        let (sequence, index) = match p.open {
+            Some(open) => (open.start.sequence, open.parts.len()),
+            None => (p.segments.last().map_or(0, |s| s.sequence + 1), 0),
+        };
+        let _ = writeln!(
+            out,
+            "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}\"",
+            (p.part_uri)(sequence, index)
+        );
     }
     out
 }

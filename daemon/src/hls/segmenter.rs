@@ -47,8 +47,23 @@ impl Segment {
     }
 }
 
+/// Identity of the segment being built, for LL-HLS parts published before it closes.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentStart {
+    pub sequence: u64,
+    pub program_date_time: DateTime<Utc>,
+    pub discontinuity: bool,
+}
+
+/// A segment still being built, with the parts published so far (LL-HLS).
+#[derive(Debug, Clone)]
+pub struct OpenSegment {
+    pub start: SegmentStart,
+    pub parts: Vec<Part>,
+}
+
 #[derive(Debug)]
-struct OpenSegment {
+struct Building {
     start_dts: i64,
     started_at: DateTime<Utc>,
     independent: bool,
@@ -60,7 +75,7 @@ pub struct Segmenter {
     target_ms: i64,
     /// A stream with no keyframes for this long is cut anyway, so memory stays bounded.
     max_ms: i64,
-    open: Option<OpenSegment>,
+    open: Option<Building>,
     next_sequence: u64,
     discontinuity: bool,
     last_video_dts: Option<i64>,
@@ -100,11 +115,30 @@ impl Segmenter {
 
     /// Opens a segment at this packet.
     pub fn begin(&mut self, dts: i64, arrived: DateTime<Utc>, keyframe: bool) {
-        self.open = Some(OpenSegment {
+        self.open = Some(Building {
             start_dts: dts,
             started_at: arrived,
             independent: keyframe,
         });
+    }
+
+    /// The segment being built, if any.
+    pub fn current(&self) -> Option<SegmentStart> {
+        self.open.as_ref().map(|open| SegmentStart {
+            sequence: self.next_sequence,
+            program_date_time: open.started_at,
+            discontinuity: self.discontinuity,
+        })
+    }
+
+    /// Milliseconds between the last two video frames.
+    pub fn frame_step(&self) -> i64 {
+        self.last_video_step
+    }
+
+    /// Where the stream ends: one frame after its last video frame.
+    pub fn end_dts(&self) -> Option<i64> {
+        Some(self.last_video_dts? + self.last_video_step)
     }
 
     /// Notes a video packet's timestamp, for the duration of the stream's last segment.
@@ -144,7 +178,7 @@ impl Segmenter {
     /// Closes the open segment at the end of the stream: it lasts until its last video
     /// frame has been shown.
     pub fn close_at_end(&mut self, data: Bytes) -> Option<Segment> {
-        let end = self.last_video_dts? + self.last_video_step;
+        let end = self.end_dts()?;
         self.close(end, data)
     }
 }

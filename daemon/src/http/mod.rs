@@ -3,23 +3,28 @@
 //! `app(state)` builds the router, so tests can drive it without a socket. Errors are JSON
 //! `{"error": {"code", "message"}}` with a fitting status, built in one place ([`ApiError`]).
 
-use crate::hls::Broadcasts;
+use crate::hls::{Broadcast, Broadcasts, Packaging, Rendition};
 use crate::store::{StoreError, StoreHandle};
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
+use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
+use tower_http::compression::CompressionLayer;
 
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
-const SEGMENT_TYPE: &str = "video/mp2t";
+const TS_TYPE: &str = "video/mp2t";
+const FMP4_TYPE: &str = "video/mp4";
 /// Playlists change every segment: players must revalidate.
 const PLAYLIST_CACHE: &str = "no-cache";
-/// Segment names are unique per publish, so their bytes never change.
-const SEGMENT_CACHE: &str = "public, max-age=86400, immutable";
+/// Segment and part names are unique per publish, so their bytes never change.
+const MEDIA_CACHE: &str = "public, max-age=86400, immutable";
 
 #[derive(Clone)]
 pub struct AppState {
@@ -32,8 +37,16 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/channels", get(list_channels))
         .route("/hls/{slug}/master.m3u8", get(master_playlist))
+        .route("/hls/{slug}/classic.m3u8", get(classic_master_playlist))
         .route("/hls/{slug}/{rendition}/{file}", get(rendition_file))
         .fallback(|| async { ApiError::not_found("no such page") })
+        // Playlists compress well and are fetched by every player several times a second;
+        // media does not compress, so it is left alone.
+        .layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .compress_when(DefaultPredicate::new().and(NotForContentType::const_new("video/"))),
+        )
         .with_state(state)
 }
 
@@ -116,58 +129,198 @@ fn playlist_response(text: impl Into<Body>) -> Response {
         .into_response()
 }
 
+fn media_response(content_type: &'static str, length: usize, body: Body) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static(MEDIA_CACHE)),
+            (header::CONTENT_LENGTH, HeaderValue::from(length)),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn live_broadcast(state: &AppState, slug: &str) -> Result<Arc<Broadcast>, ApiError> {
+    state
+        .broadcasts
+        .get(slug)
+        .ok_or_else(|| ApiError::not_found(format!("channel `{slug}` is not live")))
+}
+
+fn starting(slug: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "channel `{slug}` is starting; try again in a moment"
+    ))
+}
+
 async fn master_playlist(
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<Response, ApiError> {
-    let broadcast = state
-        .broadcasts
-        .get(&slug)
-        .ok_or_else(|| ApiError::not_found(format!("channel `{slug}` is not live")))?;
-    let text = broadcast.master_playlist().ok_or_else(|| {
-        ApiError::not_found(format!(
-            "channel `{slug}` is starting; try again in a moment"
-        ))
-    })?;
+    let text = live_broadcast(&state, &slug)?
+        .master_playlist()
+        .ok_or_else(|| starting(&slug))?;
+    Ok(playlist_response(text))
+}
+
+async fn classic_master_playlist(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Response, ApiError> {
+    let text = live_broadcast(&state, &slug)?
+        .classic_master_playlist()
+        .ok_or_else(|| starting(&slug))?;
     Ok(playlist_response(text))
 }
 
 async fn rendition_file(
     State(state): State<AppState>,
     Path((slug, rendition, file)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let broadcast = state
-        .broadcasts
-        .get(&slug)
-        .ok_or_else(|| ApiError::not_found(format!("channel `{slug}` is not live")))?;
+    let broadcast = live_broadcast(&state, &slug)?;
     let rendition = broadcast
         .rendition(&rendition)
         .ok_or_else(|| ApiError::not_found(format!("no rendition `{rendition}`")))?;
     if file == "index.m3u8" {
-        return Ok(playlist_response(rendition.media_playlist()));
+        return media_playlist(rendition, &query).await;
     }
-    let segment = rendition
-        .parse_segment_name(&file)
-        .and_then(|sequence| rendition.segment(sequence))
-        .ok_or_else(|| ApiError::not_found("no such segment (it may have expired)"))?;
+    if file == rendition.init_name() {
+        let init = rendition
+            .init()
+            .ok_or_else(|| ApiError::not_found("no initialization segment yet"))?;
+        return Ok(media_response(FMP4_TYPE, init.len(), Body::from(init)));
+    }
+    let gone = || ApiError::not_found("no such segment or part (it may have expired)");
+    let (sequence, part) = rendition.parse_media_name(&file).ok_or_else(gone)?;
+    let content_type = match rendition.packaging {
+        Packaging::Classic => TS_TYPE,
+        Packaging::LowLatency { .. } => FMP4_TYPE,
+    };
+    if let Some(index) = part {
+        // The part named by EXT-X-PRELOAD-HINT is requested before it exists: hold the
+        // request until it does. Anything further ahead is not coming soon: 404.
+        let hinted = rendition.position().is_some_and(|p| match p.parts {
+            Some(count) => {
+                (sequence, index) == (p.sequence, count) || (sequence, index) == (p.sequence + 1, 0)
+            }
+            None => (sequence, index) == (p.sequence + 1, 0),
+        });
+        if hinted {
+            wait_for(rendition, sequence, Some(index)).await?;
+        }
+        let data = rendition.part(sequence, index).ok_or_else(gone)?;
+        return Ok(media_response(content_type, data.len(), Body::from(data)));
+    }
+    let segment = rendition.segment(sequence).ok_or_else(gone)?;
     // The parts are sent as they are held: no copy of the media per request.
     let length = segment.len();
-    let parts = segment
+    let parts: Vec<_> = segment
         .parts
         .iter()
         .map(|p| Ok::<_, std::convert::Infallible>(p.data.clone()))
-        .collect::<Vec<_>>();
-    let body = Body::from_stream(futures_util::stream::iter(parts));
-    Ok((
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static(SEGMENT_TYPE)),
-            (
-                header::CACHE_CONTROL,
-                HeaderValue::from_static(SEGMENT_CACHE),
-            ),
-            (header::CONTENT_LENGTH, HeaderValue::from(length)),
-        ],
-        body,
-    )
-        .into_response())
+        .collect();
+    Ok(media_response(
+        content_type,
+        length,
+        Body::from_stream(futures_util::stream::iter(parts)),
+    ))
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "bad_request",
+        message: message.into(),
+    }
+}
+
+/// A media playlist; for LL-HLS with blocking reload (`_HLS_msn`, `_HLS_part`) and delta
+/// updates (`_HLS_skip`), per RFC 8216bis §6.2.5.
+async fn media_playlist(
+    rendition: &Rendition,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let Packaging::LowLatency { part_target } = rendition.packaging else {
+        return Ok(playlist_response(rendition.media_playlist()));
+    };
+    let number = |key: &str| -> Result<Option<u64>, ApiError> {
+        query
+            .get(key)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| bad_request(format!("{key} must be a whole number")))
+            })
+            .transpose()
+    };
+    let msn = number("_HLS_msn")?;
+    let part = number("_HLS_part")?;
+    let skip = match query.get("_HLS_skip").map(String::as_str) {
+        None => false,
+        Some("YES" | "v2") => true,
+        Some(other) => {
+            return Err(bad_request(format!(
+                "_HLS_skip={other}: expected YES or v2"
+            )))
+        }
+    };
+    match (msn, part) {
+        (None, Some(_)) => return Err(bad_request("_HLS_part needs _HLS_msn")),
+        (Some(msn), part) => {
+            let part = part.map(|p| usize::try_from(p).unwrap_or(usize::MAX));
+            if let Some(position) = rendition.position() {
+                // RFC 8216bis: more than two segments, or more parts than the Advance Part
+                // Limit, past the end of the playlist is a request that cannot be met soon.
+                let advance_part_limit = if part_target < 1.0 {
+                    (3.0 / part_target).floor() as usize
+                } else {
+                    3
+                };
+                let too_far = msn > position.sequence + 2
+                    || (msn == position.sequence
+                        && part
+                            .is_some_and(|p| p > position.parts.unwrap_or(0) + advance_part_limit));
+                if too_far && !rendition.is_ended() {
+                    return Err(bad_request(format!(
+                        "_HLS_msn={msn} is too far ahead of the live edge (segment {})",
+                        position.sequence
+                    )));
+                }
+            }
+            wait_for(rendition, msn, part).await?;
+        }
+        (None, None) => {}
+    }
+    Ok(playlist_response(if skip {
+        rendition.delta_playlist()
+    } else {
+        rendition.media_playlist()
+    }))
+}
+
+/// Holds a request until segment `sequence` (or its part) exists or the stream ends; gives
+/// up with 503 after three target durations.
+async fn wait_for(
+    rendition: &Rendition,
+    sequence: u64,
+    part: Option<usize>,
+) -> Result<(), ApiError> {
+    let limit = Duration::from_secs(3 * rendition.target_duration().max(1));
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut changes = rendition.subscribe();
+    while !rendition.has(sequence, part) && !rendition.is_ended() {
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break, // the broadcast is gone
+            Err(_) => {
+                return Err(ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "not_available_yet",
+                    message: format!("segment {sequence} did not appear within {limit:?}"),
+                })
+            }
+        }
+    }
+    Ok(())
 }

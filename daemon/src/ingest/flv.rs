@@ -132,6 +132,17 @@ pub fn avc_codec_string(avcc: &[u8]) -> Option<String> {
     }
 }
 
+/// Picture size from the first SPS in an AVCDecoderConfigurationRecord (the mp4 muxer
+/// needs it; RTMP metadata may omit it).
+pub fn avc_dimensions(avcc: &[u8]) -> Option<(u32, u32)> {
+    use h264_reader::avcc::AvcDecoderConfigurationRecord;
+    use h264_reader::nal::{sps::SeqParameterSet, Nal, RefNal};
+    let record = AvcDecoderConfigurationRecord::try_from(avcc).ok()?;
+    let sps = record.sequence_parameter_sets().next()?.ok()?;
+    let sps = SeqParameterSet::from_bits(RefNal::new(sps, &[], true).rbsp_bits()).ok()?;
+    sps.pixel_dimensions().ok()
+}
+
 /// The fields of an AAC AudioSpecificConfig (ISO 14496-3 §1.6.2.1) a muxer needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AacConfig {

@@ -376,12 +376,17 @@ impl Connection {
         })?;
         self.ingest.throttle.record_success(self.peer.ip());
         let (media, inbox) = mpsc::channel(media::MEDIA_QUEUE);
-        let pipeline =
-            media::spawn(broadcast.clone(), self.ingest.hls.target(), inbox).map_err(|e| {
-                tracing::error!(error = %e, "cannot start the media thread");
-                broadcast.source.end();
-                "server error".to_string()
-            })?;
+        let pipeline = media::spawn(
+            broadcast.clone(),
+            self.ingest.hls.target(),
+            self.ingest.hls.part_target(),
+            inbox,
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot start the media thread");
+            broadcast.end();
+            "server error".to_string()
+        })?;
         tracing::info!(broadcast = %broadcast.id, "publish started");
         self.publishing = Some(Publishing {
             broadcast,
@@ -496,7 +501,7 @@ impl Connection {
         drop(media);
         let _ = tokio::task::spawn_blocking(move || pipeline.join()).await;
         // The pipeline marks the end itself; this covers a pipeline that panicked.
-        broadcast.source.end();
+        broadcast.end();
         tracing::info!("publish ended");
         let broadcasts = self.ingest.broadcasts.clone();
         let linger = self.ingest.hls.linger();

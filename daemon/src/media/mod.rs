@@ -8,12 +8,13 @@
 
 pub mod mux;
 
+use crate::hls::segmenter::Part;
 use crate::hls::segmenter::Segmenter;
 use crate::hls::{Broadcast, StreamInfo};
 use crate::ingest::flv;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use mux::{Track, TsMuxer};
+use mux::{Container, Muxer, Track};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -53,6 +54,7 @@ pub enum MediaEvent {
 pub fn spawn(
     broadcast: Arc<Broadcast>,
     target: Duration,
+    part_target: Duration,
     inbox: mpsc::Receiver<MediaEvent>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let name = format!("media-{}", broadcast.slug);
@@ -60,14 +62,29 @@ pub fn spawn(
         let span =
             tracing::info_span!("media", channel = %broadcast.slug, broadcast = %broadcast.id);
         let _entered = span.enter();
-        Pipeline::new(broadcast, target).run(inbox);
+        Pipeline::new(broadcast, target, part_target).run(inbox);
     })
+}
+
+/// The same stream muxed twice: MPEG-TS segments and fMP4 parts.
+struct Muxers {
+    ts: Muxer,
+    cmaf: Muxer,
+}
+
+/// The LL-HLS part being built.
+#[derive(Debug, Clone, Copy)]
+struct OpenPart {
+    start_dts: i64,
+    independent: bool,
 }
 
 struct Pipeline {
     broadcast: Arc<Broadcast>,
     segmenter: Segmenter,
-    muxer: Option<TsMuxer>,
+    part_target_ms: i64,
+    part: Option<OpenPart>,
+    muxers: Option<Muxers>,
     video_config: Option<Bytes>,
     audio_config: Option<Bytes>,
     resolution: Option<(u32, u32)>,
@@ -77,11 +94,13 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(broadcast: Arc<Broadcast>, target: Duration) -> Pipeline {
+    fn new(broadcast: Arc<Broadcast>, target: Duration, part_target: Duration) -> Pipeline {
         Pipeline {
             broadcast,
             segmenter: Segmenter::new(target),
-            muxer: None,
+            part_target_ms: i64::try_from(part_target.as_millis()).unwrap_or(334).max(1),
+            part: None,
+            muxers: None,
             video_config: None,
             audio_config: None,
             resolution: None,
@@ -94,7 +113,8 @@ impl Pipeline {
         while let Some(event) = inbox.blocking_recv() {
             self.handle(event);
         }
-        self.finish();
+        self.finish_timeline();
+        self.broadcast.end();
         tracing::info!("stream ended");
     }
 
@@ -120,27 +140,37 @@ impl Pipeline {
                 }
             }
             MediaEvent::Video(frame) => self.video(frame),
-            MediaEvent::Audio(frame) => {
-                if self.muxer.is_some() {
-                    self.write(Track::Audio, &frame);
-                }
-            }
+            MediaEvent::Audio(frame) => self.audio(frame),
         }
     }
 
-    /// New codec configuration mid-stream: close what we have; the next keyframe opens a
-    /// new muxer, and the playlist marks the discontinuity.
+    /// New codec configuration mid-stream: close what we have; the next keyframe opens
+    /// new muxers, and the playlists mark the discontinuity.
     fn restart_on_new_config(&mut self) {
-        if let Some(muxer) = self.muxer.take() {
+        if self.muxers.is_some() {
             tracing::info!("codec configuration changed; starting a new timeline");
-            self.close_segment(muxer.finish(), |s, data| s.close_at_end(data));
+            self.finish_timeline();
             self.segmenter.mark_discontinuity();
             self.last_dts = [None, None];
         }
     }
 
+    fn start_muxers(&mut self, avcc: &[u8]) -> Result<(), mux::MuxError> {
+        let asc = self.audio_config.clone();
+        let ts = Muxer::new(Container::MpegTs, avcc, asc.as_deref())?;
+        let cmaf = Muxer::new(Container::Cmaf, avcc, asc.as_deref())?;
+        tracing::info!(audio = ts.has_audio(), "muxing started");
+        let info = self.stream_info(avcc, ts.has_audio());
+        self.broadcast.ll.set_init(cmaf.init_segment());
+        for rendition in self.broadcast.renditions() {
+            rendition.set_info(info.clone());
+        }
+        self.muxers = Some(Muxers { ts, cmaf });
+        Ok(())
+    }
+
     fn video(&mut self, frame: Frame) {
-        if self.muxer.is_none() {
+        if self.muxers.is_none() {
             if !frame.keyframe {
                 return; // nothing decodable before the first keyframe
             }
@@ -148,76 +178,122 @@ impl Pipeline {
                 tracing::warn!("keyframe before the H.264 configuration; waiting for it");
                 return;
             };
-            match TsMuxer::new(&avcc, self.audio_config.as_deref()) {
-                Ok(muxer) => {
-                    tracing::info!(audio = muxer.has_audio(), "muxing started");
-                    self.broadcast
-                        .source
-                        .set_info(self.stream_info(&avcc, muxer.has_audio()));
-                    self.muxer = Some(muxer);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the muxer; retrying at the next keyframe");
-                    return;
-                }
+            if let Err(e) = self.start_muxers(&avcc) {
+                tracing::error!(error = %e, "cannot start the muxers; retrying at the next keyframe");
+                return;
             }
         }
-        if self.segmenter.cut_before(frame.dts, frame.keyframe) {
-            if let Some(muxer) = self.muxer.as_mut() {
-                let data = muxer.cut();
-                self.close_segment(data, |s, data| s.close(frame.dts, data));
-            }
+        let dts = self.next_dts(Track::Video, frame.dts);
+        let cut_segment = self.segmenter.cut_before(dts, frame.keyframe);
+        // A part closes at every segment boundary, and before a frame that would carry it
+        // past PART-TARGET (parts must not exceed it), keyframe or not: a long keyframe
+        // interval still gives parts on time.
+        let part_full = self
+            .part
+            .is_some_and(|p| dts - p.start_dts + self.segmenter.frame_step() > self.part_target_ms);
+        if cut_segment || part_full {
+            self.close_part(dts);
+        }
+        if cut_segment {
+            self.close_segment(dts);
         }
         if !self.segmenter.is_open() {
-            self.segmenter
-                .begin(frame.dts, frame.arrived, frame.keyframe);
+            self.segmenter.begin(dts, frame.arrived, frame.keyframe);
         }
-        self.segmenter.observe_video(frame.dts);
-        self.write(Track::Video, &frame);
-    }
-
-    fn write(&mut self, track: Track, frame: &Frame) {
-        let Some(muxer) = self.muxer.as_mut() else {
-            return;
-        };
-        let slot = &mut self.last_dts[track as usize];
-        // Publishers occasionally repeat a millisecond timestamp; nudge rather than drop a
-        // frame the decoder needs.
-        let dts = match *slot {
-            Some(last) if frame.dts <= last => last + 1,
-            _ => frame.dts,
-        };
+        if self.part.is_none() {
+            self.part = Some(OpenPart {
+                start_dts: dts,
+                independent: frame.keyframe,
+            });
+        }
+        self.segmenter.observe_video(dts);
         let pts = frame.pts.max(dts);
-        *slot = Some(dts);
-        if let Err(e) = muxer.write(track, dts, pts, frame.keyframe, &frame.data) {
-            tracing::warn!(error = %e, ?track, dts, "packet dropped by the muxer");
-        }
-    }
-
-    fn close_segment(
-        &mut self,
-        data: Result<Bytes, mux::MuxError>,
-        close: impl FnOnce(&mut Segmenter, Bytes) -> Option<crate::hls::segmenter::Segment>,
-    ) {
-        match data {
-            Ok(data) => {
-                if let Some(segment) = close(&mut self.segmenter, data) {
-                    tracing::debug!(sequence = segment.sequence, duration = ?segment.duration, bytes = segment.len(), "segment");
-                    self.broadcast.source.push(segment);
+        if let Some(muxers) = self.muxers.as_mut() {
+            for muxer in [&mut muxers.ts, &mut muxers.cmaf] {
+                if let Err(e) = muxer.write_video(dts, pts, frame.keyframe, &frame.data) {
+                    tracing::warn!(error = %e, dts, "video frame dropped by the muxer");
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "segment lost: the muxer failed to flush");
-                let _ = close(&mut self.segmenter, Bytes::new());
+        }
+    }
+
+    fn audio(&mut self, frame: Frame) {
+        if self.muxers.is_none() {
+            return;
+        }
+        let dts = self.next_dts(Track::Audio, frame.dts);
+        if let Some(muxers) = self.muxers.as_mut() {
+            for muxer in [&mut muxers.ts, &mut muxers.cmaf] {
+                if let Err(e) = muxer.write_audio(dts, &frame.data) {
+                    tracing::warn!(error = %e, dts, "audio frame dropped by the muxer");
+                }
             }
         }
     }
 
-    fn finish(&mut self) {
-        if let Some(muxer) = self.muxer.take() {
-            self.close_segment(muxer.finish(), |s, data| s.close_at_end(data));
+    /// Publishers occasionally repeat a millisecond timestamp; libav needs strictly
+    /// increasing ones, so nudge rather than drop a frame the decoder needs.
+    fn next_dts(&mut self, track: Track, dts: i64) -> i64 {
+        let slot = &mut self.last_dts[track as usize];
+        let dts = match *slot {
+            Some(last) if dts <= last => last + 1,
+            _ => dts,
+        };
+        *slot = Some(dts);
+        dts
+    }
+
+    /// Closes the LL-HLS part that ends where `end_dts` begins.
+    fn close_part(&mut self, end_dts: i64) {
+        let (Some(part), Some(start), Some(muxers)) = (
+            self.part.take(),
+            self.segmenter.current(),
+            self.muxers.as_mut(),
+        ) else {
+            return;
+        };
+        match muxers.cmaf.cut(end_dts) {
+            Ok(data) => {
+                let duration =
+                    Duration::from_millis(u64::try_from(end_dts - part.start_dts).unwrap_or(0));
+                self.broadcast.ll.push_part(
+                    start,
+                    Part {
+                        data,
+                        duration,
+                        independent: part.independent,
+                    },
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "part lost: the fMP4 muxer failed to flush"),
         }
-        self.broadcast.source.end();
+    }
+
+    /// Closes the segment that ends where `end_dts` begins, in both renditions.
+    fn close_segment(&mut self, end_dts: i64) {
+        let Some(muxers) = self.muxers.as_mut() else {
+            return;
+        };
+        let data = muxers.ts.cut(end_dts).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "segment lost: the TS muxer failed to flush");
+            Bytes::new()
+        });
+        if let Some(segment) = self.segmenter.close(end_dts, data) {
+            tracing::debug!(sequence = segment.sequence, duration = ?segment.duration, bytes = segment.len(), "segment");
+            self.broadcast.ll.close_open(segment.duration);
+            self.broadcast.source.push(segment);
+        }
+    }
+
+    /// Ends the current timeline: the last part and segment close one frame after the
+    /// last frame, and the muxers are dropped.
+    fn finish_timeline(&mut self) {
+        if let Some(end) = self.segmenter.end_dts() {
+            self.close_part(end);
+            self.close_segment(end);
+        }
+        self.muxers = None;
+        self.part = None;
     }
 
     fn stream_info(&self, avcc: &[u8], with_audio: bool) -> StreamInfo {
@@ -231,7 +307,7 @@ impl Pipeline {
                 .into_iter()
                 .chain(audio_codec)
                 .collect(),
-            resolution: self.resolution,
+            resolution: self.resolution.or_else(|| flv::avc_dimensions(avcc)),
             frame_rate: self.frame_rate,
         }
     }

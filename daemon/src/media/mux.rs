@@ -1,11 +1,14 @@
-//! MPEG-TS muxing with libav (ffmpeg-next), into memory.
+//! Muxing with libav (ffmpeg-next), into memory: MPEG-TS for classic HLS, fragmented MP4
+//! (CMAF) for Low-Latency HLS.
 //!
 //! libav writes through a custom I/O context into a shared buffer; at each cut the muxer is
-//! flushed and the buffer taken as one run of bytes. Packets arrive as RTMP gave them
-//! (H.264 in AVCC form with an avcC record, raw AAC with an AudioSpecificConfig); libav's
-//! mpegts muxer inserts the `h264_mp4toannexb` filter itself (which also repeats SPS/PPS
-//! before every keyframe) and wraps AAC in ADTS. The few raw calls ffmpeg-next has no safe
-//! form for (extradata, flushing, one muxer flag) are confined to this file.
+//! flushed and the buffer taken as one run of bytes: a TS segment, or one fMP4 fragment
+//! (moof + mdat) that is an LL-HLS part. Packets arrive as RTMP gave them (H.264 in AVCC form
+//! with an avcC record, raw AAC with an AudioSpecificConfig). libav's mpegts muxer inserts
+//! the `h264_mp4toannexb` filter itself (which also repeats SPS/PPS before every keyframe)
+//! and wraps AAC in ADTS; the mp4 muxer takes both as they are. The few raw calls
+//! ffmpeg-next has no safe form for (extradata, flushing, one muxer flag) are confined to
+//! this file.
 
 use crate::ingest::flv;
 use bytes::Bytes;
@@ -19,6 +22,8 @@ pub enum MuxError {
     Av(#[from] ff::Error),
     #[error("libav: out of memory")]
     OutOfMemory,
+    #[error("the H.264 configuration (avcC/SPS) is malformed")]
+    BadVideoConfig,
     #[error("the AAC configuration (AudioSpecificConfig) is malformed")]
     BadAudioConfig,
 }
@@ -59,12 +64,38 @@ impl Sink {
 /// Timestamps from RTMP are milliseconds.
 const MILLIS: ff::Rational = ff::Rational(1, 1000);
 
-/// An MPEG-TS muxer writing H.264 and optionally AAC into memory.
-pub struct TsMuxer {
+/// Which container a muxer writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Container {
+    /// MPEG-TS, for classic HLS.
+    MpegTs,
+    /// Fragmented MP4 with one fragment per flush, for LL-HLS parts.
+    Cmaf,
+}
+
+/// A video frame held back until the next one gives its duration: an fMP4 fragment needs
+/// the duration of its last sample, which RTMP does not carry.
+#[derive(Debug)]
+struct HeldFrame {
+    dts: i64,
+    pts: i64,
+    keyframe: bool,
+    data: bytes::Bytes,
+}
+
+/// A libav muxer writing H.264 and optionally AAC into memory.
+pub struct Muxer {
+    container: Container,
     output: ff::format::context::Output,
     sink: Sink,
     video: (usize, ff::Rational),
     audio: Option<(usize, ff::Rational)>,
+    /// AAC frame duration in the audio stream's time base (1024 samples).
+    audio_frame: i64,
+    held_video: Option<HeldFrame>,
+    last_video_step: i64,
+    /// CMAF: the initialization segment (ftyp + moov), written by `new`.
+    init: Bytes,
 }
 
 fn parameters(
@@ -92,24 +123,34 @@ fn parameters(
     Ok(params)
 }
 
-impl TsMuxer {
+impl Muxer {
     /// `avcc` is the AVCDecoderConfigurationRecord; `asc` the AAC AudioSpecificConfig.
-    pub fn new(avcc: &[u8], asc: Option<&[u8]>) -> Result<TsMuxer, MuxError> {
+    pub fn new(container: Container, avcc: &[u8], asc: Option<&[u8]>) -> Result<Muxer, MuxError> {
         let sink = Sink::default();
         let io = ff::format::context::StreamIo::from_write(sink.clone())?;
-        let mut output = ff::format::output_to_stream(io, None, Some("mpegts"))?;
+        let format = match container {
+            Container::MpegTs => "mpegts",
+            Container::Cmaf => "mp4",
+        };
+        let mut output = ff::format::output_to_stream(io, None, Some(format))?;
 
+        let mut video_params = parameters(ff::media::Type::Video, ff::codec::Id::H264, avcc)?;
+        let (width, height) = flv::avc_dimensions(avcc).ok_or(MuxError::BadVideoConfig)?;
+        // SAFETY: `video_params` owns a valid AVCodecParameters; plain integer fields.
+        unsafe {
+            let raw = video_params.as_mut_ptr();
+            (*raw).width = i32::try_from(width).map_err(|_| MuxError::BadVideoConfig)?;
+            (*raw).height = i32::try_from(height).map_err(|_| MuxError::BadVideoConfig)?;
+        }
         let mut video = output.add_stream(None::<ff::Codec>)?;
-        video.set_parameters(parameters(
-            ff::media::Type::Video,
-            ff::codec::Id::H264,
-            avcc,
-        )?);
+        video.set_parameters(video_params);
         video.set_time_base(MILLIS);
         let video_index = video.index();
+        let mut sample_rate = 0;
         let audio_index = match asc {
             Some(asc) => {
                 let config = flv::parse_aac_config(asc).ok_or(MuxError::BadAudioConfig)?;
+                sample_rate = i64::from(config.sample_rate);
                 let mut params = parameters(ff::media::Type::Audio, ff::codec::Id::AAC, asc)?;
                 // SAFETY: `params` owns a valid AVCodecParameters; ch_layout is plain data
                 // that av_channel_layout_default fills in.
@@ -131,36 +172,99 @@ impl TsMuxer {
         };
 
         let mut options = ff::Dictionary::new();
-        // PAT/PMT before every keyframe: each segment starts decodable on its own.
-        options.set("mpegts_flags", "+pat_pmt_at_frames");
+        match container {
+            // PAT/PMT before every keyframe: each segment starts decodable on its own.
+            Container::MpegTs => options.set("mpegts_flags", "+pat_pmt_at_frames"),
+            // Init segment at once (empty_moov), a fragment only when we flush
+            // (frag_custom), offsets relative to each moof as CMAF wants.
+            Container::Cmaf => options.set("movflags", "+frag_custom+empty_moov+default_base_moof"),
+        }
         output.write_header_with(options)?;
 
-        // The muxer picks its own time base (1/90000) in write_header.
+        // The muxer picks its own time bases in write_header (1/90000 for TS; the mp4
+        // muxer uses a video timescale and the audio sample rate).
         let time_base = |output: &ff::format::context::Output, index: usize| {
             output.stream(index).map_or(MILLIS, |s| s.time_base())
         };
         let video = (video_index, time_base(&output, video_index));
         let audio = audio_index.map(|i| (i, time_base(&output, i)));
-        Ok(TsMuxer {
+        let audio_frame = audio.map_or(0, |(_, tb)| {
+            use ff::mathematics::rescale::Rescale;
+            1024i64.rescale(
+                ff::Rational(1, i32::try_from(sample_rate).unwrap_or(48_000).max(1)),
+                tb,
+            )
+        });
+        let mut muxer = Muxer {
+            container,
             output,
             sink,
             video,
             audio,
-        })
+            audio_frame,
+            held_video: None,
+            last_video_step: 33,
+            init: Bytes::new(),
+        };
+        if container == Container::Cmaf {
+            muxer.flush_io();
+            muxer.init = muxer.sink.take();
+        }
+        Ok(muxer)
     }
 
     pub fn has_audio(&self) -> bool {
         self.audio.is_some()
     }
 
-    /// Muxes one access unit. Timestamps in milliseconds.
-    pub fn write(
+    /// The CMAF initialization segment (empty for MPEG-TS).
+    pub fn init_segment(&self) -> Bytes {
+        self.init.clone()
+    }
+
+    /// Muxes one video access unit. Timestamps in milliseconds.
+    pub fn write_video(
         &mut self,
-        track: Track,
         dts: i64,
         pts: i64,
         keyframe: bool,
-        data: &[u8],
+        data: &bytes::Bytes,
+    ) -> Result<(), MuxError> {
+        let frame = HeldFrame {
+            dts,
+            pts,
+            keyframe,
+            data: data.clone(),
+        };
+        if self.container == Container::MpegTs {
+            return self.write_packet(Track::Video, &frame, 0);
+        }
+        match self.held_video.replace(frame) {
+            Some(held) => {
+                let step = (dts - held.dts).max(1);
+                self.last_video_step = step;
+                self.write_packet(Track::Video, &held, step)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Muxes one AAC frame. Timestamps in milliseconds.
+    pub fn write_audio(&mut self, dts: i64, data: &bytes::Bytes) -> Result<(), MuxError> {
+        let frame = HeldFrame {
+            dts,
+            pts: dts,
+            keyframe: true,
+            data: data.clone(),
+        };
+        self.write_packet(Track::Audio, &frame, 0)
+    }
+
+    fn write_packet(
+        &mut self,
+        track: Track,
+        frame: &HeldFrame,
+        duration_ms: i64,
     ) -> Result<(), MuxError> {
         let (index, time_base) = match track {
             Track::Video => self.video,
@@ -169,49 +273,78 @@ impl TsMuxer {
                 None => return Ok(()),
             },
         };
-        let mut packet = ff::Packet::copy(data);
+        let mut packet = ff::Packet::copy(&frame.data);
         packet.set_stream(index);
-        packet.set_dts(Some(dts));
-        packet.set_pts(Some(pts));
-        if keyframe {
+        packet.set_dts(Some(frame.dts));
+        packet.set_pts(Some(frame.pts));
+        packet.set_duration(duration_ms);
+        if frame.keyframe {
             packet.set_flags(ff::packet::Flags::KEY);
         }
         packet.rescale_ts(MILLIS, time_base);
+        if track == Track::Audio {
+            packet.set_duration(self.audio_frame);
+        }
         packet.write(&mut self.output)?;
         Ok(())
     }
 
-    /// Flushes everything muxed so far and returns it. The next bytes start with PAT/PMT.
-    pub fn cut(&mut self) -> Result<Bytes, MuxError> {
-        // SAFETY: the context is valid for the life of `self.output`, its pb is the custom
-        // I/O context output_to_stream installed, and libav documents a NULL packet to
-        // av_write_frame as "flush" for muxers with AVFMT_ALLOW_FLUSH (mpegts has it).
+    /// Flushes everything muxed before `next_dts` and returns it: a TS segment (the next
+    /// bytes start with PAT/PMT) or one fMP4 fragment.
+    pub fn cut(&mut self, next_dts: i64) -> Result<Bytes, MuxError> {
+        if let Some(held) = self.held_video.take() {
+            let step = (next_dts - held.dts).max(1);
+            self.write_packet(Track::Video, &held, step)?;
+        }
+        // SAFETY: the context is valid for the life of `self.output`, and libav documents a
+        // NULL packet to av_write_frame as "flush" for muxers with AVFMT_ALLOW_FLUSH (mpegts
+        // and mp4 both; for mp4 with frag_custom it writes one fragment).
         unsafe {
-            let context = self.output.as_mut_ptr();
-            let flushed = ff::ffi::av_write_frame(context, std::ptr::null_mut());
+            let flushed = ff::ffi::av_write_frame(self.output.as_mut_ptr(), std::ptr::null_mut());
             if flushed < 0 {
                 return Err(ff::Error::from(flushed).into());
             }
-            ff::ffi::avio_flush((*context).pb);
-            // One-shot flag, cleared by the muxer once it has re-sent PAT/PMT: covers a cut
-            // that does not start on a keyframe.
-            ff::ffi::av_opt_set(
-                (*context).priv_data,
-                c"mpegts_flags".as_ptr(),
-                c"+resend_headers".as_ptr(),
-                0,
-            );
+        }
+        self.flush_io();
+        if self.container == Container::MpegTs {
+            // SAFETY: priv_data is the mpegts muxer's option context. One-shot flag, cleared
+            // by the muxer once it has re-sent PAT/PMT: covers a cut not on a keyframe.
+            unsafe {
+                let context = self.output.as_mut_ptr();
+                ff::ffi::av_opt_set(
+                    (*context).priv_data,
+                    c"mpegts_flags".as_ptr(),
+                    c"+resend_headers".as_ptr(),
+                    0,
+                );
+            }
         }
         Ok(self.sink.take())
     }
 
-    /// Ends the stream: writes the trailer and returns the last bytes.
+    /// Ends the stream and returns the last media bytes.
     pub fn finish(mut self) -> Result<Bytes, MuxError> {
-        self.output.write_trailer()?;
-        // SAFETY: as in `cut`; the pb stays valid until `self.output` drops.
+        let next = self
+            .held_video
+            .as_ref()
+            .map_or(0, |h| h.dts + self.last_video_step);
+        let last = self.cut(next)?;
+        if self.container == Container::MpegTs {
+            self.output.write_trailer()?;
+            self.flush_io();
+            let mut tail = last.to_vec();
+            tail.extend_from_slice(&self.sink.take());
+            return Ok(Bytes::from(tail));
+        }
+        // The fMP4 trailer (mfra) is an index for files, not for live parts: not written.
+        Ok(last)
+    }
+
+    fn flush_io(&mut self) {
+        // SAFETY: pb is the custom I/O context output_to_stream installed; valid until
+        // `self.output` drops.
         unsafe {
             ff::ffi::avio_flush((*self.output.as_mut_ptr()).pb);
         }
-        Ok(self.sink.take())
     }
 }
