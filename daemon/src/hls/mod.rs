@@ -55,15 +55,6 @@ struct RenditionState {
     delta: Bytes,
 }
 
-/// Where a rendition's media has reached: the newest segment's sequence number and, for
-/// a segment still being built, how many of its parts exist.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Position {
-    pub sequence: u64,
-    /// `None`: segment `sequence` is complete.
-    pub parts: Option<usize>,
-}
-
 /// One rendition of a broadcast.
 #[derive(Debug)]
 pub struct Rendition {
@@ -286,33 +277,41 @@ impl Rendition {
         segment.parts.get(index).map(|p| p.data.clone())
     }
 
-    /// The newest media this rendition has.
-    pub fn position(&self) -> Option<Position> {
+    /// The newest segment, closed or being built.
+    pub fn newest_sequence(&self) -> Option<u64> {
         let state = self.lock();
-        if let Some(open) = &state.open {
-            return Some(Position {
-                sequence: open.start.sequence,
-                parts: Some(open.parts.len()),
-            });
-        }
-        state.segments.back().map(|s| Position {
-            sequence: s.sequence,
-            parts: None,
-        })
+        state
+            .open
+            .as_ref()
+            .map(|o| o.start.sequence)
+            .or(state.segments.back().map(|s| s.sequence))
     }
 
-    /// Whether segment `sequence` (or its part `part`) exists yet.
+    /// The newest part: (segment sequence, part index).
+    pub fn newest_part(&self) -> Option<(u64, usize)> {
+        newest_part(&self.lock())
+    }
+
+    /// The part EXT-X-PRELOAD-HINT names: the one after the newest.
+    pub fn next_part(&self) -> Option<(u64, usize)> {
+        let state = self.lock();
+        match &state.open {
+            Some(open) => Some((open.start.sequence, open.parts.len())),
+            None => state.segments.back().map(|s| (s.sequence + 1, 0)),
+        }
+    }
+
+    /// Whether a playlist would satisfy a blocking request (RFC 8216bis §6.2.5.2): with a
+    /// part, once that part "or a later one" exists; without, once segment `sequence` is
+    /// complete.
     pub fn has(&self, sequence: u64, part: Option<usize>) -> bool {
-        match self.position() {
-            None => false,
-            Some(Position {
-                sequence: newest,
-                parts: None,
-            }) => sequence <= newest,
-            Some(Position {
-                sequence: newest,
-                parts: Some(count),
-            }) => sequence < newest || (sequence == newest && part.is_some_and(|p| p < count)),
+        let state = self.lock();
+        match part {
+            None => state
+                .segments
+                .back()
+                .is_some_and(|s| s.sequence >= sequence),
+            Some(part) => newest_part(&state).is_some_and(|newest| newest >= (sequence, part)),
         }
     }
 
@@ -345,6 +344,14 @@ impl Rendition {
             frame_rate: state.info.frame_rate,
         }
     }
+}
+
+fn newest_part(state: &RenditionState) -> Option<(u64, usize)> {
+    if let Some(open) = state.open.as_ref().filter(|o| !o.parts.is_empty()) {
+        return Some((open.start.sequence, open.parts.len() - 1));
+    }
+    let last = state.segments.back()?;
+    Some((last.sequence, last.parts.len().checked_sub(1)?))
 }
 
 /// One publish on one channel, from the accepted publish until its media is dropped.
@@ -553,6 +560,43 @@ mod tests {
         assert!(text.contains("#EXT-X-TARGETDURATION:4\n"), "{text}");
         assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:7\n"), "{text}");
         assert_eq!(text.matches("#EXTINF").count(), 3);
+    }
+
+    fn part(independent: bool) -> Part {
+        Part {
+            data: Bytes::from_static(b"moof"),
+            duration: Duration::from_millis(333),
+            independent,
+        }
+    }
+
+    #[test]
+    fn a_blocking_request_is_met_by_its_part_or_a_later_one() {
+        let broadcasts = Broadcasts::new(3, Duration::from_secs(2), Duration::from_millis(334));
+        let b = broadcasts.begin("stage").expect("begin");
+        let start = |sequence| SegmentStart {
+            sequence,
+            program_date_time: chrono::Utc::now(),
+            discontinuity: false,
+        };
+        assert!(!b.ll.has(0, Some(0)));
+        assert_eq!(b.ll.next_part(), None);
+        for _ in 0..3 {
+            b.ll.push_part(start(0), part(false));
+        }
+        assert!(b.ll.has(0, Some(2)) && !b.ll.has(0, Some(3)));
+        assert!(!b.ll.has(0, None), "segment 0 is not complete yet");
+        assert_eq!(b.ll.next_part(), Some((0, 3)));
+        b.ll.close_open(Duration::from_secs(1));
+        // Segment 0 ended with three parts: part 3 of it never comes; part 0 of segment 1
+        // is "a later one".
+        assert!(b.ll.has(0, None));
+        assert!(!b.ll.has(0, Some(3)));
+        assert_eq!(b.ll.next_part(), Some((1, 0)));
+        b.ll.push_part(start(1), part(true));
+        assert!(b.ll.has(0, Some(3)) && b.ll.has(1, Some(0)) && !b.ll.has(1, Some(1)));
+        assert_eq!(b.ll.part(0, 2).as_deref(), Some(&b"moof"[..]));
+        assert_eq!(b.ll.part(0, 3), None);
     }
 
     #[test]

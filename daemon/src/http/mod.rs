@@ -201,12 +201,7 @@ async fn rendition_file(
     if let Some(index) = part {
         // The part named by EXT-X-PRELOAD-HINT is requested before it exists: hold the
         // request until it does. Anything further ahead is not coming soon: 404.
-        let hinted = rendition.position().is_some_and(|p| match p.parts {
-            Some(count) => {
-                (sequence, index) == (p.sequence, count) || (sequence, index) == (p.sequence + 1, 0)
-            }
-            None => (sequence, index) == (p.sequence + 1, 0),
-        });
+        let hinted = rendition.next_part() == Some((sequence, index));
         if hinted {
             wait_for(rendition, sequence, Some(index)).await?;
         }
@@ -269,7 +264,7 @@ async fn media_playlist(
         (None, Some(_)) => return Err(bad_request("_HLS_part needs _HLS_msn")),
         (Some(msn), part) => {
             let part = part.map(|p| usize::try_from(p).unwrap_or(usize::MAX));
-            if let Some(position) = rendition.position() {
+            if let Some(newest) = rendition.newest_sequence() {
                 // RFC 8216bis: more than two segments, or more parts than the Advance Part
                 // Limit, past the end of the playlist is a request that cannot be met soon.
                 let advance_part_limit = if part_target < 1.0 {
@@ -277,14 +272,16 @@ async fn media_playlist(
                 } else {
                     3
                 };
-                let too_far = msn > position.sequence + 2
-                    || (msn == position.sequence
-                        && part
-                            .is_some_and(|p| p > position.parts.unwrap_or(0) + advance_part_limit));
+                let newest_part = rendition
+                    .newest_part()
+                    .filter(|(s, _)| *s == msn)
+                    .map_or(0, |(_, p)| p);
+                let too_far = msn > newest + 2
+                    || (msn == newest
+                        && part.is_some_and(|p| p > newest_part + advance_part_limit));
                 if too_far && !rendition.is_ended() {
                     return Err(bad_request(format!(
-                        "_HLS_msn={msn} is too far ahead of the live edge (segment {})",
-                        position.sequence
+                        "_HLS_msn={msn} is too far ahead of the live edge (segment {newest})"
                     )));
                 }
             }

@@ -164,6 +164,11 @@ impl Daemon {
         get(&self.url(path))
     }
 
+    pub fn ll_playlist(&self, slug: &str, query: &str) -> Option<LlPlaylist> {
+        let response = self.get(&format!("/hls/{slug}/ll/index.m3u8{query}"));
+        (response.status == 200).then(|| LlPlaylist::parse(&response.text()))
+    }
+
     pub fn media_playlist(&self, slug: &str) -> Option<MediaPlaylist> {
         let response = self.get(&format!("/hls/{slug}/source/index.m3u8"));
         (response.status == 200).then(|| MediaPlaylist::parse(&response.text()))
@@ -220,12 +225,20 @@ impl Response {
 }
 
 pub fn get(url: &str) -> Response {
+    get_with(url, &[])
+}
+
+pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Response {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .into();
-    let mut response = agent.get(url).call().expect("http request");
+    let mut request = agent.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.call().expect("http request");
     let status = response.status().as_u16();
     let headers = response
         .headers()
@@ -414,4 +427,117 @@ impl MediaPlaylist {
 
 pub fn write_file(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write file");
+}
+
+/// A parsed LL-HLS media playlist.
+#[derive(Debug, Clone, Default)]
+pub struct LlPlaylist {
+    pub text: String,
+    pub version: Option<u32>,
+    pub target_duration: f64,
+    pub part_target: f64,
+    pub server_control: String,
+    pub media_sequence: u64,
+    pub map: Option<String>,
+    pub skipped: usize,
+    /// Closed segments: (sequence, duration, uri, parts listed for it).
+    pub segments: Vec<(u64, f64, String, Vec<LlPart>)>,
+    /// Parts of the segment being built.
+    pub open_parts: Vec<LlPart>,
+    pub dates: usize,
+    pub preload_hint: Option<String>,
+    pub ended: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct LlPart {
+    pub duration: f64,
+    pub uri: String,
+    pub independent: bool,
+}
+
+fn attribute<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split([':', ','])
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .map(|v| v.trim_matches('"'))
+}
+
+impl LlPlaylist {
+    pub fn parse(text: &str) -> LlPlaylist {
+        assert!(text.starts_with("#EXTM3U\n"), "not a playlist: {text}");
+        let mut p = LlPlaylist {
+            text: text.to_string(),
+            ..LlPlaylist::default()
+        };
+        let mut parts = Vec::new();
+        let mut duration = None;
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("#EXT-X-VERSION:") {
+                p.version = v.parse().ok();
+            } else if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
+                p.target_duration = v.parse().expect("target duration");
+            } else if let Some(v) = line.strip_prefix("#EXT-X-PART-INF:") {
+                p.part_target = attribute(v, "PART-TARGET")
+                    .expect("PART-TARGET")
+                    .parse()
+                    .expect("number");
+            } else if let Some(v) = line.strip_prefix("#EXT-X-SERVER-CONTROL:") {
+                p.server_control = v.to_string();
+            } else if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
+                p.media_sequence = v.parse().expect("media sequence");
+            } else if let Some(v) = line.strip_prefix("#EXT-X-MAP:") {
+                p.map = attribute(v, "URI").map(str::to_string);
+            } else if let Some(v) = line.strip_prefix("#EXT-X-SKIP:") {
+                p.skipped = attribute(v, "SKIPPED-SEGMENTS")
+                    .expect("count")
+                    .parse()
+                    .expect("number");
+            } else if line.starts_with("#EXT-X-PROGRAM-DATE-TIME:") {
+                p.dates += 1;
+            } else if let Some(v) = line.strip_prefix("#EXT-X-PART:") {
+                parts.push(LlPart {
+                    duration: attribute(v, "DURATION")
+                        .expect("DURATION")
+                        .parse()
+                        .expect("number"),
+                    uri: attribute(v, "URI").expect("URI").to_string(),
+                    independent: v.contains("INDEPENDENT=YES"),
+                });
+            } else if let Some(v) = line.strip_prefix("#EXT-X-PRELOAD-HINT:") {
+                assert_eq!(attribute(v, "TYPE"), Some("PART"));
+                p.preload_hint = attribute(v, "URI").map(str::to_string);
+            } else if let Some(v) = line.strip_prefix("#EXTINF:") {
+                duration = Some(v.trim_end_matches(',').parse::<f64>().expect("EXTINF"));
+            } else if line == "#EXT-X-ENDLIST" {
+                p.ended = true;
+            } else if !line.starts_with('#') && !line.is_empty() {
+                let sequence = p.media_sequence + (p.skipped + p.segments.len()) as u64;
+                p.segments.push((
+                    sequence,
+                    duration.take().expect("EXTINF before URI"),
+                    line.to_string(),
+                    std::mem::take(&mut parts),
+                ));
+            }
+        }
+        p.open_parts = parts;
+        p
+    }
+
+    /// The newest part: (segment sequence, index within it).
+    pub fn newest_part(&self) -> Option<(u64, usize)> {
+        if !self.open_parts.is_empty() {
+            let sequence = self.media_sequence + (self.skipped + self.segments.len()) as u64;
+            return Some((sequence, self.open_parts.len() - 1));
+        }
+        let (sequence, _, _, parts) = self.segments.last()?;
+        Some((*sequence, parts.len().checked_sub(1)?))
+    }
+
+    pub fn all_parts(&self) -> impl Iterator<Item = &LlPart> {
+        self.segments
+            .iter()
+            .flat_map(|s| s.3.iter())
+            .chain(self.open_parts.iter())
+    }
 }
