@@ -16,4 +16,4 @@ if ((${#missing[@]})); then
 fi
 
 cargo build --release -p commeowd
-exec python3 bench/first-light.py --seconds "${1:-60}"
+exec python3 bench/first_light.py --seconds "${1:-60}"

@@ -7,7 +7,7 @@ use crate::hls::{Broadcast, Broadcasts, Packaging, Rendition};
 use crate::store::{StoreError, StoreHandle};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
 use tower_http::compression::CompressionLayer;
+use tower_http::cors::{Any, CorsLayer};
 
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
 const TS_TYPE: &str = "video/mp2t";
@@ -33,12 +34,21 @@ pub struct AppState {
 }
 
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/api/channels", get(list_channels))
+    // Streams are public on the venue network: any page may play them (a venue's own
+    // site, a signage screen), as with any HLS server.
+    let hls = Router::new()
         .route("/hls/{slug}/master.m3u8", get(master_playlist))
         .route("/hls/{slug}/classic.m3u8", get(classic_master_playlist))
         .route("/hls/{slug}/{rendition}/{file}", get(rendition_file))
+        .layer(
+            CorsLayer::new()
+                .allow_origin(Any)
+                .allow_methods([Method::GET, Method::HEAD]),
+        );
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/channels", get(list_channels))
+        .merge(hls)
         .fallback(|| async { ApiError::not_found("no such page") })
         // Playlists compress well and are fetched by every player several times a second;
         // media does not compress, so it is left alone.

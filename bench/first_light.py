@@ -18,8 +18,6 @@ import http.client
 import json
 import os
 import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,17 +26,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
-BIN = ROOT / "target" / "release" / "commeowd"
+from servers import OUT, Commeowd, Nginx
 FPS = 30
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_input(seconds):
@@ -191,35 +181,11 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     source = make_input(args.seconds)
 
-    # nginx-rtmp
-    nginx_rtmp, nginx_http = free_port(), free_port()
-    for d in ("nginx-hls", "nginx-tmp"):
-        (OUT / d).mkdir(exist_ok=True)
-        os.chmod(OUT / d, 0o777)
-        for f in (OUT / d).iterdir():
-            f.unlink()
-    conf = (ROOT / "bench" / "nginx-rtmp.conf.in").read_text()
-    conf = conf.replace("@OUT@", str(OUT)).replace("@RTMP_PORT@", str(nginx_rtmp)).replace("@HTTP_PORT@", str(nginx_http))
-    (OUT / "nginx.conf").write_text(conf)
-    nginx = subprocess.Popen(["nginx", "-p", str(OUT), "-c", str(OUT / "nginx.conf")])
-
-    # commeowd
-    data = OUT / "commeowd-data"
-    subprocess.run(["rm", "-rf", str(data)], check=True)
-    added = subprocess.run([str(BIN), "--data-dir", str(data), "channel", "add", "bench", "--json"],
-                           check=True, capture_output=True, text=True)
-    key = json.loads(added.stdout)["stream_key"]
-    c_http, c_rtmp = free_port(), free_port()
-    commeowd = subprocess.Popen(
-        [str(BIN), "--data-dir", str(data), "--http-listen", f"127.0.0.1:{c_http}",
-         "--rtmp-listen", f"127.0.0.1:{c_rtmp}"],
-        stderr=open(OUT / "commeowd.log", "w"), env={**os.environ, "RUST_LOG": "warn"})
-
-    time.sleep(1.0)  # both listening (ports checked below)
-    for port in (nginx_rtmp, c_rtmp):
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    nginx_pids = [nginx.pid] + [int(p) for p in subprocess.run(
-        ["pgrep", "-P", str(nginx.pid)], capture_output=True, text=True).stdout.split()]
+    nginx = Nginx()
+    commeowd = Commeowd()
+    c_http, c_rtmp, key = commeowd.http_port, commeowd.rtmp_port, commeowd.key
+    nginx_http, nginx_rtmp = nginx.http_port, nginx.rtmp_port
+    nginx_pids = nginx.pids()
 
     pollers = {
         "commeowd": Poller("commeowd", c_http, "/hls/bench/source/index.m3u8", args.poll_ms / 1000),
@@ -227,7 +193,7 @@ def main():
     }
     for p in pollers.values():
         p.start()
-    pids = {"commeowd": [commeowd.pid], "nginx-rtmp": nginx_pids}
+    pids = {"commeowd": [commeowd.proc.pid], "nginx-rtmp": nginx_pids}
     cpu_before = {k: cpu_seconds(v) for k, v in pids.items()}
     samplers = {k: MemorySampler(v) for k, v in pids.items()}
     for sampler in samplers.values():
@@ -246,7 +212,7 @@ def main():
     for sampler in samplers.values():
         sampler.stop.set()
         sampler.join()
-    lib_needed, lib_other = library_pages_kb(commeowd.pid)
+    lib_needed, lib_other = library_pages_kb(commeowd.proc.pid)
     for p in pollers.values():
         p.stop.set()
         p.join()
@@ -275,10 +241,8 @@ def main():
             "lag_ms_p99": percentile(lags, 99), "lag_ms_max": max(lags) if lags else float("nan"),
         }
 
-    for proc in (commeowd, nginx):
-        proc.send_signal(signal.SIGTERM)
-    commeowd.wait(timeout=15)
-    nginx.wait(timeout=15)
+    commeowd.stop()
+    nginx.stop()
 
     c, n = results["commeowd"], results["nginx-rtmp"]
     lines = [

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Glass-to-glass latency: commeowd LL-HLS vs nginx-rtmp classic HLS, side by side.
+
+One clock-painting pusher (latency/clock_pusher.py) is teed to both servers; one headless
+Chromium opens a tab per server with hls.js (low-latency mode) and reads, from every
+presented frame, the wall-clock time painted into it. Reports p50/p95 latency, time to
+first frame and stalls per server. Run through bench/latency.sh.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+from servers import OUT, ROOT, Commeowd, Nginx, free_port, wait_listening
+
+LATENCY = ROOT / "bench" / "latency"
+
+
+def wait_for_url(url, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def percentile(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))] if values else float("nan")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=60, help="how long the players watch")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    commeowd = Commeowd()
+    nginx = Nginx()
+    page_port = free_port()
+    page_server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(page_port), "--bind", "127.0.0.1", "--directory", str(LATENCY)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(page_port)
+    pusher = subprocess.Popen([sys.executable, str(LATENCY / "clock_pusher.py"), str(args.seconds + 30),
+                               commeowd.rtmp_url(), nginx.rtmp_url("bench")])
+    try:
+        players = {
+            "commeowd LL-HLS": commeowd.url("/hls/bench/master.m3u8"),
+            "nginx-rtmp HLS": f"http://127.0.0.1:{nginx.http_port}/hls/bench.m3u8",
+        }
+        for url in players.values():
+            wait_for_url(url)
+        print(f"both streams are up; {len(players)} players watch for {args.seconds} s...", file=sys.stderr)
+        run = subprocess.run(
+            ["node", str(LATENCY / "run.mjs"), f"http://127.0.0.1:{page_port}", str(args.seconds)]
+            + [f"{name}={url}" for name, url in players.items()],
+            check=True, capture_output=True, text=True, env={**os.environ, "OUT": str(OUT)})
+        if run.stderr:
+            print(run.stderr, file=sys.stderr)
+        raw = json.loads(run.stdout)
+    finally:
+        pusher.terminate()
+        pusher.wait()
+        page_server.terminate()
+        commeowd.stop()
+        nginx.stop()
+
+    lines = [
+        f"# Glass to glass: commeowd LL-HLS vs nginx-rtmp HLS ({args.seconds} s, hls.js {hls_version()} in headless Chromium, loopback)",
+        "",
+        "| player | latency p50 s | latency p95 s | time to first frame s | stalls | frames read | unreadable | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    summary = {}
+    for name, r in raw.items():
+        latencies = [latency / 1000 for _, latency in r["samples"]]
+        first = r["firstFrameMs"] / 1000 if r["firstFrameMs"] is not None else float("nan")
+        summary[name] = {
+            "p50_s": statistics.median(latencies) if latencies else float("nan"),
+            "p95_s": percentile(latencies, 95), "first_frame_s": first, "stalls": r["stalls"],
+            "frames": len(latencies), "unreadable": r["unreadable"], "errors": r["errors"],
+        }
+        s = summary[name]
+        lines.append(f"| {name} | {s['p50_s']:.2f} | {s['p95_s']:.2f} | {s['first_frame_s']:.2f} | {s['stalls']} | "
+                     f"{s['frames']} | {s['unreadable']} | {'; '.join(s['errors']) or '-'} |")
+    lines += ["", "Latency = wall clock when Chromium presented a frame minus the wall clock painted into it",
+              "before encoding: encode, RTMP, server, HTTP, player buffer, decode and display.",
+              "Time to first frame counts from page load. Screenshots: bench/out/latency-*.png."]
+    report = "\n".join(lines) + "\n"
+    (OUT / "latency.md").write_text(report)
+    (OUT / "latency.json").write_text(json.dumps(summary, indent=2))
+    print(report)
+
+
+def hls_version():
+    package = LATENCY / "node_modules" / "hls.js" / "package.json"
+    return json.loads(package.read_text())["version"] if package.exists() else "?"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+// Plays ?src= with hls.js (low-latency mode) and, for every frame the browser presents,
+// reads the wall-clock time painted into it by clock_pusher.py: latency = now - frame time.
+// Results accumulate in window.results for the runner to collect.
+"use strict";
+const params = new URLSearchParams(location.search);
+const results = (window.results = {
+  samples: [], // [ms since page start, latency ms]
+  firstFrameMs: null,
+  stalls: 0,
+  unreadable: 0,
+  errors: [],
+});
+const video = document.getElementById("video");
+const canvas = document.getElementById("canvas");
+const context = canvas.getContext("2d", { willReadFrequently: true });
+const started = performance.now();
+const MOD = 2 ** 40;
+
+function readClock() {
+  context.drawImage(video, 0, 0, 640, 120, 0, 0, 640, 120);
+  const pixels = context.getImageData(0, 0, 640, 120).data;
+  let value = 0;
+  let check = 0;
+  for (let i = 0; i < 48; i++) {
+    const x = (i % 16) * 40 + 20;
+    const y = Math.floor(i / 16) * 40 + 20;
+    const bit = pixels[(y * 640 + x) * 4] > 127 ? 1 : 0;
+    if (i < 40) value = value * 2 + bit;
+    else check = check * 2 + bit;
+  }
+  let sum = 0;
+  for (let b = 4, v = value; b >= 0; b--, v = Math.floor(v / 256)) sum += v % 256;
+  return sum % 256 === check ? value : null;
+}
+
+function onFrame() {
+  const painted = readClock();
+  if (painted === null) {
+    results.unreadable++;
+  } else {
+    if (results.firstFrameMs === null) results.firstFrameMs = performance.now() - started;
+    const latency = (((Date.now() % MOD) - painted) % MOD + MOD) % MOD;
+    results.samples.push([performance.now() - started, latency]);
+  }
+  video.requestVideoFrameCallback(onFrame);
+}
+
+video.addEventListener("waiting", () => {
+  if (results.firstFrameMs !== null) results.stalls++;
+});
+video.requestVideoFrameCallback(onFrame);
+
+const hls = new Hls({ lowLatencyMode: true });
+hls.on(Hls.Events.ERROR, (_, data) => {
+  if (data.fatal) results.errors.push(`${data.type}: ${data.details}`);
+});
+hls.loadSource(params.get("src"));
+hls.attachMedia(video);
+video.play().catch((e) => results.errors.push(`play: ${e}`));

@@ -1,0 +1,93 @@
+"""The servers the benchmarks compare, started on free loopback ports: commeowd (the
+release build) and nginx with libnginx-mod-rtmp, configured as its users typically do."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+BIN = ROOT / "target" / "release" / "commeowd"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+class Nginx:
+    """nginx-rtmp: RTMP on `rtmp_port`, its HLS at http://127.0.0.1:`http_port`/hls/<name>.m3u8."""
+
+    def __init__(self):
+        OUT.mkdir(parents=True, exist_ok=True)
+        self.rtmp_port, self.http_port = free_port(), free_port()
+        for d in ("nginx-hls", "nginx-tmp"):
+            (OUT / d).mkdir(exist_ok=True)
+            os.chmod(OUT / d, 0o777)
+            for f in (OUT / d).iterdir():
+                f.unlink()
+        conf = (ROOT / "bench" / "nginx-rtmp.conf.in").read_text()
+        conf = (conf.replace("@OUT@", str(OUT)).replace("@RTMP_PORT@", str(self.rtmp_port))
+                .replace("@HTTP_PORT@", str(self.http_port)))
+        (OUT / "nginx.conf").write_text(conf)
+        self.proc = subprocess.Popen(["nginx", "-p", str(OUT), "-c", str(OUT / "nginx.conf")])
+        wait_listening(self.rtmp_port)
+        wait_listening(self.http_port)
+
+    def rtmp_url(self, name):
+        return f"rtmp://127.0.0.1:{self.rtmp_port}/live/{name}"
+
+    def pids(self):
+        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        return [self.proc.pid] + [int(p) for p in children.stdout.split()]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=15)
+
+
+class Commeowd:
+    """commeowd with a fresh data directory and one channel, `slug`."""
+
+    def __init__(self, slug="bench", log_level="warn"):
+        OUT.mkdir(parents=True, exist_ok=True)
+        data = OUT / "commeowd-data"
+        subprocess.run(["rm", "-rf", str(data)], check=True)
+        added = subprocess.run([str(BIN), "--data-dir", str(data), "channel", "add", slug, "--json"],
+                               check=True, capture_output=True, text=True)
+        self.slug = slug
+        self.key = json.loads(added.stdout)["stream_key"]
+        self.http_port, self.rtmp_port = free_port(), free_port()
+        self.log = OUT / "commeowd.log"
+        self.proc = subprocess.Popen(
+            [str(BIN), "--data-dir", str(data), "--http-listen", f"127.0.0.1:{self.http_port}",
+             "--rtmp-listen", f"127.0.0.1:{self.rtmp_port}"],
+            stderr=open(self.log, "w"), env={**os.environ, "RUST_LOG": log_level})
+        wait_listening(self.http_port)
+        wait_listening(self.rtmp_port)
+
+    def rtmp_url(self):
+        return f"rtmp://127.0.0.1:{self.rtmp_port}/live/{self.key}"
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=15)
