@@ -50,7 +50,9 @@ video.addEventListener("waiting", () => {
 });
 video.requestVideoFrameCallback(onFrame);
 
-const hls = new Hls({ lowLatencyMode: true });
+// The web app's player settings: low-latency mode, and a gentle catch-up (up to 1.5x)
+// when playback drifts behind the target latency (hls.js never speeds up by default).
+const hls = new Hls({ lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.5 });
 hls.on(Hls.Events.ERROR, (_, data) => {
   if (data.fatal) results.errors.push(`${data.type}: ${data.details}`);
 });
