@@ -209,19 +209,24 @@ impl Rendition {
         self.changed(&mut state);
     }
 
-    /// LL-HLS: publishes a part of the segment `start` describes.
-    pub fn push_part(&self, start: SegmentStart, part: Part) {
+    /// LL-HLS: publishes a part of the segment `start` describes; returns its index.
+    pub fn push_part(&self, start: SegmentStart, part: Part) -> usize {
         let mut state = self.lock();
-        match &mut state.open {
-            Some(open) if open.start.sequence == start.sequence => open.parts.push(part),
+        let index = match &mut state.open {
+            Some(open) if open.start.sequence == start.sequence => {
+                open.parts.push(part);
+                open.parts.len() - 1
+            }
             _ => {
                 state.open = Some(OpenSegment {
                     start,
                     parts: vec![part],
-                })
+                });
+                0
             }
-        }
+        };
         self.changed(&mut state);
+        index
     }
 
     /// LL-HLS: the open segment is complete and lasted `duration`.

@@ -256,7 +256,7 @@ impl Pipeline {
             Ok(data) => {
                 let duration =
                     Duration::from_millis(u64::try_from(end_dts - part.start_dts).unwrap_or(0));
-                self.broadcast.ll.push_part(
+                let index = self.broadcast.ll.push_part(
                     start,
                     Part {
                         data,
@@ -264,6 +264,8 @@ impl Pipeline {
                         independent: part.independent,
                     },
                 );
+                // The benchmark of blocking reload reads this line's time.
+                tracing::debug!(sequence = start.sequence, part = index, "part published");
             }
             Err(e) => tracing::error!(error = %e, "part lost: the fMP4 muxer failed to flush"),
         }
