@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 .ci/setup-debian
 missing=()
-for p in nginx libnginx-mod-rtmp python3 chromium nodejs; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || command -v "${p%js}" >/dev/null || missing+=("$p")
+for p in nginx libnginx-mod-rtmp python3 chromium; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
+command -v node >/dev/null || missing+=(nodejs npm)
 if ((${#missing[@]})); then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
