@@ -11,7 +11,7 @@ pub mod playlist;
 pub mod segmenter;
 
 use bytes::Bytes;
-use playlist::{LowLatencyPlaylist, MediaPlaylist, Variant};
+use playlist::{LowLatencyPlaylist, MediaPlaylist, Rendered, Variant};
 use rand::Rng;
 use segmenter::{OpenSegment, Part, Segment, SegmentStart};
 use std::collections::{HashMap, VecDeque};
@@ -50,9 +50,9 @@ struct RenditionState {
     ended: bool,
     /// The media playlist, rendered when the segments change rather than per request:
     /// every player polls it, and it changes once per part or segment.
-    playlist: Bytes,
+    playlist: Rendered,
     /// LL-HLS: the delta update (`_HLS_skip=YES`), rendered alongside.
-    delta: Bytes,
+    delta: Rendered,
 }
 
 /// One rendition of a broadcast.
@@ -152,7 +152,7 @@ impl Rendition {
                     ended: state.ended,
                     segment_uri: &|s| self.segment_name(s.sequence),
                 });
-                state.playlist = Bytes::from(text);
+                state.playlist = Rendered::new(text);
             }
             Packaging::LowLatency { part_target } => {
                 let map_uri = self.init_name();
@@ -177,8 +177,8 @@ impl Rendition {
                 });
                 playlist.skip = listed.len() - kept.count();
                 let delta = playlist::low_latency(&playlist);
-                state.playlist = Bytes::from(full);
-                state.delta = Bytes::from(delta);
+                state.playlist = Rendered::new(full);
+                state.delta = Rendered::new(delta);
             }
         }
     }
@@ -325,12 +325,12 @@ impl Rendition {
         self.changes.subscribe()
     }
 
-    pub fn media_playlist(&self) -> Bytes {
+    pub fn media_playlist(&self) -> Rendered {
         self.lock().playlist.clone()
     }
 
     /// LL-HLS delta update (`_HLS_skip=YES`).
-    pub fn delta_playlist(&self) -> Bytes {
+    pub fn delta_playlist(&self) -> Rendered {
         self.lock().delta.clone()
     }
 
@@ -386,22 +386,22 @@ impl Broadcast {
     }
 
     /// A master playlist offering one rendition, once it has a segment to describe.
-    fn master_for(&self, rendition: &Rendition) -> Option<String> {
+    fn master_for(&self, rendition: &Rendition) -> Option<Rendered> {
         if rendition.segment_count() == 0 {
             return None;
         }
         let variant = rendition.variant(format!("{}/index.m3u8", rendition.name));
-        Some(playlist::master(&[variant]))
+        Some(Rendered::new(playlist::master(&[variant])))
     }
 
     /// `master.m3u8`: the LL-HLS rendition (hls.js and Safari play it; players that do
     /// not know LL-HLS tags ignore them and play its fMP4 segments).
-    pub fn master_playlist(&self) -> Option<String> {
+    pub fn master_playlist(&self) -> Option<Rendered> {
         self.master_for(&self.ll)
     }
 
     /// `classic.m3u8`: MPEG-TS segments, for old players without fMP4 support.
-    pub fn classic_master_playlist(&self) -> Option<String> {
+    pub fn classic_master_playlist(&self) -> Option<Rendered> {
         self.master_for(&self.source)
     }
 
@@ -561,7 +561,7 @@ mod tests {
             b.source.segment(4).is_some(),
             "slid out of the playlist but still served"
         );
-        let text = String::from_utf8(b.source.media_playlist().to_vec()).expect("utf-8");
+        let text = String::from_utf8(b.source.media_playlist().plain.to_vec()).expect("utf-8");
         assert!(text.contains("#EXT-X-TARGETDURATION:4\n"), "{text}");
         assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:7\n"), "{text}");
         assert_eq!(text.matches("#EXTINF").count(), 3);

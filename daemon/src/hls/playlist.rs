@@ -5,6 +5,33 @@ use chrono::SecondsFormat;
 use std::fmt::Write;
 use std::sync::Arc;
 
+/// A rendered playlist, plain and gzip-compressed: compressed once when it changes, not
+/// once per request (every player reloads it several times a second).
+#[derive(Debug, Clone, Default)]
+pub struct Rendered {
+    pub plain: bytes::Bytes,
+    pub gzip: bytes::Bytes,
+}
+
+impl Rendered {
+    pub fn new(text: String) -> Rendered {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(
+            Vec::with_capacity(text.len() / 3),
+            flate2::Compression::fast(),
+        );
+        // Writing to a Vec cannot fail.
+        let gzip = encoder
+            .write_all(text.as_bytes())
+            .and_then(|()| encoder.finish())
+            .unwrap_or_default();
+        Rendered {
+            plain: bytes::Bytes::from(text),
+            gzip: bytes::Bytes::from(gzip),
+        }
+    }
+}
+
 /// One variant stream of the master playlist.
 #[derive(Debug, Clone)]
 pub struct Variant {

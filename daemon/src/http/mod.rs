@@ -3,11 +3,12 @@
 //! `app(state)` builds the router, so tests can drive it without a socket. Errors are JSON
 //! `{"error": {"code", "message"}}` with a fitting status, built in one place ([`ApiError`]).
 
+use crate::hls::playlist::Rendered;
 use crate::hls::{Broadcast, Broadcasts, Packaging, Rendition};
 use crate::store::{StoreError, StoreHandle};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -15,8 +16,6 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
-use tower_http::compression::CompressionLayer;
 use tower_http::cors::{Any, CorsLayer};
 
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
@@ -50,13 +49,6 @@ pub fn app(state: AppState) -> Router {
         .route("/api/channels", get(list_channels))
         .merge(hls)
         .fallback(|| async { ApiError::not_found("no such page") })
-        // Playlists compress well and are fetched by every player several times a second;
-        // media does not compress, so it is left alone.
-        .layer(
-            CompressionLayer::new()
-                .gzip(true)
-                .compress_when(DefaultPredicate::new().and(NotForContentType::const_new("video/"))),
-        )
         .with_state(state)
 }
 
@@ -122,21 +114,46 @@ async fn list_channels(State(state): State<AppState>) -> Result<Json<Vec<Channel
     Ok(Json(views))
 }
 
-fn playlist_response(text: impl Into<Body>) -> Response {
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(PLAYLIST_TYPE),
-            ),
-            (
-                header::CACHE_CONTROL,
-                HeaderValue::from_static(PLAYLIST_CACHE),
-            ),
-        ],
-        text.into(),
-    )
-        .into_response()
+/// Whether the client takes gzip (`Accept-Encoding`, honouring `q=0`).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut fields = coding.split(';').map(str::trim);
+            let name = fields.next().unwrap_or("");
+            let quality = fields
+                .find_map(|f| f.strip_prefix("q="))
+                .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && quality > 0.0
+        })
+}
+
+/// A playlist, gzip-compressed when the client takes it. Playlists are compressed once
+/// when they change (see [`Rendered`]); media is never compressed (it would not shrink).
+fn playlist_response(playlist: Rendered, gzip: bool) -> Response {
+    let mut headers = vec![
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PLAYLIST_TYPE),
+        ),
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(PLAYLIST_CACHE),
+        ),
+        (header::VARY, HeaderValue::from_static("accept-encoding")),
+    ];
+    let body = if gzip && !playlist.gzip.is_empty() {
+        headers.push((header::CONTENT_ENCODING, HeaderValue::from_static("gzip")));
+        playlist.gzip
+    } else {
+        playlist.plain
+    };
+    let mut response = Body::from(body).into_response();
+    response.headers_mut().extend(headers);
+    response
 }
 
 fn media_response(content_type: &'static str, length: usize, body: Body) -> Response {
@@ -167,34 +184,37 @@ fn starting(slug: &str) -> ApiError {
 async fn master_playlist(
     State(state): State<AppState>,
     Path(slug): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let text = live_broadcast(&state, &slug)?
+    let playlist = live_broadcast(&state, &slug)?
         .master_playlist()
         .ok_or_else(|| starting(&slug))?;
-    Ok(playlist_response(text))
+    Ok(playlist_response(playlist, accepts_gzip(&headers)))
 }
 
 async fn classic_master_playlist(
     State(state): State<AppState>,
     Path(slug): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let text = live_broadcast(&state, &slug)?
+    let playlist = live_broadcast(&state, &slug)?
         .classic_master_playlist()
         .ok_or_else(|| starting(&slug))?;
-    Ok(playlist_response(text))
+    Ok(playlist_response(playlist, accepts_gzip(&headers)))
 }
 
 async fn rendition_file(
     State(state): State<AppState>,
     Path((slug, rendition, file)): Path<(String, String, String)>,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let broadcast = live_broadcast(&state, &slug)?;
     let rendition = broadcast
         .rendition(&rendition)
         .ok_or_else(|| ApiError::not_found(format!("no rendition `{rendition}`")))?;
     if file == "index.m3u8" {
-        return media_playlist(rendition, &query).await;
+        return media_playlist(rendition, &query, accepts_gzip(&headers)).await;
     }
     if file == rendition.init_name() {
         let init = rendition
@@ -246,9 +266,10 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 async fn media_playlist(
     rendition: &Rendition,
     query: &HashMap<String, String>,
+    gzip: bool,
 ) -> Result<Response, ApiError> {
     let Packaging::LowLatency { part_target } = rendition.packaging else {
-        return Ok(playlist_response(rendition.media_playlist()));
+        return Ok(playlist_response(rendition.media_playlist(), gzip));
     };
     let number = |key: &str| -> Result<Option<u64>, ApiError> {
         query
@@ -299,11 +320,12 @@ async fn media_playlist(
         }
         (None, None) => {}
     }
-    Ok(playlist_response(if skip {
+    let playlist = if skip {
         rendition.delta_playlist()
     } else {
         rendition.media_playlist()
-    }))
+    };
+    Ok(playlist_response(playlist, gzip))
 }
 
 /// Holds a request until segment `sequence` (or its part) exists or the stream ends; gives
@@ -330,4 +352,29 @@ async fn wait_for(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepts(value: &str) -> bool {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_str(value).expect("header"),
+        );
+        accepts_gzip(&headers)
+    }
+
+    #[test]
+    fn accept_encoding_is_read_as_browsers_send_it() {
+        assert!(accepts("gzip, deflate, br, zstd"));
+        assert!(accepts("br;q=1.0, gzip;q=0.8"));
+        assert!(accepts("*"));
+        assert!(!accepts("gzip;q=0"));
+        assert!(!accepts("identity"));
+        assert!(!accepts("br"));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
 }
