@@ -22,8 +22,7 @@ import time
 import zlib
 from datetime import datetime
 
-from first_light import cpu_seconds, percentile
-from servers import OUT, ROOT, Commeowd
+from harness import ROOT, Commeowd, cpu_seconds, percentile, write_report
 
 HINT = re.compile(rb'PRELOAD-HINT:TYPE=PART,URI="[0-9a-f]+-(\d+)\.(\d+)\.m4s"')
 PUBLISHED = re.compile(r"^(\S+Z) .*part published sequence=(\d+) part=(\d+)")
@@ -138,9 +137,7 @@ async def main():
         f"| + {args.players} requests held for a part ~2 segments away | {held:.1f} (+{held - alone:.1f}) |",
         f"| + {args.players} players following the live edge ({rate:.0f} blocking answers/s served) | {following:.1f} (+{following - alone:.1f}) |",
     ]
-    report = "\n".join(lines) + "\n"
-    (OUT / "blocking.md").write_text(report)
-    print(report)
+    write_report("blocking", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

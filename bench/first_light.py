@@ -15,8 +15,6 @@ Run through bench/first-light.sh, which builds and installs what is needed.
 
 import argparse
 import http.client
-import json
-import os
 import re
 import statistics
 import subprocess
@@ -26,9 +24,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from servers import OUT, Commeowd, Nginx
+from harness import OUT, Commeowd, Nginx, cpu_seconds, percentile, write_report
 FPS = 30
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def make_input(seconds):
@@ -47,17 +44,6 @@ def make_input(seconds):
          "-c:a", "aac", "-b:a", "128k", "-ac", "2", str(path)],
         check=True)
     return path
-
-
-def cpu_seconds(pids):
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        except (FileNotFoundError, IndexError):
-            pass
-    return total / CLK_TCK
 
 
 def memory_kb(pids, fields=("VmHWM", "RssAnon", "RssFile")):
@@ -164,14 +150,6 @@ class Poller(threading.Thread):
         return rows
 
 
-def percentile(values, p):
-    values = sorted(values)
-    if not values:
-        return float("nan")
-    k = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
-    return values[k]
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=60)
@@ -266,10 +244,7 @@ def main():
               "CPU includes answering the playlist polls (the same number of requests for both servers).",
               "Private = anonymous RSS (the server's own heap, including media held in memory);",
               "shared libs = file-backed RSS (mapped code and data of the binary and its libraries)."]
-    report = "\n".join(lines) + "\n"
-    (OUT / "first-light.md").write_text(report)
-    (OUT / "first-light.json").write_text(json.dumps(results, indent=2))
-    print(report)
+    write_report("first-light", "\n".join(lines) + "\n", results)
 
 
 if __name__ == "__main__":

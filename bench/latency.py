@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.request
 
-from servers import OUT, ROOT, Commeowd, Nginx, free_port, wait_listening
+from harness import OUT, ROOT, Commeowd, Nginx, free_port, percentile, wait_listening, write_report
 
 LATENCY = ROOT / "bench" / "latency"
 
@@ -32,11 +32,6 @@ def wait_for_url(url, timeout=30.0):
             pass
         time.sleep(0.1)
     raise TimeoutError(url)
-
-
-def percentile(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))] if values else float("nan")
 
 
 def main():
@@ -97,10 +92,7 @@ def main():
     lines += ["", "Latency = wall clock when Chromium presented a frame minus the wall clock painted into it",
               "before encoding: encode, RTMP, server, HTTP, player buffer, decode and display.",
               "Time to first frame counts from page load. Screenshots: bench/out/latency-*.png."]
-    report = "\n".join(lines) + "\n"
-    (OUT / "latency.md").write_text(report)
-    (OUT / "latency.json").write_text(json.dumps(summary, indent=2))
-    print(report)
+    write_report("latency", "\n".join(lines) + "\n", summary)
 
 
 def hls_version():

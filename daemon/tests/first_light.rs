@@ -391,20 +391,15 @@ fn a_codec_other_than_h264_is_refused_clearly_and_the_channel_stays_usable() {
     let daemon = Daemon::start(CONFIG);
     let key = daemon.add_channel("stage");
     // Sorenson H.263 (FLV's own codec) instead of H.264.
-    let refused = std::process::Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-        .args([
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=160x120:rate=30",
-            "-t",
-            "5",
-        ])
-        .args(["-c:v", "flv1", "-f", "flv", &daemon.rtmp_url(&key)])
-        .output()
-        .expect("run ffmpeg");
-    assert!(!refused.status.success(), "an H.263 push must be refused");
+    let (status, _) = Push::start_with(
+        &daemon.rtmp_url(&key),
+        5,
+        "160x120",
+        &["-c:v", "flv1"],
+        false,
+    )
+    .finish(Duration::from_secs(30));
+    assert!(!status.success(), "an H.263 push must be refused");
     assert!(wait_until(Duration::from_secs(10), || daemon.logged("stream refused")));
     assert!(
         daemon.logged("Sorenson H.263"),

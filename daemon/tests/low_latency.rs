@@ -268,36 +268,19 @@ fn a_long_keyframe_interval_still_gives_parts_on_time_and_the_end_is_clean() {
         Daemon::start("[hls]\ntarget_duration = 2.0\npart_target = 0.334\nlinger_seconds = 30\n");
     let key = daemon.add_channel("stage");
     // A keyframe every 4 s, like OBS's "auto" at some settings.
-    let push = std::process::Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-        .args([
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=160x120:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine",
-            "-t",
-            "10",
-        ])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "120",
-            "-keyint_min",
-            "120",
-            "-sc_threshold",
-            "0",
-        ])
-        .args(["-c:a", "aac", "-f", "flv", &daemon.rtmp_url(&key)])
-        .spawn()
-        .expect("ffmpeg");
-    let push = Push { child: push };
+    let x264 = [
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "120",
+        "-keyint_min",
+        "120",
+        "-sc_threshold",
+        "0",
+    ];
+    let push = Push::start_with(&daemon.rtmp_url(&key), 10, "160x120", &x264, true);
     let first = wait_for_ll(&daemon, "stage", 1);
     // Parts keep coming about three a second even though keyframes come every 4 s.
     let count = |p: &LlPlaylist| p.all_parts().count() + p.skipped * 100;

@@ -267,27 +267,39 @@ impl Push {
     /// Pushes `seconds` of test pattern and tone at `size` (e.g. "320x240"), 30 fps,
     /// a keyframe every second, in real time.
     pub fn start(url: &str, seconds: u32, size: &str) -> Push {
-        let child = Command::new("ffmpeg")
+        let x264 = [
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "30",
+        ];
+        Push::start_with(url, seconds, size, &x264, true)
+    }
+
+    /// Pushes `seconds` of test pattern at `size`, encoded with `video` (ffmpeg output
+    /// options), with an AAC tone if `audio`.
+    pub fn start_with(url: &str, seconds: u32, size: &str, video: &[&str], audio: bool) -> Push {
+        let mut command = Command::new("ffmpeg");
+        command
             .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
             .args([
                 "-f",
                 "lavfi",
                 "-i",
                 &format!("testsrc2=size={size}:rate=30"),
-            ])
-            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
-            .args(["-t", &seconds.to_string()])
-            .args([
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-tune",
-                "zerolatency",
-                "-g",
-                "30",
-            ])
-            .args(["-c:a", "aac", "-b:a", "64k"])
+            ]);
+        if audio {
+            command.args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]);
+        }
+        command.args(["-t", &seconds.to_string()]).args(video);
+        if audio {
+            command.args(["-c:a", "aac", "-b:a", "64k"]);
+        }
+        let child = command
             .args(["-f", "flv", url])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

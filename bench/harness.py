@@ -1,5 +1,6 @@
-"""The servers the benchmarks compare, started on free loopback ports: commeowd (the
-release build) and nginx with libnginx-mod-rtmp, configured as its users typically do."""
+"""What the benchmarks share: the servers they compare, started on free loopback ports
+(commeowd's release build, and nginx with libnginx-mod-rtmp configured as its users
+typically do), and the measuring and reporting helpers."""
 
 import json
 import os
@@ -11,6 +12,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 BIN = ROOT / "target" / "release" / "commeowd"
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids):
+    """utime + stime of these processes so far, from /proc."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (FileNotFoundError, IndexError):
+            pass
+    return total / CLK_TCK
+
+
+def percentile(values, p):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))]
+
+
+def write_report(name, markdown, data=None):
+    """bench/out/<name>.md (and .json), and the report on stdout."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.md").write_text(markdown)
+    if data is not None:
+        (OUT / f"{name}.json").write_text(json.dumps(data, indent=2))
+    print(markdown)
 
 
 def free_port():
