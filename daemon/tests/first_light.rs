@@ -416,3 +416,66 @@ fn a_codec_other_than_h264_is_refused_clearly_and_the_channel_stays_usable() {
     wait_for_segments(&daemon, "stage", 1);
     assert!(daemon.channel_live("stage"));
 }
+
+#[test]
+fn after_kill_9_mid_stream_the_box_comes_back_with_its_channels_and_no_stale_stream() {
+    let mut daemon = Daemon::start(CONFIG);
+    let key = daemon.add_channel("stage");
+    let push = Push::start(&daemon.rtmp_url(&key), 60, "160x120");
+    wait_for_segments(&daemon, "stage", 1);
+
+    daemon.crash_and_restart();
+    drop(push);
+    // The channel and its key survived; nothing of the killed stream is live or served.
+    assert!(!daemon.channel_live("stage"));
+    assert_eq!(daemon.get("/hls/stage/master.m3u8").status, 404);
+    let list = daemon.cli(&["channel", "list", "--json"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("\"stage\""));
+    // The same key publishes again at once.
+    let _again = Push::start(&daemon.rtmp_url(&key), 20, "160x120");
+    let fresh = wait_for_segments(&daemon, "stage", 1);
+    assert_eq!(fresh.media_sequence, Some(0));
+    assert!(daemon.channel_live("stage"));
+}
+
+#[test]
+fn slow_and_half_open_http_clients_do_not_hold_up_players() {
+    let daemon = Daemon::start(CONFIG);
+    let key = daemon.add_channel("stage");
+    let _push = Push::start(&daemon.rtmp_url(&key), 30, "320x240");
+    let live = wait_for_segments(&daemon, "stage", 1);
+
+    // 100 sockets that send half a request line and stop (slowloris) ...
+    let mut idle: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = TcpStream::connect(daemon.http).expect("connect");
+            s.write_all(b"GET /hls/stage/mas").expect("partial request");
+            s
+        })
+        .collect();
+    // ... and 20 that ask for a segment and never read the answer.
+    let segment = format!(
+        "GET /hls/stage/source/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        live.segments[0].uri
+    );
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(daemon.http).expect("connect");
+        s.write_all(segment.as_bytes()).expect("request");
+        idle.push(s);
+    }
+    // Players meanwhile get playlists promptly, and the stream keeps growing.
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        assert_eq!(daemon.get("/hls/stage/ll/index.m3u8").status, 200);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "playlist took {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        keeps_growing(&daemon, "stage", &live, 2),
+        "the stream stalled"
+    );
+    assert_eq!(daemon.get("/healthz").status, 200);
+}

@@ -25,6 +25,36 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
+/// Starts `commeowd` on `dir` (config `dir/commeowd.toml`, data `dir/data`), on ephemeral
+/// loopback ports, with its log lines copied into `logs`.
+fn spawn(dir: &Path, logs: Arc<Mutex<Vec<String>>>) -> Child {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.join("commeowd.toml"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--rtmp-listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info,commeow=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start commeowd");
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[commeowd] {line}");
+            logs.lock().expect("logs").push(line);
+        }
+    });
+    child
+}
+
 /// A running daemon with its own data directory.
 pub struct Daemon {
     pub child: Child,
@@ -38,34 +68,9 @@ impl Daemon {
     /// Starts with `config` (TOML text) as its config file.
     pub fn start(config: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = dir.path().join("commeowd.toml");
-        std::fs::write(&config_path, config).expect("write config");
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args([
-                "--http-listen",
-                "127.0.0.1:0",
-                "--rtmp-listen",
-                "127.0.0.1:0",
-            ])
-            .env("RUST_LOG", "info,commeow=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start commeowd");
-        let stderr = child.stderr.take().expect("stderr");
+        std::fs::write(dir.path().join("commeowd.toml"), config).expect("write config");
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[commeowd] {line}");
-                sink.lock().expect("logs").push(line);
-            }
-        });
+        let child = spawn(dir.path(), logs.clone());
         let mut daemon = Daemon {
             child,
             dir,
@@ -73,13 +78,29 @@ impl Daemon {
             rtmp: SocketAddr::from(([0, 0, 0, 0], 0)),
             logs,
         };
+        daemon.await_listeners();
+        daemon
+    }
+
+    /// SIGKILL, no goodbye; then a new process on the same data directory and config.
+    pub fn crash_and_restart(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+        // A fresh log: the old process's reader may still be draining its pipe.
+        self.logs = Arc::new(Mutex::new(Vec::new()));
+        self.child = spawn(self.dir.path(), self.logs.clone());
+        self.await_listeners();
+    }
+
+    fn await_listeners(&mut self) {
+        self.http.set_port(0);
+        self.rtmp.set_port(0);
         let found = wait_until(Duration::from_secs(20), || {
-            daemon.http = daemon.logged_addr("http listening").unwrap_or(daemon.http);
-            daemon.rtmp = daemon.logged_addr("rtmp listening").unwrap_or(daemon.rtmp);
-            daemon.http.port() != 0 && daemon.rtmp.port() != 0
+            self.http = self.logged_addr("http listening").unwrap_or(self.http);
+            self.rtmp = self.logged_addr("rtmp listening").unwrap_or(self.rtmp);
+            self.http.port() != 0 && self.rtmp.port() != 0
         });
         assert!(found, "commeowd did not report its listeners");
-        daemon
     }
 
     pub fn data_dir(&self) -> PathBuf {
