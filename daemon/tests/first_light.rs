@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{ffprobe, wait_until, Daemon, MediaPlaylist, Push};
+use common::{ffprobe, poll_until, wait_until, Daemon, MediaPlaylist, Push};
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -15,13 +15,12 @@ const CONFIG: &str = "[hls]\ntarget_duration = 2.0\nlinger_seconds = 3\n";
 const LIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn wait_for_segments(daemon: &Daemon, slug: &str, count: usize) -> MediaPlaylist {
-    let mut last = None;
-    let ok = wait_until(LIVE_TIMEOUT, || {
-        last = daemon.media_playlist(slug);
-        last.as_ref().is_some_and(|p| p.segments.len() >= count)
-    });
-    assert!(ok, "{slug}: fewer than {count} segments: {last:?}");
-    last.expect("playlist")
+    poll_until(
+        LIVE_TIMEOUT,
+        &format!("{slug}: {count} segments"),
+        || daemon.media_playlist(slug),
+        |p| p.segments.len() >= count,
+    )
 }
 
 /// Whether the live playlist gains `count` segments after the newest one in `before`.
@@ -35,13 +34,12 @@ fn keeps_growing(daemon: &Daemon, slug: &str, before: &MediaPlaylist, count: usi
 }
 
 fn wait_for_end(daemon: &Daemon, slug: &str) -> MediaPlaylist {
-    let mut last = None;
-    let ok = wait_until(Duration::from_secs(10), || {
-        last = daemon.media_playlist(slug);
-        last.as_ref().is_some_and(|p| p.ended)
-    });
-    assert!(ok, "{slug}: playlist never ended: {last:?}");
-    last.expect("playlist")
+    poll_until(
+        Duration::from_secs(10),
+        &format!("{slug}: the playlist ends"),
+        || daemon.media_playlist(slug),
+        |p| p.ended,
+    )
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ffprobe, get_with, wait_until, Daemon, LlPlaylist, Push};
+use common::{ffprobe, get_with, poll_until, wait_until, Daemon, LlPlaylist, Push};
 use std::time::{Duration, Instant};
 
 /// 1 s segments so delta updates (CAN-SKIP-UNTIL = 6 target durations) have something to
@@ -13,14 +13,12 @@ use std::time::{Duration, Instant};
 const CONFIG: &str = "[hls]\ntarget_duration = 1.0\npart_target = 0.334\nlinger_seconds = 30\n";
 
 fn wait_for_ll(daemon: &Daemon, slug: &str, segments: usize) -> LlPlaylist {
-    let mut last = None;
-    let ok = wait_until(Duration::from_secs(30), || {
-        last = daemon.ll_playlist(slug, "");
-        last.as_ref()
-            .is_some_and(|p| p.segments.len() + p.skipped >= segments)
-    });
-    assert!(ok, "{slug}: fewer than {segments} LL segments: {last:?}");
-    last.expect("playlist")
+    poll_until(
+        Duration::from_secs(30),
+        &format!("{slug}: {segments} LL segments"),
+        || daemon.ll_playlist(slug, ""),
+        |p| p.segments.len() + p.skipped >= segments,
+    )
 }
 
 #[test]

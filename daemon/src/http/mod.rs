@@ -36,8 +36,7 @@ pub fn app(state: AppState) -> Router {
     // Streams are public on the venue network: any page may play them (a venue's own
     // site, a signage screen), as with any HLS server.
     let hls = Router::new()
-        .route("/hls/{slug}/master.m3u8", get(master_playlist))
-        .route("/hls/{slug}/classic.m3u8", get(classic_master_playlist))
+        .route("/hls/{slug}/{master}", get(master_playlist))
         .route("/hls/{slug}/{rendition}/{file}", get(rendition_file))
         .layer(
             CorsLayer::new()
@@ -181,25 +180,19 @@ fn starting(slug: &str) -> ApiError {
     ))
 }
 
+/// `master.m3u8` (LL-HLS) or `classic.m3u8` (MPEG-TS).
 async fn master_playlist(
     State(state): State<AppState>,
-    Path(slug): Path<String>,
+    Path((slug, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let playlist = live_broadcast(&state, &slug)?
-        .master_playlist()
-        .ok_or_else(|| starting(&slug))?;
-    Ok(playlist_response(playlist, accepts_gzip(&headers)))
-}
-
-async fn classic_master_playlist(
-    State(state): State<AppState>,
-    Path(slug): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let playlist = live_broadcast(&state, &slug)?
-        .classic_master_playlist()
-        .ok_or_else(|| starting(&slug))?;
+    let broadcast = live_broadcast(&state, &slug)?;
+    let playlist = match name.as_str() {
+        "master.m3u8" => broadcast.master_playlist(),
+        "classic.m3u8" => broadcast.classic_master_playlist(),
+        _ => return Err(ApiError::not_found(format!("no `{name}`: try master.m3u8"))),
+    };
+    let playlist = playlist.ok_or_else(|| starting(&slug))?;
     Ok(playlist_response(playlist, accepts_gzip(&headers)))
 }
 

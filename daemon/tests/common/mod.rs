@@ -55,6 +55,23 @@ fn spawn(dir: &Path, logs: Arc<Mutex<Vec<String>>>) -> Child {
     child
 }
 
+/// Polls `fetch` every 50 ms until what it returns satisfies `done`, and returns that;
+/// fails the test, naming `what` and the last value seen, after `timeout`.
+pub fn poll_until<T: std::fmt::Debug>(
+    timeout: Duration,
+    what: &str,
+    mut fetch: impl FnMut() -> Option<T>,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let mut last = None;
+    let ok = wait_until(timeout, || {
+        last = fetch();
+        last.as_ref().is_some_and(&done)
+    });
+    assert!(ok, "{what}: last seen {last:?}");
+    last.expect("value")
+}
+
 /// A running daemon with its own data directory.
 pub struct Daemon {
     pub child: Child,
