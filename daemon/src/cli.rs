@@ -4,7 +4,7 @@
 //! acts on the same database the daemon started with `--data-dir X` uses.
 
 use crate::config::{Config, DEFAULT_CONFIG_TOML};
-use crate::store::{Channel, Store, StreamKey};
+use crate::store::{Channel, Role, Store, StreamKey};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::net::{IpAddr, SocketAddr};
@@ -70,6 +70,9 @@ pub enum Command {
     /// Create and manage channels and their stream keys.
     #[command(subcommand)]
     Channel(ChannelCommand),
+    /// Create accounts and set their roles.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Print the default configuration file, with every key commented.
     GenerateConfig,
     /// Load the configuration, report problems, and exit.
@@ -101,6 +104,30 @@ pub enum ChannelCommand {
         /// Print {"slug", "stream_key", "rtmp_url"} as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an account. The password is read from standard input, so it never appears in
+    /// the shell history or the process list: `echo "$PW" | commeowd user add ...`.
+    Add {
+        /// Login name: 3-32 characters a-z, 0-9, '_', '.', '-' (case-insensitive).
+        name: String,
+        #[arg(long, value_enum, default_value = "viewer")]
+        role: Role,
+        /// Read the password from standard input (one line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// Name shown in chat [default: the login name].
+        #[arg(long)]
+        nickname: Option<String>,
+    },
+    /// Change an account's role; it reaches the account's tokens at their next refresh.
+    SetRole {
+        name: String,
+        #[arg(value_enum)]
+        role: Role,
     },
 }
 
@@ -142,6 +169,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Channel(command)) => channel_command(&config, command),
+        Some(Command::User(command)) => user_command(&config, command),
     }
 }
 
@@ -219,6 +247,40 @@ fn channel_command(config: &Config, command: ChannelCommand) -> anyhow::Result<(
             } else {
                 print_channels(&channels);
             }
+        }
+    }
+    Ok(())
+}
+
+fn user_command(config: &Config, command: UserCommand) -> anyhow::Result<()> {
+    let mut store = Store::open_in(&config.data_dir())?;
+    match command {
+        UserCommand::Add {
+            name,
+            role,
+            password_stdin: _,
+            nickname,
+        } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("cannot read the password from standard input")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            crate::auth::validate_password(password)
+                .map_err(|reason| anyhow::anyhow!("password: {reason}"))?;
+            let hash = crate::auth::hash_password(password)
+                .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+            let nickname = nickname.unwrap_or_else(|| name.clone());
+            let user = store.add_user(&name, &nickname, &hash, role)?;
+            println!(
+                "Account `{}` created ({}).",
+                user.username,
+                user.role.as_str()
+            );
+        }
+        UserCommand::SetRole { name, role } => {
+            let user = store.set_role(&name, role)?;
+            println!("`{}` is now {}.", user.username, user.role.as_str());
         }
     }
     Ok(())

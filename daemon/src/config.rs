@@ -33,6 +33,33 @@ pub struct Config {
     pub http: HttpConfig,
     pub rtmp: RtmpConfig,
     pub hls: HlsConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub access_token_seconds: u64,
+    pub refresh_token_days: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            access_token_seconds: 900,
+            refresh_token_days: 30,
+        }
+    }
+}
+
+impl AuthConfig {
+    pub fn access_ttl(&self) -> Duration {
+        Duration::from_secs(self.access_token_seconds)
+    }
+
+    pub fn refresh_ttl(&self) -> Duration {
+        Duration::from_secs(self.refresh_token_days * 86_400)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +182,18 @@ impl Config {
                 ),
             });
         }
+        if !(1..=86_400).contains(&self.auth.access_token_seconds) {
+            return Err(ConfigError::Invalid {
+                key: "auth.access_token_seconds",
+                message: format!("{} is outside 1..=86400", self.auth.access_token_seconds),
+            });
+        }
+        if !(1..=365).contains(&self.auth.refresh_token_days) {
+            return Err(ConfigError::Invalid {
+                key: "auth.refresh_token_days",
+                message: format!("{} is outside 1..=365", self.auth.refresh_token_days),
+            });
+        }
         if self.rtmp.max_connections == 0 {
             return Err(ConfigError::Invalid {
                 key: "rtmp.max_connections",
@@ -202,6 +241,14 @@ mod tests {
         assert_eq!(from_file.hls.part_target, built_in.hls.part_target);
         assert_eq!(from_file.hls.window_segments, built_in.hls.window_segments);
         assert_eq!(from_file.hls.linger_seconds, built_in.hls.linger_seconds);
+        assert_eq!(
+            from_file.auth.access_token_seconds,
+            built_in.auth.access_token_seconds
+        );
+        assert_eq!(
+            from_file.auth.refresh_token_days,
+            built_in.auth.refresh_token_days
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `main.rs` only parses flags and calls [`cli::main`]; [`run`] is the daemon, callable
 //! from tests with listeners they bound themselves.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod hls;
@@ -13,6 +14,7 @@ pub mod http;
 pub mod ingest;
 pub mod media;
 pub mod store;
+pub mod throttle;
 
 use config::Config;
 use std::sync::Arc;
@@ -54,19 +56,39 @@ pub async fn run(
         store: store.clone(),
         broadcasts: broadcasts.clone(),
         hls: config.hls.clone(),
-        throttle: ingest::throttle::PublishThrottle::default(),
+        // Wrong stream keys: a typo costs a streamer a quarter second.
+        throttle: throttle::Throttle::new(Duration::from_millis(250), Duration::from_secs(10)),
         connections: Arc::new(tokio::sync::Semaphore::new(config.rtmp.max_connections)),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
     });
     let rtmp = tokio::spawn(ingest::serve(listeners.rtmp, ingest));
 
+    let signing_key = store
+        .call(|store| store.secret("access_token_signing_key", auth::Authority::generate_key))
+        .await?;
+    let authority = auth::Authority::new(
+        &signing_key,
+        config.auth.access_ttl(),
+        config.auth.refresh_ttl(),
+    );
     let app = http::app(http::AppState {
         store: store.clone(),
         broadcasts,
+        auth: Arc::new(authority),
+        // Wrong passwords: 1 s doubling to 5 min, so guessing online is hopeless.
+        login_by_address: Arc::new(throttle::Throttle::new(
+            Duration::from_secs(1),
+            Duration::from_secs(300),
+        )),
+        login_by_account: Arc::new(throttle::Throttle::new(
+            Duration::from_secs(1),
+            Duration::from_secs(300),
+        )),
     });
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listeners.http, app)
             .with_graceful_shutdown(http_shutdown.cancelled_owned())
             .await

@@ -6,14 +6,16 @@
 use crate::hls::playlist::Rendered;
 use crate::hls::{Broadcast, Broadcasts, Packaging, Rendition};
 use crate::store::{StoreError, StoreHandle};
+use crate::throttle::Throttle;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tower_http::cors::{Any, CorsLayer};
@@ -26,10 +28,18 @@ const PLAYLIST_CACHE: &str = "no-cache";
 /// Segment and part names are unique per publish, so their bytes never change.
 const MEDIA_CACHE: &str = "public, max-age=86400, immutable";
 
+mod auth;
+
+pub use auth::CurrentUser;
+
 #[derive(Clone)]
 pub struct AppState {
     pub store: StoreHandle,
     pub broadcasts: Arc<Broadcasts>,
+    pub auth: Arc<crate::auth::Authority>,
+    /// Failed logins per client address and per account.
+    pub login_by_address: Arc<Throttle<IpAddr>>,
+    pub login_by_account: Arc<Throttle<String>>,
 }
 
 pub fn app(state: AppState) -> Router {
@@ -46,6 +56,11 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/channels", get(list_channels))
+        .route("/api/auth/signup", post(auth::signup))
+        .route("/api/auth/login", post(auth::login))
+        .route("/api/auth/refresh", post(auth::refresh))
+        .route("/api/auth/logout", post(auth::logout))
+        .route("/api/me", get(auth::me))
         .merge(hls)
         .fallback(|| async { ApiError::not_found("no such page") })
         .with_state(state)
@@ -57,14 +72,45 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds, for `Retry-After` on a 429.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
-    fn not_found(message: impl Into<String>) -> ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "not_found",
+            status,
+            code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn internal() -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "something went wrong on the box",
+        )
+    }
+
+    fn too_many_attempts(wait: Duration) -> ApiError {
+        let seconds = wait.as_secs() + 1;
+        ApiError {
+            retry_after: Some(seconds),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                format!("too many failed attempts; try again in {seconds} s"),
+            )
         }
     }
 }
@@ -72,18 +118,24 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         tracing::error!(error = %e, "store error while answering a request");
-        ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "store_unavailable",
-            message: "the database is unavailable".into(),
-        }
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the database is unavailable",
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -246,14 +298,6 @@ async fn rendition_file(
     ))
 }
 
-fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError {
-        status: StatusCode::BAD_REQUEST,
-        code: "bad_request",
-        message: message.into(),
-    }
-}
-
 /// A media playlist; for LL-HLS with blocking reload (`_HLS_msn`, `_HLS_part`) and delta
 /// updates (`_HLS_skip`), per RFC 8216bis §6.2.5.
 async fn media_playlist(
@@ -269,7 +313,7 @@ async fn media_playlist(
             .get(key)
             .map(|v| {
                 v.parse::<u64>()
-                    .map_err(|_| bad_request(format!("{key} must be a whole number")))
+                    .map_err(|_| ApiError::bad_request(format!("{key} must be a whole number")))
             })
             .transpose()
     };
@@ -279,13 +323,13 @@ async fn media_playlist(
         None => false,
         Some("YES" | "v2") => true,
         Some(other) => {
-            return Err(bad_request(format!(
+            return Err(ApiError::bad_request(format!(
                 "_HLS_skip={other}: expected YES or v2"
             )))
         }
     };
     match (msn, part) {
-        (None, Some(_)) => return Err(bad_request("_HLS_part needs _HLS_msn")),
+        (None, Some(_)) => return Err(ApiError::bad_request("_HLS_part needs _HLS_msn")),
         (Some(msn), part) => {
             let part = part.map(|p| usize::try_from(p).unwrap_or(usize::MAX));
             if let Some(newest) = rendition.newest_sequence() {
@@ -304,7 +348,7 @@ async fn media_playlist(
                     || (msn == newest
                         && part.is_some_and(|p| p > newest_part + advance_part_limit));
                 if too_far && !rendition.is_ended() {
-                    return Err(bad_request(format!(
+                    return Err(ApiError::bad_request(format!(
                         "_HLS_msn={msn} is too far ahead of the live edge (segment {newest})"
                     )));
                 }
@@ -336,11 +380,11 @@ async fn wait_for(
             Ok(Ok(())) => {}
             Ok(Err(_)) => break, // the broadcast is gone
             Err(_) => {
-                return Err(ApiError {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    code: "not_available_yet",
-                    message: format!("segment {sequence} did not appear within {limit:?}"),
-                })
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_available_yet",
+                    format!("segment {sequence} did not appear within {limit:?}"),
+                ))
             }
         }
     }

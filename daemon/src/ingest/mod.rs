@@ -8,26 +8,26 @@
 //! Limits: a semaphore caps open connections; a handshake must finish within
 //! [`HANDSHAKE_TIMEOUT`] and a connection that sends nothing for [`IDLE_TIMEOUT`] is closed
 //! (half-open sockets cost nothing for long). Addresses that keep sending wrong keys are
-//! slowed down ([`throttle`]). The queue to the pipeline is bounded; when it is full, media
+//! slowed down ([`Throttle`]). The queue to the pipeline is bounded; when it is full, media
 //! is dropped until the next keyframe, so a stalled pipeline never stalls the socket loop
 //! and never buffers without bound.
 
 pub mod flv;
-pub mod throttle;
 
 use crate::config::HlsConfig;
 use crate::hls::{Broadcast, Broadcasts};
 use crate::media::{self, Frame, MediaEvent};
 use crate::store::{StoreError, StoreHandle, StreamKey};
+use crate::throttle::Throttle;
 use bytes::Bytes;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
 };
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use throttle::PublishThrottle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
@@ -73,7 +73,8 @@ pub struct Ingest {
     pub store: StoreHandle,
     pub broadcasts: Arc<Broadcasts>,
     pub hls: HlsConfig,
-    pub throttle: PublishThrottle,
+    /// Failed publishes (wrong keys) per source address.
+    pub throttle: Throttle<IpAddr>,
     pub connections: Arc<Semaphore>,
     pub tracker: TaskTracker,
     /// Daemon shutdown: ends linger timers early.
@@ -159,7 +160,10 @@ impl Connection {
     }
 
     async fn serve(&mut self) -> Result<(), IngestError> {
-        let penalty = self.ingest.throttle.penalty(self.peer.ip(), Instant::now());
+        let penalty = self
+            .ingest
+            .throttle
+            .penalty(&self.peer.ip(), Instant::now());
         if !penalty.is_zero() {
             tokio::time::sleep(penalty).await;
         }
@@ -363,10 +367,15 @@ impl Connection {
             let failures = self
                 .ingest
                 .throttle
-                .record_failure(self.peer.ip(), Instant::now());
+                .record_failure(&self.peer.ip(), Instant::now());
             // Never log the key itself: a typo of a real key is most of a real key.
             tracing::warn!(failures, "publish refused: unknown stream key");
-            tokio::time::sleep(self.ingest.throttle.penalty(self.peer.ip(), Instant::now())).await;
+            tokio::time::sleep(
+                self.ingest
+                    .throttle
+                    .penalty(&self.peer.ip(), Instant::now()),
+            )
+            .await;
             return Err("unknown stream key".into());
         };
         tracing::Span::current().record("channel", channel.slug.as_str());
@@ -374,7 +383,7 @@ impl Connection {
             tracing::warn!("publish refused: channel is already live from another connection");
             e.to_string()
         })?;
-        self.ingest.throttle.record_success(self.peer.ip());
+        self.ingest.throttle.record_success(&self.peer.ip());
         let (media, inbox) = mpsc::channel(media::MEDIA_QUEUE);
         let pipeline = media::spawn(
             broadcast.clone(),

@@ -7,8 +7,10 @@
 //! channel …`) open the same file directly; WAL and the busy timeout let both coexist.
 
 mod channels;
+mod users;
 
 pub use channels::{Channel, StreamKey};
+pub use users::{RefreshRefused, Role, Session, User};
 
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
@@ -35,14 +37,24 @@ pub enum StoreError {
     InvalidSlug(String),
     #[error("invalid channel title: {0}")]
     InvalidTitle(&'static str),
+    #[error("username `{0}` is taken")]
+    UsernameTaken(String),
+    #[error("no user `{0}`")]
+    NoSuchUser(String),
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        field: &'static str,
+        reason: &'static str,
+    },
     #[error("the store thread has stopped")]
     Closed,
 }
 
 /// Schema history. Append only: a released migration is never edited.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        "CREATE TABLE channels (
+    Migrations::new(vec![
+        M::up(
+            "CREATE TABLE channels (
             id              INTEGER PRIMARY KEY,
             slug            TEXT NOT NULL UNIQUE,
             title           TEXT NOT NULL,
@@ -50,7 +62,34 @@ fn migrations() -> Migrations<'static> {
             stream_key_hash BLOB NOT NULL UNIQUE,
             created_at      TEXT NOT NULL
         ) STRICT;",
-    )])
+        ),
+        M::up(
+            "CREATE TABLE users (
+            id            INTEGER PRIMARY KEY,
+            username      TEXT NOT NULL UNIQUE,     -- lower case
+            nickname      TEXT NOT NULL,
+            password_hash TEXT NOT NULL,            -- argon2id, PHC string
+            role          TEXT NOT NULL CHECK (role IN ('viewer', 'streamer', 'admin')),
+            created_at    TEXT NOT NULL
+        ) STRICT;
+        -- One row per refresh token. Rotation marks the old one used and adds a new one to
+        -- the same family; presenting a used one revokes the family (it was stolen).
+        CREATE TABLE refresh_tokens (
+            id         INTEGER PRIMARY KEY,
+            token_hash BLOB NOT NULL UNIQUE,        -- SHA-256: the token itself is never stored
+            family     TEXT NOT NULL,
+            user_id    INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            expires_at INTEGER NOT NULL,            -- Unix seconds
+            used_at    INTEGER,
+            revoked    INTEGER NOT NULL DEFAULT 0
+        ) STRICT;
+        CREATE INDEX refresh_tokens_family ON refresh_tokens (family);
+        CREATE TABLE secrets (
+            name  TEXT PRIMARY KEY,
+            value BLOB NOT NULL
+        ) STRICT;",
+        ),
+    ])
 }
 
 /// An open database, migrated to the current schema.
@@ -82,6 +121,10 @@ impl Store {
 
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
+    }
+
+    pub(crate) fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 }
 

@@ -250,6 +250,10 @@ pub struct Response {
 }
 
 impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -259,6 +263,50 @@ impl Response {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `body` as JSON with `method`, optionally with a bearer token.
+pub fn send_json(
+    method: &str,
+    url: &str,
+    body: Option<&serde_json::Value>,
+    bearer: Option<&str>,
+) -> Response {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let authorization = bearer.map(|t| format!("Bearer {t}"));
+    let mut response = match method {
+        "GET" => {
+            let mut request = agent.get(url);
+            if let Some(a) = &authorization {
+                request = request.header("authorization", a);
+            }
+            request.call()
+        }
+        _ => {
+            let mut request = agent.post(url).header("content-type", "application/json");
+            if let Some(a) = &authorization {
+                request = request.header("authorization", a);
+            }
+            request.send(body.map_or(String::new(), |b| b.to_string()))
+        }
+    }
+    .expect("http request");
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = response.body_mut().read_to_vec().expect("body");
+    Response {
+        status,
+        headers,
+        body,
     }
 }
 

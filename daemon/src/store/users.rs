@@ -1,0 +1,409 @@
+//! Accounts and their sessions (refresh-token families), and the secrets the daemon keeps.
+//!
+//! Passwords arrive here already hashed (argon2id is slow by design, so hashing happens on
+//! a blocking pool, not on the store thread). Refresh tokens arrive hashed too: the database
+//! never holds anything a thief could present.
+
+use super::{Store, StoreError};
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+/// What an account may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Streamer,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Streamer => "streamer",
+            Role::Admin => "admin",
+        }
+    }
+
+    fn parse(text: &str) -> Role {
+        match text {
+            "admin" => Role::Admin,
+            "streamer" => Role::Streamer,
+            // The CHECK constraint allows nothing else; the least privilege otherwise.
+            _ => Role::Viewer,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub nickname: String,
+    pub role: Role,
+}
+
+/// A refresh-token family: one login, followed through its rotations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub family: String,
+    pub user: User,
+}
+
+/// Usernames are case-insensitive: stored and compared in lower case.
+pub fn normalize_username(username: &str) -> Result<String, StoreError> {
+    let name = username.trim().to_lowercase();
+    let ok = (3..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+    if ok {
+        Ok(name)
+    } else {
+        Err(StoreError::Invalid {
+            field: "username",
+            reason: "use 3-32 characters a-z, 0-9, '_', '.' and '-'",
+        })
+    }
+}
+
+pub fn validate_nickname(nickname: &str) -> Result<String, StoreError> {
+    let nick = nickname.trim();
+    let count = nick.chars().count();
+    if count == 0 || count > 32 || nick.chars().any(char::is_control) {
+        return Err(StoreError::Invalid {
+            field: "nickname",
+            reason: "use 1-32 characters, no control characters",
+        });
+    }
+    Ok(nick.to_string())
+}
+
+fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: row.get(0)?,
+        username: row.get(1)?,
+        nickname: row.get(2)?,
+        role: Role::parse(&row.get::<_, String>(3)?),
+    })
+}
+
+/// Why a refresh token was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshRefused {
+    Unknown,
+    Expired,
+    Revoked,
+    /// Presented a second time: the family has now been revoked.
+    Reused,
+}
+
+impl Store {
+    /// Creates an account; `password_hash` is the argon2id PHC string.
+    pub fn add_user(
+        &mut self,
+        username: &str,
+        nickname: &str,
+        password_hash: &str,
+        role: Role,
+    ) -> Result<User, StoreError> {
+        let username = normalize_username(username)?;
+        let nickname = validate_nickname(nickname)?;
+        let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let inserted = self.conn().execute(
+            "INSERT INTO users (username, nickname, password_hash, role, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (username) DO NOTHING",
+            params![username, nickname, password_hash, role.as_str(), created_at],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::UsernameTaken(username));
+        }
+        Ok(User {
+            id: self.conn().last_insert_rowid(),
+            username,
+            nickname,
+            role,
+        })
+    }
+
+    pub fn set_role(&mut self, username: &str, role: Role) -> Result<User, StoreError> {
+        let username = normalize_username(username)?;
+        let updated = self.conn().execute(
+            "UPDATE users SET role = ?1 WHERE username = ?2",
+            params![role.as_str(), username],
+        )?;
+        if updated == 0 {
+            return Err(StoreError::NoSuchUser(username));
+        }
+        self.user_by_name(&username)?
+            .ok_or(StoreError::NoSuchUser(username))
+    }
+
+    /// The account and its password hash, for a login.
+    pub fn credentials(&self, username: &str) -> Result<Option<(User, String)>, StoreError> {
+        let Ok(username) = normalize_username(username) else {
+            return Ok(None);
+        };
+        let found = self
+            .conn()
+            .prepare_cached(
+                "SELECT id, username, nickname, role, password_hash FROM users WHERE username = ?1",
+            )?
+            .query_row(params![username], |row| {
+                Ok((user_from_row(row)?, row.get(4)?))
+            })
+            .optional()?;
+        Ok(found)
+    }
+
+    pub fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
+        Ok(self.credentials(username)?.map(|(user, _)| user))
+    }
+
+    pub fn user_by_id(&self, id: i64) -> Result<Option<User>, StoreError> {
+        let user = self
+            .conn()
+            .prepare_cached("SELECT id, username, nickname, role FROM users WHERE id = ?1")?
+            .query_row(params![id], user_from_row)
+            .optional()?;
+        Ok(user)
+    }
+
+    /// Starts a session (a new family) with its first refresh token.
+    pub fn start_session(
+        &mut self,
+        user_id: i64,
+        family: &str,
+        token_hash: &[u8],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO refresh_tokens (token_hash, family, user_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![token_hash, family, user_id, expires_at],
+        )?;
+        Ok(())
+    }
+
+    /// Trades a refresh token for a new one in the same family, in one transaction. A token
+    /// presented twice revokes its whole family: one of the two presenters stole it.
+    pub fn rotate_refresh_token(
+        &mut self,
+        old_hash: &[u8],
+        new_hash: &[u8],
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Result<Session, RefreshRefused>, StoreError> {
+        let tx = self
+            .conn_mut()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let row = tx
+            .query_row(
+                "SELECT family, user_id, expires_at, used_at IS NOT NULL, revoked FROM refresh_tokens WHERE token_hash = ?1",
+                params![old_hash],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, bool>(3)?,
+                        row.get::<_, bool>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((family, user_id, expires, used, revoked)) = row else {
+            return Ok(Err(RefreshRefused::Unknown));
+        };
+        let refused = if revoked {
+            Some(RefreshRefused::Revoked)
+        } else if used {
+            tx.execute(
+                "UPDATE refresh_tokens SET revoked = 1 WHERE family = ?1",
+                params![family],
+            )?;
+            Some(RefreshRefused::Reused)
+        } else if expires <= now {
+            Some(RefreshRefused::Expired)
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            tx.commit()?;
+            return Ok(Err(refused));
+        }
+        tx.execute(
+            "UPDATE refresh_tokens SET used_at = ?1 WHERE token_hash = ?2",
+            params![now, old_hash],
+        )?;
+        tx.execute(
+            "INSERT INTO refresh_tokens (token_hash, family, user_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![new_hash, family, user_id, expires_at],
+        )?;
+        let user = tx
+            .query_row(
+                "SELECT id, username, nickname, role FROM users WHERE id = ?1",
+                params![user_id],
+                user_from_row,
+            )
+            .optional()?;
+        tx.commit()?;
+        Ok(user
+            .map(|user| Session { family, user })
+            .ok_or(RefreshRefused::Unknown))
+    }
+
+    /// Ends a session: every refresh token of the family, and every access token naming it.
+    pub fn revoke_session(&mut self, family: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE refresh_tokens SET revoked = 1 WHERE family = ?1",
+            params![family],
+        )?;
+        Ok(())
+    }
+
+    pub fn session_revoked(&self, family: &str) -> Result<bool, StoreError> {
+        let revoked = self
+            .conn()
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM refresh_tokens WHERE family = ?1 AND revoked = 1)",
+            )?
+            .query_row(params![family], |row| row.get(0))?;
+        Ok(revoked)
+    }
+
+    /// A named secret, created with `make` the first time it is asked for.
+    pub fn secret(
+        &mut self,
+        name: &str,
+        make: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let tx = self
+            .conn_mut()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT value FROM secrets WHERE name = ?1",
+                params![name],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let value = match existing {
+            Some(value) => value,
+            None => {
+                let value = make();
+                tx.execute(
+                    "INSERT INTO secrets (name, value) VALUES (?1, ?2)",
+                    params![name, value],
+                )?;
+                value
+            }
+        };
+        tx.commit()?;
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_in(dir.path()).expect("open");
+        (dir, store)
+    }
+
+    #[test]
+    fn usernames_are_unique_case_insensitively() {
+        let (_dir, mut store) = store();
+        let alice = store
+            .add_user("Alice", "앨리스", "hash", Role::Viewer)
+            .expect("add");
+        assert_eq!(alice.username, "alice");
+        assert!(matches!(
+            store.add_user("ALICE", "x", "hash", Role::Viewer),
+            Err(StoreError::UsernameTaken(_))
+        ));
+        assert_eq!(
+            store.user_by_name("aLiCe").expect("lookup").map(|u| u.id),
+            Some(alice.id)
+        );
+        for bad in ["ab", "has space", "semi;colon", &"x".repeat(33)] {
+            assert!(
+                store.add_user(bad, "x", "hash", Role::Viewer).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(
+            store.add_user("bob", "   ", "hash", Role::Viewer).is_err(),
+            "blank nickname"
+        );
+    }
+
+    #[test]
+    fn rotation_chains_and_a_reused_token_revokes_the_family() {
+        let (_dir, mut store) = store();
+        let user = store
+            .add_user("alice", "A", "hash", Role::Viewer)
+            .expect("add");
+        store
+            .start_session(user.id, "fam", b"t1", 1_000)
+            .expect("start");
+        let first = store
+            .rotate_refresh_token(b"t1", b"t2", 10, 1_000)
+            .expect("db");
+        assert_eq!(first.map(|s| s.family), Ok("fam".to_string()));
+        let second = store
+            .rotate_refresh_token(b"t2", b"t3", 11, 1_000)
+            .expect("db");
+        assert!(second.is_ok());
+        assert!(!store.session_revoked("fam").expect("db"));
+        // t1 again: stolen. The family dies, including the newest token t3.
+        assert_eq!(
+            store
+                .rotate_refresh_token(b"t1", b"t9", 12, 1_000)
+                .expect("db"),
+            Err(RefreshRefused::Reused)
+        );
+        assert!(store.session_revoked("fam").expect("db"));
+        assert_eq!(
+            store
+                .rotate_refresh_token(b"t3", b"t4", 13, 1_000)
+                .expect("db"),
+            Err(RefreshRefused::Revoked)
+        );
+        assert_eq!(
+            store
+                .rotate_refresh_token(b"nope", b"t5", 13, 1_000)
+                .expect("db"),
+            Err(RefreshRefused::Unknown)
+        );
+    }
+
+    #[test]
+    fn expired_refresh_tokens_are_refused() {
+        let (_dir, mut store) = store();
+        let user = store
+            .add_user("alice", "A", "hash", Role::Viewer)
+            .expect("add");
+        store
+            .start_session(user.id, "fam", b"t1", 100)
+            .expect("start");
+        assert_eq!(
+            store
+                .rotate_refresh_token(b"t1", b"t2", 100, 200)
+                .expect("db"),
+            Err(RefreshRefused::Expired)
+        );
+    }
+
+    #[test]
+    fn a_secret_is_made_once_and_kept() {
+        let (dir, mut store) = store();
+        let first = store.secret("key", || vec![1, 2, 3]).expect("make");
+        drop(store);
+        let mut store = Store::open_in(dir.path()).expect("reopen");
+        assert_eq!(store.secret("key", || vec![9]).expect("read"), first);
+    }
+}
