@@ -317,20 +317,28 @@ fn print_key(config: &Config, slug: &str, key: &StreamKey, json: bool, what: &st
 /// What OBS should connect to: the configured public host, else the listen address if it
 /// is a specific one, else this box's first LAN address.
 fn rtmp_url(config: &Config) -> String {
-    let port = config.rtmp.listen.port();
-    let host = if !config.rtmp.public_host.is_empty() {
+    obs_server_url(&public_rtmp_host(config), config.rtmp.listen.port())
+}
+
+/// `rtmp://HOST:PORT/live`, bracketing an IPv6 host.
+pub fn obs_server_url(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("rtmp://[{host}]:{port}/live")
+    } else {
+        format!("rtmp://{host}:{port}/live")
+    }
+}
+
+/// The host OBS should use when nothing better is known: the configured public host, else
+/// the listen address if it is a specific one, else this box's first LAN address.
+pub fn public_rtmp_host(config: &Config) -> String {
+    if !config.rtmp.public_host.is_empty() {
         config.rtmp.public_host.clone()
     } else if !config.rtmp.listen.ip().is_unspecified() {
         config.rtmp.listen.ip().to_string()
     } else {
         lan_address().map_or_else(|| "localhost".to_string(), |ip| ip.to_string())
-    };
-    let host = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host
-    };
-    format!("rtmp://{host}:{port}/live")
+    }
 }
 
 /// The first IPv4 address of an interface that is up and not loopback.

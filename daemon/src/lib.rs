@@ -44,6 +44,7 @@ pub async fn run(
     ffmpeg_next::init()?;
     // libav prints to stderr by itself; keep it to what an operator should see.
     ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
+    let rtmp_port = listeners.rtmp.local_addr()?.port();
     let (store, store_thread) = StoreHandle::spawn(store)?;
     let broadcasts = Arc::new(hls::Broadcasts::new(
         config.hls.window_segments,
@@ -85,6 +86,8 @@ pub async fn run(
             Duration::from_secs(1),
             Duration::from_secs(300),
         )),
+        rtmp_port,
+        rtmp_host: cli::public_rtmp_host(&config),
     });
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {

@@ -369,6 +369,8 @@ pub struct Broadcast {
     pub source: Rendition,
     /// The same stream as fMP4 parts: LL-HLS, what `master.m3u8` offers.
     pub ll: Rendition,
+    /// Cancelled to end the publish from outside (its stream key was rotated).
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 impl Broadcast {
@@ -477,6 +479,7 @@ impl Broadcasts {
                 id.clone(),
             ),
             id,
+            stop: tokio_util::sync::CancellationToken::new(),
         });
         by_slug.insert(slug.to_string(), broadcast.clone());
         Ok(broadcast)
@@ -494,6 +497,13 @@ impl Broadcasts {
             .is_some_and(|b| b.id == broadcast.id)
         {
             by_slug.remove(&broadcast.slug);
+        }
+    }
+
+    /// Ends the live publish on `slug`, if there is one.
+    pub fn stop(&self, slug: &str) {
+        if let Some(broadcast) = self.get(slug) {
+            broadcast.stop.cancel();
         }
     }
 

@@ -13,7 +13,6 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -29,6 +28,7 @@ const PLAYLIST_CACHE: &str = "no-cache";
 const MEDIA_CACHE: &str = "public, max-age=86400, immutable";
 
 mod auth;
+mod channels;
 
 pub use auth::CurrentUser;
 
@@ -40,6 +40,10 @@ pub struct AppState {
     /// Failed logins per client address and per account.
     pub login_by_address: Arc<Throttle<IpAddr>>,
     pub login_by_account: Arc<Throttle<String>>,
+    /// Where OBS connects: the RTMP port, and the host to name when the request's own
+    /// `Host` does not say.
+    pub rtmp_port: u16,
+    pub rtmp_host: String,
 }
 
 pub fn app(state: AppState) -> Router {
@@ -55,7 +59,11 @@ pub fn app(state: AppState) -> Router {
         );
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/api/channels", get(list_channels))
+        .route("/api/channels", get(channels::list).post(channels::create))
+        .route(
+            "/api/channels/{slug}/stream-key/rotate",
+            post(channels::rotate_key),
+        )
         .route("/api/auth/signup", post(auth::signup))
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/refresh", post(auth::refresh))
@@ -141,28 +149,6 @@ impl IntoResponse for ApiError {
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
-}
-
-#[derive(Debug, Serialize)]
-struct ChannelView {
-    slug: String,
-    title: String,
-    live: bool,
-}
-
-async fn list_channels(State(state): State<AppState>) -> Result<Json<Vec<ChannelView>>, ApiError> {
-    let channels = state.store.call(|store| store.list_channels()).await?;
-    let mut views: Vec<ChannelView> = channels
-        .into_iter()
-        .map(|c| ChannelView {
-            live: state.broadcasts.get(&c.slug).is_some_and(|b| b.is_live()),
-            slug: c.slug,
-            title: c.title,
-        })
-        .collect();
-    // Live channels first, then by slug (the store's order, kept by a stable sort).
-    views.sort_by_key(|v| !v.live);
-    Ok(Json(views))
 }
 
 /// Whether the client takes gzip (`Accept-Encoding`, honouring `q=0`).

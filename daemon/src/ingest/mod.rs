@@ -180,9 +180,21 @@ impl Connection {
         self.act_on(&mut session, results).await?;
 
         loop {
-            let read = tokio::time::timeout(IDLE_TIMEOUT, self.socket.read(&mut buffer))
-                .await
-                .map_err(|_| IngestError::Idle)??;
+            let stop = self.publishing.as_ref().map(|p| p.broadcast.stop.clone());
+            let stopped = async {
+                match &stop {
+                    Some(stop) => stop.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let read = tokio::select! {
+                read = tokio::time::timeout(IDLE_TIMEOUT, self.socket.read(&mut buffer)) => read,
+                () = stopped => {
+                    tracing::info!("publish ended: the stream key was rotated");
+                    return Err(IngestError::Refused("the stream key was rotated".into()));
+                }
+            };
+            let read = read.map_err(|_| IngestError::Idle)??;
             if read == 0 {
                 return Err(IngestError::Closed);
             }

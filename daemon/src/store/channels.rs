@@ -88,20 +88,31 @@ fn validate_title(title: &str) -> Result<(), StoreError> {
 }
 
 impl Store {
-    /// Creates a channel and returns its stream key, which is never retrievable again.
+    /// Creates an operator's channel (no owner) and returns its stream key, which is never
+    /// retrievable again.
     pub fn add_channel(
         &mut self,
         slug: &str,
         title: &str,
+    ) -> Result<(Channel, StreamKey), StoreError> {
+        self.add_channel_owned(slug, title, None)
+    }
+
+    /// Creates a channel owned by `owner` (a user id), or by nobody.
+    pub fn add_channel_owned(
+        &mut self,
+        slug: &str,
+        title: &str,
+        owner: Option<i64>,
     ) -> Result<(Channel, StreamKey), StoreError> {
         validate_slug(slug)?;
         validate_title(title)?;
         let key = StreamKey::generate();
         let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let inserted = self.conn().execute(
-            "INSERT INTO channels (slug, title, stream_key_hash, created_at) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO channels (slug, title, stream_key_hash, created_at, owner_id) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (slug) DO NOTHING",
-            params![slug, title, key.hash(), created_at],
+            params![slug, title, key.hash(), created_at, owner],
         )?;
         if inserted == 0 {
             return Err(StoreError::ChannelExists(slug.to_string()));
@@ -112,6 +123,16 @@ impl Store {
             created_at,
         };
         Ok((channel, key))
+    }
+
+    /// Who owns a channel: `None` if there is no such channel, `Some(None)` if nobody does.
+    pub fn channel_owner(&self, slug: &str) -> Result<Option<Option<i64>>, StoreError> {
+        let owner = self
+            .conn()
+            .prepare_cached("SELECT owner_id FROM channels WHERE slug = ?1")?
+            .query_row(params![slug], |row| row.get(0))
+            .optional()?;
+        Ok(owner)
     }
 
     /// Replaces a channel's stream key; the old one stops working at once.

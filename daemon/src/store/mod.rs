@@ -89,6 +89,10 @@ fn migrations() -> Migrations<'static> {
             value BLOB NOT NULL
         ) STRICT;",
         ),
+        // Channels created over the API belong to a streamer; the operator's have no owner.
+        M::up(
+            "ALTER TABLE channels ADD COLUMN owner_id INTEGER REFERENCES users (id) ON DELETE SET NULL;",
+        ),
     ])
 }
 

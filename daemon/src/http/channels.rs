@@ -1,0 +1,140 @@
+//! Channels over HTTP: the public list, and streamers creating channels and rotating their
+//! stream keys. A key is shown once, in the answer that made it.
+
+use super::{ApiError, AppState, CurrentUser};
+use crate::store::{Role, StoreError, StreamKey};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize)]
+pub struct ChannelView {
+    slug: String,
+    title: String,
+    live: bool,
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ChannelView>>, ApiError> {
+    let channels = state.store.call(|store| store.list_channels()).await?;
+    let mut views: Vec<ChannelView> = channels
+        .into_iter()
+        .map(|c| ChannelView {
+            live: state.broadcasts.get(&c.slug).is_some_and(|b| b.is_live()),
+            slug: c.slug,
+            title: c.title,
+        })
+        .collect();
+    // Live channels first, then by slug (the store's order, kept by a stable sort).
+    views.sort_by_key(|v| !v.live);
+    Ok(Json(views))
+}
+
+/// A stream key, shown once, with where to use it.
+#[derive(Debug, Serialize)]
+pub struct KeyAnswer {
+    slug: String,
+    stream_key: String,
+    /// OBS's "Server": rtmp://<the host the streamer reached the box on>:<port>/live.
+    rtmp_url: String,
+}
+
+fn key_answer(state: &AppState, headers: &HeaderMap, slug: String, key: &StreamKey) -> KeyAnswer {
+    // The streamer's browser reached the box by some name or address; OBS on the same
+    // network can use the same one.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(|h| match h.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => h,
+        })
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .filter(|h| !h.is_empty())
+        .unwrap_or(&state.rtmp_host);
+    KeyAnswer {
+        slug,
+        stream_key: key.as_str().to_string(),
+        rtmp_url: crate::cli::obs_server_url(host, state.rtmp_port),
+    }
+}
+
+fn forbidden(message: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+}
+
+fn channel_error(error: StoreError) -> ApiError {
+    match error {
+        StoreError::InvalidSlug(_) | StoreError::InvalidTitle(_) => {
+            ApiError::bad_request(error.to_string())
+        }
+        StoreError::ChannelExists(_) => {
+            ApiError::new(StatusCode::CONFLICT, "channel_exists", error.to_string())
+        }
+        StoreError::NoSuchChannel(_) => ApiError::not_found(error.to_string()),
+        other => other.into(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CreateChannel {
+    slug: String,
+    #[serde(default)]
+    title: String,
+}
+
+/// `POST /api/channels`: a streamer (or admin) creates a channel they own.
+pub async fn create(
+    State(state): State<AppState>,
+    CurrentUser(claims): CurrentUser,
+    headers: HeaderMap,
+    payload: Result<Json<CreateChannel>, JsonRejection>,
+) -> Result<(StatusCode, Json<KeyAnswer>), ApiError> {
+    if !matches!(claims.role, Role::Streamer | Role::Admin) {
+        return Err(forbidden("only streamers and admins create channels"));
+    }
+    let Json(request) = payload.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let owner = claims.user_id();
+    let (channel, key) = state
+        .store
+        .call(move |store| store.add_channel_owned(&request.slug, &request.title, owner))
+        .await
+        .map_err(channel_error)?;
+    tracing::info!(channel = %channel.slug, by = %claims.nick, "channel created");
+    Ok((
+        StatusCode::CREATED,
+        Json(key_answer(&state, &headers, channel.slug, &key)),
+    ))
+}
+
+/// `POST /api/channels/<slug>/stream-key/rotate`: the owner (or an admin) gets a new key;
+/// the old one stops working at once, and a publish using it ends.
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    CurrentUser(claims): CurrentUser,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<KeyAnswer>, ApiError> {
+    let name = slug.clone();
+    let owner = state
+        .store
+        .call(move |store| store.channel_owner(&name))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no channel `{slug}`")))?;
+    let allowed = claims.role == Role::Admin || (owner.is_some() && owner == claims.user_id());
+    if !allowed {
+        return Err(forbidden(
+            "only the channel's streamer or an admin may rotate its key",
+        ));
+    }
+    let name = slug.clone();
+    let key = state
+        .store
+        .call(move |store| store.rotate_stream_key(&name))
+        .await
+        .map_err(channel_error)?;
+    state.broadcasts.stop(&slug);
+    tracing::info!(channel = %slug, by = %claims.nick, "stream key rotated");
+    Ok(Json(key_answer(&state, &headers, slug, &key)))
+}

@@ -1,0 +1,213 @@
+//! Streamers create their own channels and rotate their keys over the API.
+
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::expect_used)]
+
+mod common;
+
+use common::{send_json, wait_until, Daemon, Push, Response};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::time::Duration;
+
+fn add_user(daemon: &Daemon, name: &str, role: &str) -> String {
+    let mut add = std::process::Command::new(common::BIN)
+        .arg("--data-dir")
+        .arg(daemon.data_dir())
+        .args(["user", "add", name, "--role", role, "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run cli");
+    add.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"correct horse battery\n")
+        .expect("password");
+    assert!(add.wait().expect("wait").success());
+    let login = send_json(
+        "POST",
+        &daemon.url("/api/auth/login"),
+        Some(&json!({"username": name, "password": "correct horse battery"})),
+        None,
+    );
+    assert_eq!(login.status, 200, "{}", login.text());
+    login.json()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string()
+}
+
+fn post(daemon: &Daemon, path: &str, body: Value, token: Option<&str>) -> Response {
+    send_json("POST", &daemon.url(path), Some(&body), token)
+}
+
+fn code(response: &Response) -> String {
+    response.json()["error"]["code"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn a_streamer_creates_a_channel_and_gets_its_key_once() {
+    let daemon = Daemon::start("");
+    let streamer = add_user(&daemon, "djay", "streamer");
+    let viewer = add_user(&daemon, "fan", "viewer");
+
+    let anonymous = post(&daemon, "/api/channels", json!({"slug": "stage"}), None);
+    assert_eq!(
+        (anonymous.status, code(&anonymous).as_str()),
+        (401, "unauthorized")
+    );
+    let refused = post(
+        &daemon,
+        "/api/channels",
+        json!({"slug": "stage"}),
+        Some(&viewer),
+    );
+    assert_eq!(
+        (refused.status, code(&refused).as_str()),
+        (403, "forbidden")
+    );
+
+    let created = post(
+        &daemon,
+        "/api/channels",
+        json!({"slug": "stage", "title": "Main stage"}),
+        Some(&streamer),
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let answer = created.json();
+    assert_eq!(answer["slug"], "stage");
+    assert!(answer["stream_key"].as_str().is_some_and(|k| k.len() >= 32));
+    // OBS's server is the host this request reached, on the RTMP port.
+    assert_eq!(
+        answer["rtmp_url"],
+        format!("rtmp://127.0.0.1:{}/live", daemon.rtmp.port())
+    );
+
+    let again = post(
+        &daemon,
+        "/api/channels",
+        json!({"slug": "stage"}),
+        Some(&streamer),
+    );
+    assert_eq!(
+        (again.status, code(&again).as_str()),
+        (409, "channel_exists")
+    );
+    let bad = post(
+        &daemon,
+        "/api/channels",
+        json!({"slug": "Not A Slug"}),
+        Some(&streamer),
+    );
+    assert_eq!(bad.status, 400);
+
+    let list = daemon.get("/api/channels");
+    assert!(list.text().contains("\"Main stage\""));
+    assert!(
+        !list
+            .text()
+            .contains(answer["stream_key"].as_str().expect("key")),
+        "keys are never listed"
+    );
+    // The key works.
+    let _push = Push::start(
+        &daemon.rtmp_url(answer["stream_key"].as_str().expect("key")),
+        20,
+        "160x120",
+    );
+    assert!(wait_until(Duration::from_secs(20), || daemon.channel_live("stage")));
+}
+
+#[test]
+fn rotating_the_key_ends_the_live_publish_and_only_the_new_key_works() {
+    let daemon = Daemon::start("");
+    let owner = add_user(&daemon, "djay", "streamer");
+    let other = add_user(&daemon, "rival", "streamer");
+    let admin = add_user(&daemon, "boss", "admin");
+    let created = post(
+        &daemon,
+        "/api/channels",
+        json!({"slug": "stage"}),
+        Some(&owner),
+    )
+    .json();
+    let old_key = created["stream_key"].as_str().expect("key").to_string();
+
+    let live = Push::start(&daemon.rtmp_url(&old_key), 60, "160x120");
+    assert!(wait_until(Duration::from_secs(20), || daemon.channel_live("stage")));
+
+    let stranger = post(
+        &daemon,
+        "/api/channels/stage/stream-key/rotate",
+        json!({}),
+        Some(&other),
+    );
+    assert_eq!(
+        (stranger.status, code(&stranger).as_str()),
+        (403, "forbidden")
+    );
+    let missing = post(
+        &daemon,
+        "/api/channels/nope/stream-key/rotate",
+        json!({}),
+        Some(&owner),
+    );
+    assert_eq!(missing.status, 404);
+
+    let rotated = post(
+        &daemon,
+        "/api/channels/stage/stream-key/rotate",
+        json!({}),
+        Some(&owner),
+    );
+    assert_eq!(rotated.status, 200, "{}", rotated.text());
+    let new_key = rotated.json()["stream_key"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    assert_ne!(new_key, old_key);
+
+    // The publish on the old key ends at once: ffmpeg is disconnected, the channel is off air.
+    let (status, _) = live.finish(Duration::from_secs(15));
+    assert!(!status.success(), "the old key's publish must be cut");
+    assert!(wait_until(Duration::from_secs(5), || !daemon.channel_live("stage")));
+    assert!(daemon.logged("publish ended: the stream key was rotated"));
+
+    let (status, _) =
+        Push::start(&daemon.rtmp_url(&old_key), 5, "160x120").finish(Duration::from_secs(30));
+    assert!(!status.success(), "the old key is refused");
+    let _push = Push::start(&daemon.rtmp_url(&new_key), 20, "160x120");
+    assert!(wait_until(Duration::from_secs(20), || daemon.channel_live("stage")));
+
+    // An admin may rotate any channel's key.
+    let by_admin = post(
+        &daemon,
+        "/api/channels/stage/stream-key/rotate",
+        json!({}),
+        Some(&admin),
+    );
+    assert_eq!(by_admin.status, 200);
+}
+
+#[test]
+fn the_operator_cli_keeps_working_for_unowned_channels() {
+    let daemon = Daemon::start("");
+    let key = daemon.add_channel("lobby");
+    let streamer = add_user(&daemon, "djay", "streamer");
+    // Nobody owns an operator's channel: a streamer cannot rotate it, an admin can.
+    let refused = post(
+        &daemon,
+        "/api/channels/lobby/stream-key/rotate",
+        json!({}),
+        Some(&streamer),
+    );
+    assert_eq!(refused.status, 403);
+    let out = daemon.cli(&["channel", "rotate-key", "lobby", "--json"]);
+    assert!(out.status.success());
+    let rotated: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_ne!(rotated["stream_key"].as_str(), Some(key.as_str()));
+}
