@@ -1,7 +1,7 @@
 //! Accounts over HTTP: sign up, log in, refresh, log out, who am I; and [`CurrentUser`], the
 //! extractor every authenticated endpoint uses. Identity comes from the token only.
 
-use super::{ApiError, AppState};
+use super::{body, ApiError, AppState};
 use crate::auth::{self, TokenError, TokenPair};
 use crate::store::{RefreshRefused, Role, StoreError, User};
 use axum::extract::rejection::JsonRejection;
@@ -25,13 +25,6 @@ fn invalid(error: StoreError) -> ApiError {
         }
         other => other.into(),
     }
-}
-
-/// A JSON body, or a JSON 400 saying what is wrong with it.
-fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    payload
-        .map(|Json(v)| v)
-        .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
 /// The authenticated caller: a valid, unexpired access token whose session is not revoked.

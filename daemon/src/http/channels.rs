@@ -1,7 +1,7 @@
 //! Channels over HTTP: the public list, and streamers creating channels and rotating their
 //! stream keys. A key is shown once, in the answer that made it.
 
-use super::{ApiError, AppState, CurrentUser};
+use super::{body, ApiError, AppState, CurrentUser};
 use crate::store::{Role, StoreError, StreamKey};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -94,7 +94,7 @@ pub async fn create(
     if !matches!(claims.role, Role::Streamer | Role::Admin) {
         return Err(forbidden("only streamers and admins create channels"));
     }
-    let Json(request) = payload.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let request = body(payload)?;
     let owner = claims.user_id();
     let (channel, key) = state
         .store

@@ -123,6 +123,15 @@ impl ApiError {
     }
 }
 
+/// A JSON request body, or a JSON 400 saying what is wrong with it.
+fn body<T>(
+    payload: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    payload
+        .map(|Json(v)| v)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         tracing::error!(error = %e, "store error while answering a request");
