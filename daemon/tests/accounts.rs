@@ -10,17 +10,12 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::time::Duration;
 
-fn post(daemon: &Daemon, path: &str, body: Value, bearer: Option<&str>) -> Response {
-    send_json("POST", &daemon.url(path), Some(&body), bearer)
-}
-
 fn me(daemon: &Daemon, token: &str) -> Response {
     send_json("GET", &daemon.url("/api/me"), None, Some(token))
 }
 
 fn signup(daemon: &Daemon, username: &str, password: &str) -> Response {
-    post(
-        daemon,
+    daemon.post(
         "/api/auth/signup",
         json!({"username": username, "password": password, "nickname": format!("{username}님")}),
         None,
@@ -28,21 +23,13 @@ fn signup(daemon: &Daemon, username: &str, password: &str) -> Response {
 }
 
 fn login(daemon: &Daemon, username: &str, password: &str) -> Value {
-    let response = post(
-        daemon,
+    let response = daemon.post(
         "/api/auth/login",
         json!({"username": username, "password": password}),
         None,
     );
     assert_eq!(response.status, 200, "login: {}", response.text());
     response.json()
-}
-
-fn code(response: &Response) -> String {
-    response.json()["error"]["code"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
 }
 
 #[test]
@@ -55,11 +42,14 @@ fn sign_up_log_in_and_the_token_says_who_you_are() {
 
     let taken = signup(&daemon, "MINJI", "another password");
     assert_eq!(
-        (taken.status, code(&taken).as_str()),
+        (taken.status, taken.error_code().as_str()),
         (409, "username_taken")
     );
     let short = signup(&daemon, "jisoo", "short");
-    assert_eq!((short.status, code(&short).as_str()), (400, "bad_request"));
+    assert_eq!(
+        (short.status, short.error_code().as_str()),
+        (400, "bad_request")
+    );
     let garbage = send_json(
         "POST",
         &daemon.url("/api/auth/signup"),
@@ -67,7 +57,7 @@ fn sign_up_log_in_and_the_token_says_who_you_are() {
         None,
     );
     assert_eq!(
-        (garbage.status, code(&garbage).as_str()),
+        (garbage.status, garbage.error_code().as_str()),
         (400, "bad_request")
     );
 
@@ -83,18 +73,16 @@ fn sign_up_log_in_and_the_token_says_who_you_are() {
     assert_eq!(who.json()["username"], "minji");
     assert_eq!(who.json()["nickname"], "Minji님");
 
-    let wrong = post(
-        &daemon,
+    let wrong = daemon.post(
         "/api/auth/login",
         json!({"username": "minji", "password": "wrong password"}),
         None,
     );
     assert_eq!(
-        (wrong.status, code(&wrong).as_str()),
+        (wrong.status, wrong.error_code().as_str()),
         (401, "invalid_credentials")
     );
-    let nobody = post(
-        &daemon,
+    let nobody = daemon.post(
         "/api/auth/login",
         json!({"username": "nobody", "password": "whatever123"}),
         None,
@@ -107,7 +95,7 @@ fn sign_up_log_in_and_the_token_says_who_you_are() {
 
     let anonymous = send_json("GET", &daemon.url("/api/me"), None, None);
     assert_eq!(
-        (anonymous.status, code(&anonymous).as_str()),
+        (anonymous.status, anonymous.error_code().as_str()),
         (401, "unauthorized")
     );
 }
@@ -127,7 +115,7 @@ fn tampered_foreign_and_expired_tokens_are_refused() {
     parts[1] = parts[1].chars().rev().collect();
     let tampered = me(&daemon, &parts.join("."));
     assert_eq!(
-        (tampered.status, code(&tampered).as_str()),
+        (tampered.status, tampered.error_code().as_str()),
         (401, "invalid_token")
     );
 
@@ -137,16 +125,15 @@ fn tampered_foreign_and_expired_tokens_are_refused() {
     let foreign = login(&other, "minji", "correct horse battery");
     let refused = me(&daemon, foreign["access_token"].as_str().expect("access"));
     assert_eq!(
-        (refused.status, code(&refused).as_str()),
+        (refused.status, refused.error_code().as_str()),
         (401, "invalid_token")
     );
 
     // Expiry, then a refresh brings a working token back.
-    assert!(wait_until(Duration::from_secs(5), || code(&me(
-        &daemon, &access
-    )) == "token_expired"));
-    let renewed = post(
-        &daemon,
+    assert!(wait_until(Duration::from_secs(5), || me(&daemon, &access)
+        .error_code()
+        == "token_expired"));
+    let renewed = daemon.post(
         "/api/auth/refresh",
         json!({"refresh_token": tokens["refresh_token"]}),
         None,
@@ -170,14 +157,8 @@ fn refresh_rotates_and_a_reused_refresh_token_revokes_the_family() {
         201
     );
     let first = login(&daemon, "minji", "correct horse battery");
-    let refresh = |token: &Value| {
-        post(
-            &daemon,
-            "/api/auth/refresh",
-            json!({"refresh_token": token}),
-            None,
-        )
-    };
+    let refresh =
+        |token: &Value| daemon.post("/api/auth/refresh", json!({"refresh_token": token}), None);
 
     let second = refresh(&first["refresh_token"]);
     assert_eq!(second.status, 200);
@@ -192,17 +173,17 @@ fn refresh_rotates_and_a_reused_refresh_token_revokes_the_family() {
     // The first refresh token again: someone kept a copy. The whole family ends.
     let reused = refresh(&first["refresh_token"]);
     assert_eq!(
-        (reused.status, code(&reused).as_str()),
+        (reused.status, reused.error_code().as_str()),
         (401, "refresh_token_reused")
     );
     let newest = refresh(&third["refresh_token"]);
     assert_eq!(
-        (newest.status, code(&newest).as_str()),
+        (newest.status, newest.error_code().as_str()),
         (401, "session_revoked")
     );
     let access = me(&daemon, third["access_token"].as_str().expect("access"));
     assert_eq!(
-        (access.status, code(&access).as_str()),
+        (access.status, access.error_code().as_str()),
         (401, "session_revoked"),
         "revocation reaches access tokens at once"
     );
@@ -215,7 +196,7 @@ fn refresh_rotates_and_a_reused_refresh_token_revokes_the_family() {
     );
     let unknown = refresh(&json!("rt_not_a_token"));
     assert_eq!(
-        (unknown.status, code(&unknown).as_str()),
+        (unknown.status, unknown.error_code().as_str()),
         (401, "invalid_token")
     );
 }
@@ -230,17 +211,18 @@ fn logout_ends_the_session_at_once() {
     let tokens = login(&daemon, "minji", "correct horse battery");
     let access = tokens["access_token"].as_str().expect("access");
     assert_eq!(
-        post(&daemon, "/api/auth/logout", json!({}), Some(access)).status,
+        daemon
+            .post("/api/auth/logout", json!({}), Some(access))
+            .status,
         204
     );
-    assert_eq!(code(&me(&daemon, access)), "session_revoked");
-    let refreshed = post(
-        &daemon,
+    assert_eq!(me(&daemon, access).error_code(), "session_revoked");
+    let refreshed = daemon.post(
         "/api/auth/refresh",
         json!({"refresh_token": tokens["refresh_token"]}),
         None,
     );
-    assert_eq!(code(&refreshed), "session_revoked");
+    assert_eq!(refreshed.error_code(), "session_revoked");
 }
 
 #[test]
@@ -251,8 +233,7 @@ fn failed_logins_are_slowed_per_address_and_per_account() {
         201
     );
     let attempt = |user: &str, password: &str| {
-        post(
-            &daemon,
+        daemon.post(
             "/api/auth/login",
             json!({"username": user, "password": password}),
             None,
@@ -262,7 +243,7 @@ fn failed_logins_are_slowed_per_address_and_per_account() {
     // Right away, even the right password waits: 429 with Retry-After.
     let limited = attempt("minji", "correct horse battery");
     assert_eq!(
-        (limited.status, code(&limited).as_str()),
+        (limited.status, limited.error_code().as_str()),
         (429, "too_many_attempts")
     );
     assert!(limited

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{send_json, wait_until, Daemon, Push, Response};
+use common::{send_json, wait_until, Daemon, Push};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::time::Duration;
@@ -38,41 +38,24 @@ fn add_user(daemon: &Daemon, name: &str, role: &str) -> String {
         .to_string()
 }
 
-fn post(daemon: &Daemon, path: &str, body: Value, token: Option<&str>) -> Response {
-    send_json("POST", &daemon.url(path), Some(&body), token)
-}
-
-fn code(response: &Response) -> String {
-    response.json()["error"]["code"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
-}
-
 #[test]
 fn a_streamer_creates_a_channel_and_gets_its_key_once() {
     let daemon = Daemon::start("");
     let streamer = add_user(&daemon, "djay", "streamer");
     let viewer = add_user(&daemon, "fan", "viewer");
 
-    let anonymous = post(&daemon, "/api/channels", json!({"slug": "stage"}), None);
+    let anonymous = daemon.post("/api/channels", json!({"slug": "stage"}), None);
     assert_eq!(
-        (anonymous.status, code(&anonymous).as_str()),
+        (anonymous.status, anonymous.error_code().as_str()),
         (401, "unauthorized")
     );
-    let refused = post(
-        &daemon,
-        "/api/channels",
-        json!({"slug": "stage"}),
-        Some(&viewer),
-    );
+    let refused = daemon.post("/api/channels", json!({"slug": "stage"}), Some(&viewer));
     assert_eq!(
-        (refused.status, code(&refused).as_str()),
+        (refused.status, refused.error_code().as_str()),
         (403, "forbidden")
     );
 
-    let created = post(
-        &daemon,
+    let created = daemon.post(
         "/api/channels",
         json!({"slug": "stage", "title": "Main stage"}),
         Some(&streamer),
@@ -87,18 +70,12 @@ fn a_streamer_creates_a_channel_and_gets_its_key_once() {
         format!("rtmp://127.0.0.1:{}/live", daemon.rtmp.port())
     );
 
-    let again = post(
-        &daemon,
-        "/api/channels",
-        json!({"slug": "stage"}),
-        Some(&streamer),
-    );
+    let again = daemon.post("/api/channels", json!({"slug": "stage"}), Some(&streamer));
     assert_eq!(
-        (again.status, code(&again).as_str()),
+        (again.status, again.error_code().as_str()),
         (409, "channel_exists")
     );
-    let bad = post(
-        &daemon,
+    let bad = daemon.post(
         "/api/channels",
         json!({"slug": "Not A Slug"}),
         Some(&streamer),
@@ -128,38 +105,31 @@ fn rotating_the_key_ends_the_live_publish_and_only_the_new_key_works() {
     let owner = add_user(&daemon, "djay", "streamer");
     let other = add_user(&daemon, "rival", "streamer");
     let admin = add_user(&daemon, "boss", "admin");
-    let created = post(
-        &daemon,
-        "/api/channels",
-        json!({"slug": "stage"}),
-        Some(&owner),
-    )
-    .json();
+    let created = daemon
+        .post("/api/channels", json!({"slug": "stage"}), Some(&owner))
+        .json();
     let old_key = created["stream_key"].as_str().expect("key").to_string();
 
     let live = Push::start(&daemon.rtmp_url(&old_key), 60, "160x120");
     assert!(wait_until(Duration::from_secs(20), || daemon.channel_live("stage")));
 
-    let stranger = post(
-        &daemon,
+    let stranger = daemon.post(
         "/api/channels/stage/stream-key/rotate",
         json!({}),
         Some(&other),
     );
     assert_eq!(
-        (stranger.status, code(&stranger).as_str()),
+        (stranger.status, stranger.error_code().as_str()),
         (403, "forbidden")
     );
-    let missing = post(
-        &daemon,
+    let missing = daemon.post(
         "/api/channels/nope/stream-key/rotate",
         json!({}),
         Some(&owner),
     );
     assert_eq!(missing.status, 404);
 
-    let rotated = post(
-        &daemon,
+    let rotated = daemon.post(
         "/api/channels/stage/stream-key/rotate",
         json!({}),
         Some(&owner),
@@ -184,8 +154,7 @@ fn rotating_the_key_ends_the_live_publish_and_only_the_new_key_works() {
     assert!(wait_until(Duration::from_secs(20), || daemon.channel_live("stage")));
 
     // An admin may rotate any channel's key.
-    let by_admin = post(
-        &daemon,
+    let by_admin = daemon.post(
         "/api/channels/stage/stream-key/rotate",
         json!({}),
         Some(&admin),
@@ -199,8 +168,7 @@ fn the_operator_cli_keeps_working_for_unowned_channels() {
     let key = daemon.add_channel("lobby");
     let streamer = add_user(&daemon, "djay", "streamer");
     // Nobody owns an operator's channel: a streamer cannot rotate it, an admin can.
-    let refused = post(
-        &daemon,
+    let refused = daemon.post(
         "/api/channels/lobby/stream-key/rotate",
         json!({}),
         Some(&streamer),

@@ -173,15 +173,9 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open_in(dir.path()).expect("open");
-        (dir, store)
-    }
-
     #[test]
     fn key_finds_its_channel_and_is_not_stored_in_the_clear() {
-        let (dir, mut store) = store();
+        let (dir, mut store) = Store::temporary();
         let (channel, key) = store.add_channel("stage", "Main stage").expect("add");
         assert_eq!(store.channel_for_key(&key).expect("lookup"), Some(channel));
         assert_eq!(
@@ -204,7 +198,7 @@ mod tests {
 
     #[test]
     fn rotation_kills_the_old_key() {
-        let (_dir, mut store) = store();
+        let (_dir, mut store) = Store::temporary();
         let (_, old) = store.add_channel("stage", "").expect("add");
         let new = store.rotate_stream_key("stage").expect("rotate");
         assert_ne!(old, new);
@@ -218,7 +212,7 @@ mod tests {
 
     #[test]
     fn duplicate_and_bad_slugs_are_refused() {
-        let (_dir, mut store) = store();
+        let (_dir, mut store) = Store::temporary();
         store.add_channel("stage", "").expect("add");
         assert!(matches!(
             store.add_channel("stage", ""),
@@ -242,7 +236,7 @@ mod tests {
 
     #[test]
     fn reopening_keeps_data_and_schema() {
-        let (dir, mut store) = store();
+        let (dir, mut store) = Store::temporary();
         store.add_channel("stage", "Main").expect("add");
         drop(store);
         let store = Store::open_in(dir.path()).expect("reopen");

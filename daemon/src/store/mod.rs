@@ -111,6 +111,15 @@ impl Store {
         Store::open(&data_dir.join("commeow.db"))
     }
 
+    /// A fresh database in a temporary directory, for tests; the directory lives as long as
+    /// the returned guard.
+    #[cfg(test)]
+    pub(crate) fn temporary() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_in(dir.path()).expect("open");
+        (dir, store)
+    }
+
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;

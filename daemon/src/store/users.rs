@@ -308,15 +308,9 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open_in(dir.path()).expect("open");
-        (dir, store)
-    }
-
     #[test]
     fn usernames_are_unique_case_insensitively() {
-        let (_dir, mut store) = store();
+        let (_dir, mut store) = Store::temporary();
         let alice = store
             .add_user("Alice", "앨리스", "hash", Role::Viewer)
             .expect("add");
@@ -343,7 +337,7 @@ mod tests {
 
     #[test]
     fn rotation_chains_and_a_reused_token_revokes_the_family() {
-        let (_dir, mut store) = store();
+        let (_dir, mut store) = Store::temporary();
         let user = store
             .add_user("alice", "A", "hash", Role::Viewer)
             .expect("add");
@@ -383,7 +377,7 @@ mod tests {
 
     #[test]
     fn expired_refresh_tokens_are_refused() {
-        let (_dir, mut store) = store();
+        let (_dir, mut store) = Store::temporary();
         let user = store
             .add_user("alice", "A", "hash", Role::Viewer)
             .expect("add");
@@ -400,7 +394,7 @@ mod tests {
 
     #[test]
     fn a_secret_is_made_once_and_kept() {
-        let (dir, mut store) = store();
+        let (dir, mut store) = Store::temporary();
         let first = store.secret("key", || vec![1, 2, 3]).expect("make");
         drop(store);
         let mut store = Store::open_in(dir.path()).expect("reopen");

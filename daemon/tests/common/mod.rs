@@ -202,6 +202,11 @@ impl Daemon {
         get(&self.url(path))
     }
 
+    /// POSTs `body` as JSON to `path`, optionally with a bearer token.
+    pub fn post(&self, path: &str, body: serde_json::Value, token: Option<&str>) -> Response {
+        send_json("POST", &self.url(path), Some(&body), token)
+    }
+
     pub fn ll_playlist(&self, slug: &str, query: &str) -> Option<LlPlaylist> {
         let response = self.get(&format!("/hls/{slug}/ll/index.m3u8{query}"));
         (response.status == 200).then(|| LlPlaylist::parse(&response.text()))
@@ -250,6 +255,14 @@ pub struct Response {
 }
 
 impl Response {
+    /// The `error.code` of a JSON error answer, or "".
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
@@ -266,65 +279,15 @@ impl Response {
     }
 }
 
-/// Sends `body` as JSON with `method`, optionally with a bearer token.
-pub fn send_json(
-    method: &str,
-    url: &str,
-    body: Option<&serde_json::Value>,
-    bearer: Option<&str>,
-) -> Response {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
-        .into();
-    let authorization = bearer.map(|t| format!("Bearer {t}"));
-    let mut response = match method {
-        "GET" => {
-            let mut request = agent.get(url);
-            if let Some(a) = &authorization {
-                request = request.header("authorization", a);
-            }
-            request.call()
-        }
-        _ => {
-            let mut request = agent.post(url).header("content-type", "application/json");
-            if let Some(a) = &authorization {
-                request = request.header("authorization", a);
-            }
-            request.send(body.map_or(String::new(), |b| b.to_string()))
-        }
-    }
-    .expect("http request");
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    let body = response.body_mut().read_to_vec().expect("body");
-    Response {
-        status,
-        headers,
-        body,
-    }
+        .into()
 }
 
-pub fn get(url: &str) -> Response {
-    get_with(url, &[])
-}
-
-pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Response {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let mut request = agent.get(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let mut response = request.call().expect("http request");
+fn read(mut response: ureq::http::Response<ureq::Body>) -> Response {
     let status = response.status().as_u16();
     let headers = response
         .headers()
@@ -342,6 +305,45 @@ pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Response {
         headers,
         body,
     }
+}
+
+/// Sends `body` as JSON with `method`, optionally with a bearer token.
+pub fn send_json(
+    method: &str,
+    url: &str,
+    body: Option<&serde_json::Value>,
+    bearer: Option<&str>,
+) -> Response {
+    let authorization = bearer.map(|t| format!("Bearer {t}"));
+    let response = match method {
+        "GET" => {
+            let mut request = agent().get(url);
+            if let Some(a) = &authorization {
+                request = request.header("authorization", a);
+            }
+            request.call()
+        }
+        _ => {
+            let mut request = agent().post(url).header("content-type", "application/json");
+            if let Some(a) = &authorization {
+                request = request.header("authorization", a);
+            }
+            request.send(body.map_or(String::new(), |b| b.to_string()))
+        }
+    };
+    read(response.expect("http request"))
+}
+
+pub fn get(url: &str) -> Response {
+    get_with(url, &[])
+}
+
+pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Response {
+    let mut request = agent().get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    read(request.call().expect("http request"))
 }
 
 /// A pusher standing in for OBS.
