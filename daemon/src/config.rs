@@ -34,6 +34,52 @@ pub struct Config {
     pub rtmp: RtmpConfig,
     pub hls: HlsConfig,
     pub auth: AuthConfig,
+    pub chat: ChatConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChatConfig {
+    /// Messages a joining socket receives first.
+    pub history: usize,
+    /// Longest message, in characters.
+    pub max_chars: usize,
+    /// At most `rate_messages` per `rate_seconds` per user, else muted for `mute_seconds`.
+    pub rate_messages: usize,
+    pub rate_seconds: f64,
+    pub mute_seconds: u64,
+    /// Messages a socket may fall behind the room before it is dropped.
+    pub socket_queue: usize,
+    /// How long one write to a socket may take before the socket is dropped.
+    pub write_timeout_seconds: f64,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            history: 50,
+            max_chars: 300,
+            rate_messages: 3,
+            rate_seconds: 2.0,
+            mute_seconds: 10,
+            socket_queue: 256,
+            write_timeout_seconds: 10.0,
+        }
+    }
+}
+
+impl ChatConfig {
+    pub fn rate_window(&self) -> Duration {
+        Duration::from_secs_f64(self.rate_seconds)
+    }
+
+    pub fn mute(&self) -> Duration {
+        Duration::from_secs(self.mute_seconds)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.write_timeout_seconds)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +238,42 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "auth.refresh_token_days",
                 message: format!("{} is outside 1..=365", self.auth.refresh_token_days),
+            });
+        }
+        let chat = &self.chat;
+        let checks: [(&'static str, bool, &str); 7] = [
+            ("chat.history", chat.history <= 1000, "at most 1000"),
+            (
+                "chat.max_chars",
+                (1..=10_000).contains(&chat.max_chars),
+                "within 1..=10000",
+            ),
+            ("chat.rate_messages", chat.rate_messages >= 1, "at least 1"),
+            (
+                "chat.rate_seconds",
+                (0.1..=3600.0).contains(&chat.rate_seconds),
+                "within 0.1..=3600",
+            ),
+            (
+                "chat.mute_seconds",
+                chat.mute_seconds <= 86_400,
+                "at most 86400",
+            ),
+            (
+                "chat.socket_queue",
+                (16..=65_536).contains(&chat.socket_queue),
+                "within 16..=65536",
+            ),
+            (
+                "chat.write_timeout_seconds",
+                (0.1..=300.0).contains(&chat.write_timeout_seconds),
+                "within 0.1..=300",
+            ),
+        ];
+        if let Some((key, _, message)) = checks.into_iter().find(|(_, ok, _)| !ok) {
+            return Err(ConfigError::Invalid {
+                key,
+                message: format!("must be {message}"),
             });
         }
         if self.rtmp.max_connections == 0 {

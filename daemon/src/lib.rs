@@ -7,6 +7,7 @@
 //! from tests with listeners they bound themselves.
 
 pub mod auth;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod hls;
@@ -73,6 +74,8 @@ pub async fn run(
         config.auth.access_ttl(),
         config.auth.refresh_ttl(),
     );
+    let chat = Arc::new(chat::Chat::new(config.chat.clone()));
+    tokio::spawn(chat.clone().run_ticker(shutdown.clone()));
     let app = http::app(http::AppState {
         store: store.clone(),
         broadcasts,
@@ -88,6 +91,9 @@ pub async fn run(
         )),
         rtmp_port,
         rtmp_host: cli::public_rtmp_host(&config),
+        chat,
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
     });
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {

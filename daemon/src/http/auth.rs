@@ -7,7 +7,7 @@ use crate::store::{RefreshRefused, Role, StoreError, User};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -35,41 +35,48 @@ impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                unauthorized(
-                    "unauthorized",
-                    "log in first (Authorization: Bearer <access token>)",
-                )
-            })?;
-        let claims = state
-            .auth
-            .verify_access(token.trim())
-            .map_err(|e| match e {
-                TokenError::Expired => {
-                    unauthorized("token_expired", "the access token has expired; refresh it")
-                }
-                TokenError::Invalid => {
-                    unauthorized("invalid_token", "the access token is not valid")
-                }
-            })?;
-        let session = claims.sid.clone();
-        if state
-            .store
-            .call(move |store| store.session_revoked(&session))
-            .await?
-        {
-            return Err(unauthorized(
-                "session_revoked",
-                "this session has ended; log in again",
-            ));
-        }
+        let token = bearer(&parts.headers).ok_or_else(|| {
+            unauthorized(
+                "unauthorized",
+                "log in first (Authorization: Bearer <access token>)",
+            )
+        })?;
+        let claims = authenticate(state, token).await?;
         Ok(CurrentUser(claims))
     }
+}
+
+/// Checks an access token: signature, expiry, and that its session was not ended.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<auth::Claims, ApiError> {
+    let claims = state
+        .auth
+        .verify_access(token.trim())
+        .map_err(|e| match e {
+            TokenError::Expired => {
+                unauthorized("token_expired", "the access token has expired; refresh it")
+            }
+            TokenError::Invalid => unauthorized("invalid_token", "the access token is not valid"),
+        })?;
+    let session = claims.sid.clone();
+    if state
+        .store
+        .call(move |store| store.session_revoked(&session))
+        .await?
+    {
+        return Err(unauthorized(
+            "session_revoked",
+            "this session has ended; log in again",
+        ));
+    }
+    Ok(claims)
+}
+
+/// The token in an `Authorization: Bearer …` header, if there is one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
 }
 
 #[derive(Debug, Deserialize)]

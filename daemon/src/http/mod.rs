@@ -29,6 +29,7 @@ const MEDIA_CACHE: &str = "public, max-age=86400, immutable";
 
 mod auth;
 mod channels;
+mod chat;
 
 pub use auth::CurrentUser;
 
@@ -44,6 +45,11 @@ pub struct AppState {
     /// `Host` does not say.
     pub rtmp_port: u16,
     pub rtmp_host: String,
+    pub chat: Arc<crate::chat::Chat>,
+    /// Long-lived connections (chat sockets) hold a token of this, so shutdown waits for
+    /// their goodbyes; they watch `shutdown` to say them.
+    pub tracker: tokio_util::task::TaskTracker,
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub fn app(state: AppState) -> Router {
@@ -64,6 +70,7 @@ pub fn app(state: AppState) -> Router {
             "/api/channels/{slug}/stream-key/rotate",
             post(channels::rotate_key),
         )
+        .route("/api/channels/{slug}/chat", get(chat::connect))
         .route("/api/auth/signup", post(auth::signup))
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/refresh", post(auth::refresh))

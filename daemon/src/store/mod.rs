@@ -7,9 +7,11 @@
 //! channel …`) open the same file directly; WAL and the busy timeout let both coexist.
 
 mod channels;
+mod chat;
 mod users;
 
 pub use channels::{Channel, StreamKey};
+pub use chat::{ChatRoomRecord, Restriction};
 pub use users::{RefreshRefused, Role, Session, User};
 
 use rusqlite::Connection;
@@ -92,6 +94,17 @@ fn migrations() -> Migrations<'static> {
         // Channels created over the API belong to a streamer; the operator's have no owner.
         M::up(
             "ALTER TABLE channels ADD COLUMN owner_id INTEGER REFERENCES users (id) ON DELETE SET NULL;",
+        ),
+        // Chat bans and timeouts: a moderator's decision must survive a restart.
+        M::up(
+            "CREATE TABLE chat_restrictions (
+            channel_id INTEGER NOT NULL REFERENCES channels (id) ON DELETE CASCADE,
+            user_id    INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            until      INTEGER,                     -- Unix seconds; NULL: banned until lifted
+            by_user    INTEGER REFERENCES users (id) ON DELETE SET NULL,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (channel_id, user_id)
+        ) STRICT;",
         ),
     ])
 }
