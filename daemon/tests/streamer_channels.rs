@@ -5,37 +5,12 @@
 
 mod common;
 
-use common::{send_json, wait_until, Daemon, Push};
+use common::{wait_until, Daemon, Push};
 use serde_json::{json, Value};
-use std::io::Write;
 use std::time::Duration;
 
 fn add_user(daemon: &Daemon, name: &str, role: &str) -> String {
-    let mut add = std::process::Command::new(common::BIN)
-        .arg("--data-dir")
-        .arg(daemon.data_dir())
-        .args(["user", "add", name, "--role", role, "--password-stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("run cli");
-    add.stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"correct horse battery\n")
-        .expect("password");
-    assert!(add.wait().expect("wait").success());
-    let login = send_json(
-        "POST",
-        &daemon.url("/api/auth/login"),
-        Some(&json!({"username": name, "password": "correct horse battery"})),
-        None,
-    );
-    assert_eq!(login.status, 200, "{}", login.text());
-    login.json()["access_token"]
-        .as_str()
-        .expect("token")
-        .to_string()
+    daemon.add_user_token(name, role)
 }
 
 #[test]

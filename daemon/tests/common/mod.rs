@@ -190,6 +190,59 @@ impl Daemon {
         json["stream_key"].as_str().expect("stream_key").to_string()
     }
 
+    /// Creates an account with the operator's CLI and logs it in; returns the login answer
+    /// (`access_token`, `refresh_token`, …).
+    pub fn add_user(&self, name: &str, role: &str) -> serde_json::Value {
+        let mut add = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["user", "add", name, "--role", role, "--password-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("run cli");
+        std::io::Write::write_all(
+            &mut add.stdin.take().expect("stdin"),
+            b"correct horse battery\n",
+        )
+        .expect("password");
+        assert!(add.wait().expect("wait").success());
+        let login = self.post(
+            "/api/auth/login",
+            serde_json::json!({"username": name, "password": "correct horse battery"}),
+            None,
+        );
+        assert_eq!(login.status, 200, "{}", login.text());
+        login.json()
+    }
+
+    /// Logs in again as a user [`Daemon::add_user`] made; returns the access token.
+    pub fn login(&self, name: &str) -> String {
+        let login = self.post(
+            "/api/auth/login",
+            serde_json::json!({"username": name, "password": "correct horse battery"}),
+            None,
+        );
+        assert_eq!(login.status, 200, "{}", login.text());
+        login.json()["access_token"]
+            .as_str()
+            .expect("token")
+            .to_string()
+    }
+
+    /// [`Daemon::add_user`]'s access token.
+    pub fn add_user_token(&self, name: &str, role: &str) -> String {
+        self.add_user(name, role)["access_token"]
+            .as_str()
+            .expect("token")
+            .to_string()
+    }
+
+    /// Opens a chat socket on channel `slug`, with a bearer header if `token` is given.
+    pub fn chat(&self, slug: &str, token: Option<&str>) -> Result<ChatClient, Response> {
+        ChatClient::connect(self.http, slug, token)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
     }
@@ -252,6 +305,12 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.text())
+    }
 }
 
 impl Response {
@@ -640,4 +699,173 @@ impl LlPlaylist {
             .flat_map(|s| s.3.iter())
             .chain(self.open_parts.iter())
     }
+}
+
+/// A real WebSocket chat client (blocking tungstenite over a loopback TCP socket).
+pub struct ChatClient {
+    pub ws: tungstenite::WebSocket<std::net::TcpStream>,
+}
+
+impl ChatClient {
+    /// Connects; an HTTP refusal comes back as the server's response.
+    pub fn connect(
+        http: SocketAddr,
+        slug: &str,
+        token: Option<&str>,
+    ) -> Result<ChatClient, Response> {
+        use tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{http}/api/channels/{slug}/chat")
+            .into_client_request()
+            .expect("request");
+        if let Some(token) = token {
+            request.headers_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("header"),
+            );
+        }
+        let stream = std::net::TcpStream::connect(http).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        match tungstenite::client(request, stream) {
+            Ok((ws, _)) => Ok(ChatClient { ws }),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                Err(Response {
+                    status: response.status().as_u16(),
+                    headers: Vec::new(),
+                    body: response.body().clone().unwrap_or_default(),
+                })
+            }
+            Err(e) => panic!("chat handshake: {e}"),
+        }
+    }
+
+    pub fn send(&mut self, frame: serde_json::Value) {
+        self.ws
+            .send(tungstenite::Message::text(frame.to_string()))
+            .expect("send frame");
+    }
+
+    /// Sends every frame while reading (and discarding) whatever arrives meanwhile, as a
+    /// browser does: a client that only sent would itself be a stalled reader, and be
+    /// dropped. Returns how many frames arrived.
+    pub fn send_all(&mut self, frames: impl Iterator<Item = serde_json::Value>) -> usize {
+        use tungstenite::{Error, Message};
+        let would_block =
+            |e: &Error| matches!(e, Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        self.ws
+            .get_ref()
+            .set_nonblocking(true)
+            .expect("nonblocking");
+        let mut received = 0;
+        let mut drain = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>| loop {
+            match ws.read() {
+                Ok(_) => received += 1,
+                Err(e) if would_block(&e) => break,
+                Err(e) => panic!("chat socket failed while sending: {e}"),
+            }
+        };
+        for frame in frames {
+            // A write that would block stays buffered and goes out on a later call.
+            match self.ws.send(Message::text(frame.to_string())) {
+                Err(e) if !would_block(&e) => panic!("send frame: {e}"),
+                _ => {}
+            }
+            drain(&mut self.ws);
+        }
+        loop {
+            match self.ws.flush() {
+                Ok(()) => break,
+                Err(e) if would_block(&e) => drain(&mut self.ws),
+                Err(e) => panic!("flush: {e}"),
+            }
+        }
+        self.ws.get_ref().set_nonblocking(false).expect("blocking");
+        received
+    }
+
+    /// The next JSON frame within `timeout`, `None` if none came; panics if the socket
+    /// closed (see [`ChatClient::next_event`] to observe that).
+    pub fn next(&mut self, timeout: Duration) -> Option<serde_json::Value> {
+        match self.next_event(timeout) {
+            ChatEvent::Frame(frame) => Some(frame),
+            ChatEvent::Quiet => None,
+            ChatEvent::Closed(why) => panic!("chat socket closed: {why:?}"),
+        }
+    }
+
+    pub fn next_event(&mut self, timeout: Duration) -> ChatEvent {
+        self.ws
+            .get_ref()
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .expect("timeout");
+        loop {
+            match self.ws.read() {
+                Ok(tungstenite::Message::Text(text)) => {
+                    return ChatEvent::Frame(
+                        serde_json::from_str(text.as_str()).expect("frame is JSON"),
+                    )
+                }
+                Ok(tungstenite::Message::Close(frame)) => {
+                    return ChatEvent::Closed(
+                        frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                    )
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return ChatEvent::Quiet
+                }
+                Err(_) => return ChatEvent::Closed(None),
+            }
+        }
+    }
+
+    /// The next frame of type `kind`, skipping others (viewer counts, other chatter).
+    pub fn next_of(&mut self, kind: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left) {
+                Some(frame) if frame["type"] == kind => return frame,
+                Some(_) => {}
+                None => panic!("no `{kind}` frame within {timeout:?}"),
+            }
+        }
+    }
+
+    /// The `hello` frame and the history frames after it.
+    pub fn hello(&mut self) -> (serde_json::Value, Vec<serde_json::Value>) {
+        let hello = self.next(Duration::from_secs(10)).expect("hello");
+        assert_eq!(hello["type"], "hello", "{hello}");
+        let count = hello["history"].as_u64().expect("history count");
+        let history = (0..count)
+            .map(|_| self.next(Duration::from_secs(10)).expect("history frame"))
+            .collect();
+        (hello, history)
+    }
+
+    /// Asserts nothing of type `kind` arrives within `quiet`.
+    pub fn assert_no(&mut self, kind: &str, quiet: Duration) {
+        let deadline = Instant::now() + quiet;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if let ChatEvent::Frame(frame) = self.next_event(left) {
+                assert_ne!(frame["type"], kind, "unexpected {frame}");
+            } else {
+                return;
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ChatEvent {
+    Frame(serde_json::Value),
+    Quiet,
+    /// Close code and reason, if the server sent a close frame.
+    Closed(Option<(u16, String)>),
 }
