@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +98,7 @@ class Nginx:
 class Commeowd:
     """commeowd with a fresh data directory and one channel, `slug`."""
 
-    def __init__(self, slug="bench", log_level="warn"):
+    def __init__(self, slug="bench", log_level="warn", config=""):
         OUT.mkdir(parents=True, exist_ok=True)
         data = OUT / "commeowd-data"
         subprocess.run(["rm", "-rf", str(data)], check=True)
@@ -107,8 +108,12 @@ class Commeowd:
         self.key = json.loads(added.stdout)["stream_key"]
         self.http_port, self.rtmp_port = free_port(), free_port()
         self.log = OUT / "commeowd.log"
+        self.data = data
+        config_file = OUT / "commeowd.toml"
+        config_file.write_text(config)
         self.proc = subprocess.Popen(
-            [str(BIN), "--data-dir", str(data), "--http-listen", f"127.0.0.1:{self.http_port}",
+            [str(BIN), "--config", str(config_file), "--data-dir", str(data),
+             "--http-listen", f"127.0.0.1:{self.http_port}",
              "--rtmp-listen", f"127.0.0.1:{self.rtmp_port}"],
             stderr=open(self.log, "w"), env={**os.environ, "RUST_LOG": log_level})
         wait_listening(self.http_port)
@@ -119,6 +124,18 @@ class Commeowd:
 
     def url(self, path):
         return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def add_user(self, name, role="viewer", password="bench password 1"):
+        """Creates an account with the operator CLI, logs it in, returns the access token."""
+        subprocess.run([str(BIN), "--data-dir", str(self.data), "user", "add", name, "--role", role,
+                        "--password-stdin"], input=password + "\n", text=True, check=True,
+                       stdout=subprocess.DEVNULL)
+        request = urllib.request.Request(
+            self.url("/api/auth/login"), method="POST",
+            data=json.dumps({"username": name, "password": password}).encode(),
+            headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())["access_token"]
 
     def stop(self):
         self.proc.terminate()

@@ -97,8 +97,15 @@ pub async fn run(
     });
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
+        use axum::serve::ListenerExt;
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listeners.http, app)
+        // Chat frames and playlist answers are small and wanted now: no Nagle delay.
+        let listener = listeners.http.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, app)
             .with_graceful_shutdown(http_shutdown.cancelled_owned())
             .await
     });
