@@ -52,6 +52,8 @@ pub struct ChatConfig {
     pub socket_queue: usize,
     /// How long one write to a socket may take before the socket is dropped.
     pub write_timeout_seconds: f64,
+    /// Sockets are pinged this often; one silent for two intervals is closed.
+    pub ping_seconds: f64,
 }
 
 impl Default for ChatConfig {
@@ -64,6 +66,7 @@ impl Default for ChatConfig {
             mute_seconds: 10,
             socket_queue: 256,
             write_timeout_seconds: 10.0,
+            ping_seconds: 30.0,
         }
     }
 }
@@ -79,6 +82,10 @@ impl ChatConfig {
 
     pub fn write_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.write_timeout_seconds)
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.ping_seconds)
     }
 }
 
@@ -241,7 +248,7 @@ impl Config {
             });
         }
         let chat = &self.chat;
-        let checks: [(&'static str, bool, &str); 7] = [
+        let checks: [(&'static str, bool, &str); 8] = [
             ("chat.history", chat.history <= 1000, "at most 1000"),
             (
                 "chat.max_chars",
@@ -268,6 +275,11 @@ impl Config {
                 "chat.write_timeout_seconds",
                 (0.1..=300.0).contains(&chat.write_timeout_seconds),
                 "within 0.1..=300",
+            ),
+            (
+                "chat.ping_seconds",
+                (0.5..=600.0).contains(&chat.ping_seconds),
+                "within 0.5..=600",
             ),
         ];
         if let Some((key, _, message)) = checks.into_iter().find(|(_, ok, _)| !ok) {

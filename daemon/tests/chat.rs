@@ -272,7 +272,7 @@ fn a_stalled_socket_is_dropped_while_the_room_keeps_receiving() {
     // quickly; a short write timeout so it is noticed quickly.
     let daemon = Daemon::start(
         "[chat]\nmax_chars = 4000\nrate_messages = 100000\nrate_seconds = 1.0\n\
-         write_timeout_seconds = 1.0\n",
+         write_timeout_seconds = 2.0\n",
     );
     daemon.add_channel("stage");
     let token = daemon.add_user_token("minji", "viewer");
@@ -307,9 +307,13 @@ fn a_stalled_socket_is_dropped_while_the_room_keeps_receiving() {
         (healthy, viewers)
     });
     let filler = "x".repeat(3990);
-    sender.send_all(
-        (0..MESSAGES).map(|n| json!({"type": "chat", "text": format!("{n:05} {filler}")})),
-    );
+    // The sender reads its own echo before sending the next, as a browser keeps reading:
+    // a client that only sent would itself be a stalled reader.
+    for n in 0..MESSAGES {
+        let text = format!("{n:05} {filler}");
+        sender.send(json!({"type": "chat", "text": text}));
+        assert_eq!(sender.next_of("chat", WAIT)["text"], text.as_str());
+    }
     let (mut healthy, mut count) = reader.join().expect("reader");
 
     // The room announces that the stalled socket is gone.
@@ -464,4 +468,65 @@ fn shutdown_says_goodbye_to_every_socket() {
             }
         }
     }
+}
+
+#[test]
+fn logging_out_silences_an_open_socket_within_seconds() {
+    let daemon = Daemon::start("[chat]\nrate_messages = 100\n");
+    daemon.add_channel("stage");
+    let access = daemon.add_user_token("minji", "viewer");
+    let mut socket = daemon.chat("stage", Some(&access)).expect("connect");
+    socket.hello();
+    socket.send(json!({"type": "chat", "text": "before"}));
+    assert_eq!(socket.next_of("chat", WAIT)["text"], "before");
+    assert_eq!(
+        daemon
+            .post("/api/auth/logout", json!({}), Some(&access))
+            .status,
+        204
+    );
+
+    // The socket keeps its identity only until the next session check (every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let refused = loop {
+        assert!(Instant::now() < deadline, "still chatting after logout");
+        socket.send(json!({"type": "chat", "text": "after"}));
+        match socket.next(WAIT).expect("an answer") {
+            frame if frame["type"] == "error" => break frame,
+            _ => socket.assert_no("error", Duration::from_millis(100)),
+        }
+    };
+    assert_eq!(refused["code"], "session_revoked");
+    socket.send(json!({"type": "chat", "text": "again"}));
+    assert_eq!(socket.next_of("error", WAIT)["code"], "unauthenticated");
+}
+
+#[test]
+fn a_half_open_socket_that_never_answers_pings_is_closed() {
+    let daemon = Daemon::start("[chat]\nping_seconds = 0.5\n");
+    daemon.add_channel("stage");
+    let mut watcher = daemon.chat("stage", None).expect("connect");
+    watcher.hello();
+    // A client that upgrades and then goes silent: it never reads, never pongs.
+    let mut silent = std::net::TcpStream::connect(daemon.http).expect("connect");
+    write!(
+        silent,
+        "GET /api/channels/stage/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .expect("upgrade");
+    let mut count = json!(0);
+    while count != 2 {
+        count = watcher.next_of("viewers", WAIT)["count"].clone();
+    }
+    // The watcher answers pings (tungstenite does, as browsers do) and stays; the silent
+    // one is dropped after two ping intervals.
+    let started = Instant::now();
+    while count != 1 {
+        count = watcher.next_of("viewers", WAIT)["count"].clone();
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    watcher.assert_no("viewers", Duration::from_secs(2));
+    assert!(daemon.logged("end=Silent"));
 }

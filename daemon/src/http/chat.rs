@@ -9,8 +9,8 @@
 //! The socket's slow-consumer policy: messages are read from the room's ring and written
 //! in batches; a socket that falls `chat.socket_queue` messages behind, or whose write
 //! does not finish within `chat.write_timeout_seconds`, is closed. A socket that has sent
-//! nothing (not even a pong) for two ping intervals is presumed gone (a phone that left
-//! the Wi-Fi) and closed, so the viewer count stays honest.
+//! nothing (not even a pong) for two `chat.ping_seconds` is presumed gone (a phone that
+//! left the Wi-Fi) and closed, so the viewer count stays honest.
 
 use super::auth::{authenticate, bearer};
 use super::{ApiError, AppState};
@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-/// How often an idle socket is pinged; one silent for two of these is closed.
-const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// How often an authenticated socket's session is checked for revocation while it chats.
+const SESSION_RECHECK: Duration = Duration::from_secs(5);
 /// Frames written per flush at most, so one busy socket cannot hog its worker thread.
 const BATCH: usize = 64;
 /// WebSocket read buffer: chat frames are small, and this is memory every socket holds.
@@ -90,10 +90,13 @@ pub async fn connect(
         }))
 }
 
-/// Who a socket speaks as, and until when its token says so.
+/// Who a socket speaks as, until when its token says so, and its session.
 struct Identity {
     author: Author,
     expires: u64,
+    session: String,
+    /// When the session was last found not revoked.
+    checked: Instant,
 }
 
 impl Identity {
@@ -109,6 +112,8 @@ impl Identity {
         Ok(Identity {
             author,
             expires: claims.exp,
+            session: claims.sid,
+            checked: Instant::now(),
         })
     }
 }
@@ -224,7 +229,8 @@ impl ChatSocket {
         if let Err(end) = self.write(std::iter::once(hello).chain(history)).await {
             return end;
         }
-        let mut ping = tokio::time::interval(PING_INTERVAL);
+        let ping_interval = self.state.chat.limits.ping_interval();
+        let mut ping = tokio::time::interval(ping_interval);
         ping.tick().await;
         let mut last_heard = Instant::now();
         loop {
@@ -244,12 +250,10 @@ impl ChatSocket {
                     }
                 }
                 _ = ping.tick() => {
-                    if last_heard.elapsed() > 2 * PING_INTERVAL {
+                    if last_heard.elapsed() > 2 * ping_interval {
                         Err(End::Silent)
                     } else {
-                        self.write(std::iter::empty()).await.and(
-                            self.send_control(Message::Ping(bytes::Bytes::new())).await
-                        )
+                        self.send_control(Message::Ping(bytes::Bytes::new())).await
                     }
                 }
             };
@@ -340,11 +344,11 @@ impl ChatSocket {
         let action = match frame {
             Inbound::Auth { token } => return Some(self.authenticate(&token).await),
             Inbound::Chat { text } => {
-                let author = match self.author() {
+                let author = match self.author().await {
                     Ok(author) => author,
                     Err(why) => return Some(why.frame()),
                 };
-                let posted = self.room().post(author, &text, Instant::now());
+                let posted = self.room().post(&author, &text, Instant::now());
                 return posted.err().map(|refusal| refusal_frame(&refusal));
             }
             Inbound::Delete { id } => Moderation::Delete { id },
@@ -355,8 +359,8 @@ impl ChatSocket {
             Inbound::Ban { user_id } => Moderation::Ban { user_id },
             Inbound::Unban { user_id } => Moderation::Unban { user_id },
         };
-        let author = match self.author() {
-            Ok(author) => author.clone(),
+        let author = match self.author().await {
+            Ok(author) => author,
             Err(why) => return Some(why.frame()),
         };
         let room = self.room().clone();
@@ -370,16 +374,33 @@ impl ChatSocket {
         }
     }
 
-    /// The socket's author, if it authenticated and its token has not expired since.
-    fn author(&self) -> Result<&Author, Speak> {
+    /// The socket's author, if it authenticated, its token has not expired since, and its
+    /// session has not ended (re-checked every [`SESSION_RECHECK`], so logging out or a
+    /// stolen refresh token reaches open sockets within seconds, without a database read
+    /// per message).
+    async fn author(&mut self) -> Result<Author, Speak> {
         let identity = self
             .identity
-            .as_ref()
+            .as_mut()
             .ok_or(Speak::Refused(Refusal::Unauthenticated))?;
         if crate::auth::now_seconds() >= identity.expires {
             return Err(Speak::Expired);
         }
-        Ok(&identity.author)
+        if identity.checked.elapsed() >= SESSION_RECHECK {
+            let session = identity.session.clone();
+            let revoked = self
+                .state
+                .store
+                .call(move |store| store.session_revoked(&session))
+                .await
+                .map_err(Speak::Store)?;
+            if revoked {
+                self.identity = None;
+                return Err(Speak::Revoked);
+            }
+            identity.checked = Instant::now();
+        }
+        Ok(identity.author.clone())
     }
 
     async fn authenticate(&mut self, token: &str) -> Utf8Bytes {
@@ -404,17 +425,28 @@ impl ChatSocket {
 enum Speak {
     Refused(Refusal),
     Expired,
+    Revoked,
+    Store(crate::store::StoreError),
 }
 
 impl Speak {
-    fn frame(&self) -> Utf8Bytes {
+    fn frame(self) -> Utf8Bytes {
         match self {
-            Speak::Refused(refusal) => refusal_frame(refusal),
+            Speak::Refused(refusal) => refusal_frame(&refusal),
             Speak::Expired => error_frame(
                 "token_expired",
                 "the access token has expired; refresh it and send a new auth frame",
                 None,
             ),
+            Speak::Revoked => error_frame(
+                "session_revoked",
+                "this session has ended; log in again",
+                None,
+            ),
+            Speak::Store(e) => {
+                let error = ApiError::from(e);
+                error_frame(error.code, &error.message, None)
+            }
         }
     }
 }

@@ -746,44 +746,6 @@ impl ChatClient {
             .expect("send frame");
     }
 
-    /// Sends every frame while reading (and discarding) whatever arrives meanwhile, as a
-    /// browser does: a client that only sent would itself be a stalled reader, and be
-    /// dropped. Returns how many frames arrived.
-    pub fn send_all(&mut self, frames: impl Iterator<Item = serde_json::Value>) -> usize {
-        use tungstenite::{Error, Message};
-        let would_block =
-            |e: &Error| matches!(e, Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-        self.ws
-            .get_ref()
-            .set_nonblocking(true)
-            .expect("nonblocking");
-        let mut received = 0;
-        let mut drain = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>| loop {
-            match ws.read() {
-                Ok(_) => received += 1,
-                Err(e) if would_block(&e) => break,
-                Err(e) => panic!("chat socket failed while sending: {e}"),
-            }
-        };
-        for frame in frames {
-            // A write that would block stays buffered and goes out on a later call.
-            match self.ws.send(Message::text(frame.to_string())) {
-                Err(e) if !would_block(&e) => panic!("send frame: {e}"),
-                _ => {}
-            }
-            drain(&mut self.ws);
-        }
-        loop {
-            match self.ws.flush() {
-                Ok(()) => break,
-                Err(e) if would_block(&e) => drain(&mut self.ws),
-                Err(e) => panic!("flush: {e}"),
-            }
-        }
-        self.ws.get_ref().set_nonblocking(false).expect("blocking");
-        received
-    }
-
     /// The next JSON frame within `timeout`, `None` if none came; panics if the socket
     /// closed (see [`ChatClient::next_event`] to observe that).
     pub fn next(&mut self, timeout: Duration) -> Option<serde_json::Value> {
@@ -795,11 +757,16 @@ impl ChatClient {
     }
 
     pub fn next_event(&mut self, timeout: Duration) -> ChatEvent {
-        self.ws
-            .get_ref()
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
-            .expect("timeout");
+        let deadline = Instant::now() + timeout;
         loop {
+            // Control frames (pings) do not count: the deadline is for a data frame.
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return ChatEvent::Quiet;
+            };
+            self.ws
+                .get_ref()
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("timeout");
             match self.ws.read() {
                 Ok(tungstenite::Message::Text(text)) => {
                     return ChatEvent::Frame(
