@@ -530,3 +530,36 @@ fn a_half_open_socket_that_never_answers_pings_is_closed() {
     watcher.assert_no("viewers", Duration::from_secs(2));
     assert!(daemon.logged("end=Silent"));
 }
+
+#[test]
+fn a_socket_flooding_frames_is_closed_and_the_room_is_not() {
+    let daemon = Daemon::start("");
+    daemon.add_channel("stage");
+    let token = daemon.add_user_token("minji", "viewer");
+    let mut flooder = daemon.chat("stage", None).expect("connect");
+    flooder.hello();
+    for _ in 0..200 {
+        if flooder
+            .ws
+            .send(tungstenite::Message::text(r#"{"type":"chat","text":"x"}"#))
+            .is_err()
+        {
+            break;
+        }
+    }
+    let close = loop {
+        match flooder.next_event(WAIT) {
+            ChatEvent::Frame(frame) if frame["type"] == "error" => {
+                assert_eq!(frame["code"], "unauthenticated");
+            }
+            ChatEvent::Frame(_) => {} // viewer counts
+            ChatEvent::Closed(close) => break close,
+            ChatEvent::Quiet => panic!("the flooding socket was not closed"),
+        }
+    };
+    assert_eq!(close, Some((1008, "too many frames".to_string())));
+    let mut member = daemon.chat("stage", Some(&token)).expect("connect");
+    member.hello();
+    member.send(json!({"type": "chat", "text": "calm"}));
+    assert_eq!(member.next_of("chat", WAIT)["text"], "calm");
+}

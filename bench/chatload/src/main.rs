@@ -38,7 +38,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "10,25,50,100,200,300,400,600,800,1000"
+        default_value = "10,25,50,100,200,400,700,1000,1500,2000,3000"
     )]
     rates: Vec<f64>,
     #[arg(long, default_value_t = 10.0)]

@@ -118,9 +118,9 @@ impl Identity {
     }
 }
 
-/// Frames a client may send: a bucket refilled at twice the chat rate (moderators and
-/// token refreshes need some room above it). A socket that empties it is closed: it is
-/// flooding, and every frame costs a parse and an answer.
+/// Frames a client may send: a bucket of 50 (a moderator clearing a spam wave) plus the chat
+/// rate, refilled at twice the chat rate or 10 a second. A socket that empties it is
+/// closed: it is flooding, and every frame costs a parse and an answer.
 struct InboundBudget {
     tokens: f64,
     capacity: f64,
@@ -131,11 +131,11 @@ struct InboundBudget {
 impl InboundBudget {
     fn new(limits: &crate::config::ChatConfig) -> InboundBudget {
         let rate = limits.rate_messages as f64 / limits.rate_seconds;
-        let capacity = 20.0 + limits.rate_messages as f64;
+        let capacity = 50.0 + limits.rate_messages as f64;
         InboundBudget {
             tokens: capacity,
             capacity,
-            per_second: (2.0 * rate).max(5.0),
+            per_second: (2.0 * rate).max(10.0),
             last: Instant::now(),
         }
     }
