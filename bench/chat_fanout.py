@@ -3,7 +3,7 @@
 
 For each server, bench/chatload (release build) opens N sockets in one room and steps the
 room's message rate up until p99 delivery latency passes 100 ms. Reports, per rate:
-deliveries/s, p50/p99/max latency, server CPU, losses and dropped sockets; and the
+deliveries/s, p50/p99/max latency, server CPU, late messages and dropped sockets; and the
 server's RSS per idle socket. Run through bench/chat-fanout.sh.
 """
 
@@ -66,7 +66,7 @@ def fmt(value, digits=1):
 def table(results, sockets):
     names = list(results)
     lines = [
-        "| rate (msg/s) | server | deliveries/s | p50 ms | p99 ms | max ms | server CPU (cores) | lost | sockets open |",
+        "| rate (msg/s) | server | deliveries/s | p50 ms | p99 ms | max ms | server CPU (cores) | late | sockets open |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     rates = sorted({s["rate"] for r in results.values() for s in r["steps"]})
@@ -120,7 +120,7 @@ def main():
 {SENDERS} of the sockets send (commeowd: authenticated, limits raised to 1000/s per user); the
 room's rate steps up ({args.step_seconds:g} s per step after a 2 s warm-up) until p99 delivery
 latency passes 100 ms. Loopback, one shared 2-core machine: the load generator
-(bench/chatload) runs on the same cores as the server. "lost" = sent × sockets − delivered.
+(bench/chatload) runs on the same cores as the server. "late" = sent × sockets − delivered within 2 s after the step ended.
 
 {chr(10).join(summary)}
 
