@@ -7,14 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 .ci/setup-debian
-missing=()
-dpkg-query -W -f='${Status}' python3 2>/dev/null | grep -q "ok installed" || missing+=(python3)
-command -v node >/dev/null || missing+=(nodejs npm)
-if ((${#missing[@]})); then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bench/install-needs --node python3
 (cd bench/chat && npm ci --no-audit --no-fund --silent)
 
 cargo build --release -p commeowd -p chatload

@@ -5,16 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 .ci/setup-debian
-missing=()
-for p in nginx libnginx-mod-rtmp python3 chromium; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-command -v node >/dev/null || missing+=(nodejs npm)
-if ((${#missing[@]})); then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bench/install-needs --node nginx libnginx-mod-rtmp python3 chromium
 (cd bench/latency && npm ci --no-audit --no-fund --silent)
 
 cargo build --release -p commeowd

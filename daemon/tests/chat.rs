@@ -13,6 +13,24 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A bare TCP connection upgraded to a chat WebSocket, after the `101` status line: for
+/// clients that misbehave below the WebSocket layer.
+fn raw_upgrade(daemon: &Daemon, slug: &str) -> std::net::TcpStream {
+    let mut raw = std::net::TcpStream::connect(daemon.http).expect("connect");
+    raw.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        raw,
+        "GET /api/channels/{slug}/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .expect("upgrade");
+    let mut head = [0u8; 12];
+    raw.read_exact(&mut head).expect("response");
+    assert_eq!(&head, b"HTTP/1.1 101");
+    raw
+}
+
 #[test]
 fn anonymous_sockets_read_and_senders_are_who_their_token_says() {
     let daemon = Daemon::start("");
@@ -98,18 +116,7 @@ fn what_is_not_a_chat_socket_is_refused_clearly() {
     );
 
     // Garbage bytes after a real upgrade: that socket is closed, the room carries on.
-    let mut raw = std::net::TcpStream::connect(daemon.http).expect("connect");
-    raw.set_read_timeout(Some(WAIT)).expect("timeout");
-    write!(
-        raw,
-        "GET /api/channels/stage/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    )
-    .expect("upgrade");
-    let mut head = [0u8; 12];
-    raw.read_exact(&mut head).expect("response");
-    assert_eq!(&head, b"HTTP/1.1 101");
+    let mut raw = raw_upgrade(&daemon, "stage");
     raw.write_all(&[0xde, 0xad, 0xbe, 0xef].repeat(4096))
         .expect("garbage");
     let mut sink = Vec::new();
@@ -508,14 +515,7 @@ fn a_half_open_socket_that_never_answers_pings_is_closed() {
     let mut watcher = daemon.chat("stage", None).expect("connect");
     watcher.hello();
     // A client that upgrades and then goes silent: it never reads, never pongs.
-    let mut silent = std::net::TcpStream::connect(daemon.http).expect("connect");
-    write!(
-        silent,
-        "GET /api/channels/stage/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    )
-    .expect("upgrade");
+    let _silent = raw_upgrade(&daemon, "stage");
     let mut count = json!(0);
     while count != 2 {
         count = watcher.next_of("viewers", WAIT)["count"].clone();

@@ -204,7 +204,19 @@ impl ChatSocket {
                 code,
                 reason: Utf8Bytes::from_static(reason),
             }));
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.send(close)).await;
+            // The closing handshake: send ours, then read until the client's reply, for at
+            // most a second. Closing with unread input would make the kernel reset the
+            // connection, and the client would lose our close frame (and its reason).
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                self.socket.send(close).await?;
+                while let Some(message) = self.socket.recv().await {
+                    if matches!(message?, Message::Close(_)) {
+                        break;
+                    }
+                }
+                Ok::<_, axum::Error>(())
+            })
+            .await;
         }
         tracing::debug!(channel = %self.room().slug, ?end, "chat socket closed");
     }
