@@ -8,10 +8,12 @@
 
 mod channels;
 mod chat;
+mod ledger;
 mod users;
 
 pub use channels::{Channel, StreamKey};
 pub use chat::{ChatRoomRecord, Restriction};
+pub use ledger::{Donation, DonationRefused, DonationRequest, Entry, Wallet};
 pub use users::{RefreshRefused, Role, Session, User};
 
 use rusqlite::Connection;
@@ -50,6 +52,8 @@ pub enum StoreError {
     },
     #[error("the store thread has stopped")]
     Closed,
+    #[error("the write could not be committed: {0}")]
+    CommitFailed(String),
 }
 
 /// Schema history. Append only: a released migration is never edited.
@@ -106,6 +110,55 @@ fn migrations() -> Migrations<'static> {
             PRIMARY KEY (channel_id, user_id)
         ) STRICT;",
         ),
+        // Points: a double-entry ledger (see ledger.rs), donations, and the outbox.
+        M::up(
+            "CREATE TABLE ledger_accounts (
+            id      INTEGER PRIMARY KEY,
+            kind    TEXT NOT NULL CHECK (kind IN ('wallet', 'earnings', 'promotions', 'kakao_pay')),
+            user_id INTEGER REFERENCES users (id),  -- NULL for the box's system accounts
+            balance INTEGER NOT NULL DEFAULT 0,
+            -- Users' points never go negative; system accounts are sources and do.
+            CHECK (user_id IS NULL OR balance >= 0),
+            UNIQUE (kind, user_id)
+        ) STRICT;
+        CREATE UNIQUE INDEX ledger_system_accounts ON ledger_accounts (kind) WHERE user_id IS NULL;
+        CREATE TABLE ledger_transactions (
+            id         INTEGER PRIMARY KEY,
+            kind       TEXT NOT NULL,               -- donation, grant, topup
+            memo       TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        ) STRICT;
+        -- Entries of one transaction sum to zero; an account's balance is the sum of its
+        -- entries (kept in step by the same SQL transaction).
+        CREATE TABLE ledger_entries (
+            id             INTEGER PRIMARY KEY,
+            transaction_id INTEGER NOT NULL REFERENCES ledger_transactions (id),
+            account_id     INTEGER NOT NULL REFERENCES ledger_accounts (id),
+            amount         INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX ledger_entries_account ON ledger_entries (account_id);
+        CREATE INDEX ledger_entries_transaction ON ledger_entries (transaction_id);
+        CREATE TABLE donations (
+            id              INTEGER PRIMARY KEY,
+            transaction_id  INTEGER NOT NULL UNIQUE REFERENCES ledger_transactions (id),
+            channel_id      INTEGER NOT NULL REFERENCES channels (id),
+            donor_id        INTEGER NOT NULL REFERENCES users (id),
+            amount          INTEGER NOT NULL CHECK (amount > 0),
+            message         TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            created_at      TEXT NOT NULL,
+            UNIQUE (donor_id, idempotency_key)
+        ) STRICT;
+        -- Events for the central side, in the order they happened; deleted once it has
+        -- acknowledged them by event id.
+        CREATE TABLE outbox (
+            sequence   INTEGER PRIMARY KEY AUTOINCREMENT,  -- per box, never reused
+            event_id   TEXT NOT NULL UNIQUE,
+            type       TEXT NOT NULL,
+            payload    TEXT NOT NULL,                      -- JSON
+            created_at TEXT NOT NULL
+        ) STRICT;",
+        ),
     ])
 }
 
@@ -137,9 +190,11 @@ impl Store {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // NORMAL is durable in WAL mode against a process crash; only an OS crash can lose
-        // the last commits, and it never corrupts the file.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: a commit is on disk (the WAL fsynced) before anyone is told it happened. A
+        // donation answered 201 must survive a power cut, not only a crash. The cost is one
+        // fsync per commit, which the store thread's group commit shares among all the
+        // writes waiting at that moment (StoreHandle::write).
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrations().to_latest(&mut conn)?;
         Ok(Store { conn })
@@ -154,11 +209,30 @@ impl Store {
     }
 }
 
-type Job = Box<dyn FnOnce(&mut Store) + Send>;
+/// Work for the store thread.
+enum Job {
+    /// Runs on its own (reads, and writes that manage their own transaction).
+    Alone(Box<dyn FnOnce(&mut Store) + Send>),
+    /// Runs inside the thread's current group-commit transaction, in a savepoint of its own;
+    /// returns how to answer once the commit is known. Given `None` when the group's
+    /// transaction is already lost: then it must write nothing and answer with an error.
+    Grouped(GroupedWork),
+}
+
+type GroupedWork = Box<dyn FnOnce(Option<&mut Store>) -> Grouped + Send>;
+
+/// A grouped write's outcome: whether to keep its changes, and its answer, to be sent
+/// only after the transaction commits (or with the commit's error).
+struct Grouped {
+    keep: bool,
+    answer: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+}
 
 /// How many requests may wait for the store thread. Callers wait (async) when it is full:
 /// store work is short, so backpressure is the right policy, not dropping requests.
-const STORE_QUEUE: usize = 256;
+const STORE_QUEUE: usize = 1024;
+/// Writes committed together at most.
+const GROUP_LIMIT: usize = 256;
 
 /// A cheap, cloneable way to run work on the store thread from async code.
 #[derive(Clone)]
@@ -175,8 +249,14 @@ impl StoreHandle {
             .name("store".into())
             .spawn(move || {
                 let mut store = store;
-                while let Some(job) = inbox.blocking_recv() {
-                    job(&mut store);
+                let mut next = None;
+                while let Some(job) = next.take().or_else(|| inbox.blocking_recv()) {
+                    match job {
+                        Job::Alone(work) => work(&mut store),
+                        Job::Grouped(first) => {
+                            next = group_commit(&mut store, first, &mut inbox);
+                        }
+                    }
                 }
                 drop(store);
                 tracing::debug!("store closed");
@@ -191,11 +271,148 @@ impl StoreHandle {
         F: FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |store| {
+        let job = Job::Alone(Box::new(move |store| {
             // The caller may have gone away (a dropped request); nothing to do then.
             let _ = reply.send(work(store));
-        });
+        }));
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `work` as a durable write: inside a transaction shared with the other writes
+    /// waiting at that moment (group commit: one fsync for all of them), in a savepoint of
+    /// its own so an `Err` undoes only its changes. The result comes back only after the
+    /// commit is on disk. `work` must not begin or end transactions itself.
+    pub async fn write<R, F>(&self, work: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Grouped(Box::new(move |store: Option<&mut Store>| {
+            let result = match store {
+                Some(store) => work(store),
+                None => Err(StoreError::CommitFailed("the transaction failed".into())),
+            };
+            Grouped {
+                keep: result.is_ok(),
+                answer: Box::new(move |committed| {
+                    let _ = reply.send(committed.and(result));
+                }),
+            }
+        }));
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Runs `first` and every grouped write already queued behind it (up to [`GROUP_LIMIT`])
+/// in one transaction, then answers them all. Returns a job it took from the queue that
+/// cannot join the group, to run next.
+fn group_commit(
+    store: &mut Store,
+    first: GroupedWork,
+    inbox: &mut mpsc::Receiver<Job>,
+) -> Option<Job> {
+    let mut answers = Vec::new();
+    let mut leftover = None;
+    let mut began = store.conn().execute_batch("BEGIN IMMEDIATE").map_err(StoreError::from);
+    let mut work = Some(first);
+    while let Some(job) = work.take() {
+        if began.is_ok() {
+            let (answer, sound) = run_in_savepoint(store, job);
+            answers.push(answer);
+            if !sound {
+                began = Err(StoreError::CommitFailed("a savepoint failed".into()));
+            }
+        } else {
+            // The group is already lost: write nothing, answer with the error.
+            answers.push(job(None).answer);
+        }
+        if answers.len() < GROUP_LIMIT {
+            match inbox.try_recv() {
+                Ok(Job::Grouped(next)) => work = Some(next),
+                Ok(other) => leftover = Some(other),
+                Err(_) => {}
+            }
+        }
+    }
+    let committed = began.and_then(|()| {
+        store
+            .conn()
+            .execute_batch("COMMIT")
+            .map_err(StoreError::from)
+    });
+    if let Err(e) = &committed {
+        tracing::error!(error = %e, writes = answers.len(), "group commit failed");
+        let _ = store.conn().execute_batch("ROLLBACK");
+    }
+    for answer in answers {
+        let outcome = match &committed {
+            Ok(()) => Ok(()),
+            Err(e) => Err(StoreError::CommitFailed(e.to_string())),
+        };
+        answer(outcome);
+    }
+    leftover
+}
+
+/// Runs one grouped write in a savepoint, undoing it alone if it failed. Returns its answer,
+/// and `false` if the savepoint itself failed (then the whole group must roll back).
+fn run_in_savepoint(
+    store: &mut Store,
+    job: GroupedWork,
+) -> (Box<dyn FnOnce(Result<(), StoreError>) + Send>, bool) {
+    let sound = store.conn().execute_batch("SAVEPOINT write").is_ok();
+    let grouped = job(Some(store));
+    let undone = grouped.keep || store.conn().execute_batch("ROLLBACK TO write").is_ok();
+    let released = store.conn().execute_batch("RELEASE write").is_ok();
+    (grouped.answer, sound && undone && released)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_writes_commit_together_and_a_failure_undoes_only_itself() {
+        let (_dir, store) = Store::temporary();
+        let (handle, thread) = StoreHandle::spawn(store).expect("spawn");
+        let mut writes = Vec::new();
+        for n in 0..500 {
+            let handle = handle.clone();
+            writes.push(tokio::spawn(async move {
+                handle
+                    .write(move |store| {
+                        store.add_channel(&format!("c{n}"), "")?;
+                        if n % 10 == 0 {
+                            // Written, then failed: its savepoint must undo the channel.
+                            return Err(StoreError::Invalid {
+                                field: "test",
+                                reason: "refused",
+                            });
+                        }
+                        Ok(n)
+                    })
+                    .await
+            }));
+        }
+        let mut ok = 0;
+        for write in writes {
+            match write.await.expect("task") {
+                Ok(_) => ok += 1,
+                Err(StoreError::Invalid { .. }) => {}
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!(ok, 450);
+        let listed = handle
+            .call(|store| store.list_channels())
+            .await
+            .expect("list");
+        assert_eq!(listed.len(), 450);
+        assert!(listed.iter().all(|c| !c.slug.ends_with('0')));
+        drop(handle);
+        thread.join().expect("join");
     }
 }

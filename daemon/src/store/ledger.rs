@@ -1,0 +1,515 @@
+//! Points: a double-entry ledger, donations, and the outbox that carries every ledger
+//! transaction to the central side.
+//!
+//! Accounts: each user's `wallet` (spendable points) and `earnings` (points received as a
+//! streamer), and two system accounts: `promotions` (points a venue hands out) and
+//! `kakao_pay` (the clearing account top-ups are paid from). A ledger transaction is a set
+//! of entries that sum to zero; each account's `balance` column is updated in the same SQL
+//! transaction as its entries, so balances always equal the sum of their entries. User
+//! accounts can never go below zero (checked by the debit's `WHERE` and again by a `CHECK`);
+//! system accounts are sources and go negative by design.
+//!
+//! Every function here runs inside the caller's transaction: [`Store::write`] for the
+//! operator CLI and tests, or the store thread's group commit (`StoreHandle::write`), which
+//! is the one writer: no two ledger transactions ever interleave.
+
+use super::{Store, StoreError};
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+
+/// The kinds of ledger account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKind {
+    Wallet,
+    Earnings,
+    Promotions,
+    // `kakao_pay` (the top-up clearing account) comes with payments.
+}
+
+impl AccountKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Wallet => "wallet",
+            AccountKind::Earnings => "earnings",
+            AccountKind::Promotions => "promotions",
+        }
+    }
+}
+
+/// One line of a user's statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub transaction_id: i64,
+    /// `wallet` or `earnings`.
+    pub account: String,
+    /// Positive: points in; negative: points out.
+    pub amount: i64,
+    /// `donation`, `grant`, `topup`.
+    pub kind: String,
+    pub memo: String,
+    pub at: String,
+}
+
+/// A user's points.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Wallet {
+    pub balance: i64,
+    pub earnings: i64,
+    /// Newest first.
+    pub entries: Vec<Entry>,
+}
+
+/// A donation as it was committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Donation {
+    pub id: i64,
+    pub channel: String,
+    pub donor_id: i64,
+    pub donor_nickname: String,
+    pub amount: i64,
+    pub message: String,
+    pub created_at: String,
+    /// The donor's balance right after this donation.
+    pub balance: i64,
+}
+
+/// Why a donation was not made (nothing was written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DonationRefused {
+    #[error("no channel `{0}`")]
+    NoSuchChannel(String),
+    #[error("this channel has no streamer to receive donations")]
+    NoStreamer,
+    #[error("streamers cannot donate to their own channel")]
+    OwnChannel,
+    #[error("not enough points: the balance is {balance}")]
+    InsufficientFunds { balance: i64 },
+    #[error("this Idempotency-Key was already used for a different donation")]
+    KeyReused,
+}
+
+/// What a donation asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DonationRequest {
+    pub channel: String,
+    pub donor_id: i64,
+    pub amount: i64,
+    pub message: String,
+    pub idempotency_key: String,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Store {
+    /// Runs `work` in one immediate transaction: committed if it returns `Ok`, rolled back
+    /// otherwise. For callers outside the store thread (the operator CLI, tests).
+    pub fn write<R>(
+        &mut self,
+        work: impl FnOnce(&mut Store) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.conn().execute_batch("BEGIN IMMEDIATE")?;
+        match work(self) {
+            Ok(result) => {
+                self.conn().execute_batch("COMMIT")?;
+                Ok(result)
+            }
+            Err(e) => {
+                let _ = self.conn().execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// The id of an account, created on first use.
+    fn account(&self, kind: AccountKind, user: Option<i64>) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        let found = match user {
+            Some(user) => conn
+                .prepare_cached("SELECT id FROM ledger_accounts WHERE kind = ?1 AND user_id = ?2")?
+                .query_row(params![kind.as_str(), user], |r| r.get(0))
+                .optional()?,
+            None => conn
+                .prepare_cached(
+                    "SELECT id FROM ledger_accounts WHERE kind = ?1 AND user_id IS NULL",
+                )?
+                .query_row(params![kind.as_str()], |r| r.get(0))
+                .optional()?,
+        };
+        if let Some(id) = found {
+            return Ok(id);
+        }
+        conn.prepare_cached("INSERT INTO ledger_accounts (kind, user_id) VALUES (?1, ?2)")?
+            .execute(params![kind.as_str(), user])?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn balance_of(&self, account: i64) -> Result<i64, StoreError> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT balance FROM ledger_accounts WHERE id = ?1")?
+            .query_row(params![account], |r| r.get(0))?)
+    }
+
+    /// Records a ledger transaction moving `amount` from `from` to `to`, with its outbox
+    /// event. Returns the transaction id, or `None` if `from` is a user account without
+    /// enough points (then nothing is written).
+    fn transfer(
+        &self,
+        kind: &str,
+        from: i64,
+        to: i64,
+        amount: i64,
+        memo: &str,
+        event: serde_json::Value,
+    ) -> Result<Option<i64>, StoreError> {
+        let conn = self.conn();
+        // System accounts are sources and may go negative; user accounts may not.
+        let debited = conn
+            .prepare_cached(
+                "UPDATE ledger_accounts SET balance = balance - ?1
+                 WHERE id = ?2 AND (user_id IS NULL OR balance >= ?1)",
+            )?
+            .execute(params![amount, from])?;
+        if debited == 0 {
+            return Ok(None);
+        }
+        conn.prepare_cached("UPDATE ledger_accounts SET balance = balance + ?1 WHERE id = ?2")?
+            .execute(params![amount, to])?;
+        let at = now();
+        conn.prepare_cached(
+            "INSERT INTO ledger_transactions (kind, memo, created_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![kind, memo, at])?;
+        let transaction = conn.last_insert_rowid();
+        let mut entry = conn.prepare_cached(
+            "INSERT INTO ledger_entries (transaction_id, account_id, amount) VALUES (?1, ?2, ?3)",
+        )?;
+        entry.execute(params![transaction, from, -amount])?;
+        entry.execute(params![transaction, to, amount])?;
+        let mut payload = event;
+        if let Some(object) = payload.as_object_mut() {
+            object.insert("transaction_id".into(), transaction.into());
+            object.insert("at".into(), at.clone().into());
+        }
+        self.add_outbox_event(kind, &payload)?;
+        Ok(Some(transaction))
+    }
+
+    /// Appends an event for the central side; the fleet relay delivers and deletes it.
+    pub fn add_outbox_event(
+        &self,
+        kind: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let event_id = crate::auth::new_session_id();
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO outbox (event_id, type, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![event_id, kind, payload.to_string(), now()])?;
+        Ok(())
+    }
+
+    /// Gives a user points from the venue's promotions account.
+    pub fn grant(
+        &mut self,
+        username: &str,
+        points: i64,
+        reason: &str,
+    ) -> Result<Wallet, StoreError> {
+        if points <= 0 {
+            return Err(StoreError::Invalid {
+                field: "points",
+                reason: "must be a positive whole number",
+            });
+        }
+        let user = self
+            .user_by_name(username)?
+            .ok_or_else(|| StoreError::NoSuchUser(username.to_string()))?;
+        let from = self.account(AccountKind::Promotions, None)?;
+        let to = self.account(AccountKind::Wallet, Some(user.id))?;
+        let event = serde_json::json!({"user_id": user.id, "points": points, "reason": reason});
+        self.transfer("grant", from, to, points, reason, event)?;
+        self.wallet(user.id, 20)
+    }
+
+    /// A user's balances and their newest `limit` entries.
+    pub fn wallet(&self, user_id: i64, limit: usize) -> Result<Wallet, StoreError> {
+        let balance_of = |kind: AccountKind| -> Result<i64, StoreError> {
+            Ok(self
+                .conn()
+                .prepare_cached(
+                    "SELECT balance FROM ledger_accounts WHERE kind = ?1 AND user_id = ?2",
+                )?
+                .query_row(params![kind.as_str(), user_id], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0))
+        };
+        let entries = self
+            .conn()
+            .prepare_cached(
+                "SELECT t.id, a.kind, e.amount, t.kind, t.memo, t.created_at
+                 FROM ledger_entries e
+                 JOIN ledger_accounts a ON a.id = e.account_id
+                 JOIN ledger_transactions t ON t.id = e.transaction_id
+                 WHERE a.user_id = ?1
+                 ORDER BY e.id DESC LIMIT ?2",
+            )?
+            .query_map(params![user_id, limit as i64], |r| {
+                Ok(Entry {
+                    transaction_id: r.get(0)?,
+                    account: r.get(1)?,
+                    amount: r.get(2)?,
+                    kind: r.get(3)?,
+                    memo: r.get(4)?,
+                    at: r.get(5)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(Wallet {
+            balance: balance_of(AccountKind::Wallet)?,
+            earnings: balance_of(AccountKind::Earnings)?,
+            entries,
+        })
+    }
+
+    /// Makes a donation, exactly once per `(donor, idempotency key)`: a retry returns the
+    /// first donation (`true` in the answer means it is that earlier one).
+    pub fn donate(
+        &mut self,
+        request: &DonationRequest,
+    ) -> Result<Result<(Donation, bool), DonationRefused>, StoreError> {
+        if let Some(earlier) = self.donation_by_key(request.donor_id, &request.idempotency_key)? {
+            let same = earlier.channel == request.channel
+                && earlier.amount == request.amount
+                && earlier.message == request.message;
+            return Ok(if same {
+                Ok((earlier, true))
+            } else {
+                Err(DonationRefused::KeyReused)
+            });
+        }
+        let channel: Option<(i64, Option<i64>)> = self
+            .conn()
+            .prepare_cached("SELECT id, owner_id FROM channels WHERE slug = ?1")?
+            .query_row(params![request.channel], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((channel_id, owner)) = channel else {
+            return Ok(Err(DonationRefused::NoSuchChannel(request.channel.clone())));
+        };
+        let Some(streamer) = owner else {
+            return Ok(Err(DonationRefused::NoStreamer));
+        };
+        if streamer == request.donor_id {
+            return Ok(Err(DonationRefused::OwnChannel));
+        }
+        let from = self.account(AccountKind::Wallet, Some(request.donor_id))?;
+        let to = self.account(AccountKind::Earnings, Some(streamer))?;
+        let event = serde_json::json!({
+            "channel": request.channel, "donor_id": request.donor_id, "streamer_id": streamer,
+            "amount": request.amount, "message": request.message,
+        });
+        let memo = format!("donation to {}", request.channel);
+        let Some(transaction) =
+            self.transfer("donation", from, to, request.amount, &memo, event)?
+        else {
+            let balance = self.balance_of(from)?;
+            return Ok(Err(DonationRefused::InsufficientFunds { balance }));
+        };
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO donations (transaction_id, channel_id, donor_id, amount, message,
+                                        idempotency_key, created_at)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, created_at FROM ledger_transactions WHERE id = ?1",
+            )?
+            .execute(params![
+                transaction,
+                channel_id,
+                request.donor_id,
+                request.amount,
+                request.message,
+                request.idempotency_key
+            ])?;
+        let donation = self
+            .donation_by_key(request.donor_id, &request.idempotency_key)?
+            .ok_or(StoreError::Invalid {
+                field: "donation",
+                reason: "vanished while being written",
+            })?;
+        Ok(Ok((donation, false)))
+    }
+
+    fn donation_by_key(&self, donor: i64, key: &str) -> Result<Option<Donation>, StoreError> {
+        let donation = self
+            .conn()
+            .prepare_cached(
+                "SELECT d.id, c.slug, d.donor_id, u.nickname, d.amount, d.message, d.created_at,
+                        (SELECT balance FROM ledger_accounts WHERE kind = 'wallet' AND user_id = d.donor_id)
+                 FROM donations d
+                 JOIN channels c ON c.id = d.channel_id
+                 JOIN users u ON u.id = d.donor_id
+                 WHERE d.donor_id = ?1 AND d.idempotency_key = ?2",
+            )?
+            .query_row(params![donor, key], |r| {
+                Ok(Donation {
+                    id: r.get(0)?,
+                    channel: r.get(1)?,
+                    donor_id: r.get(2)?,
+                    donor_nickname: r.get(3)?,
+                    amount: r.get(4)?,
+                    message: r.get(5)?,
+                    created_at: r.get(6)?,
+                    balance: r.get(7)?,
+                })
+            })
+            .optional()?;
+        Ok(donation)
+    }
+
+    /// The ledger's invariants, for tests and `commeowd check`: every transaction sums to
+    /// zero, every balance equals the sum of its entries, and no user account is negative.
+    /// Returns what is wrong, or nothing.
+    pub fn ledger_problems(&self) -> Result<Vec<String>, StoreError> {
+        let mut problems = Vec::new();
+        let unbalanced: Vec<(i64, i64)> = self
+            .conn()
+            .prepare(
+                "SELECT transaction_id, SUM(amount) FROM ledger_entries
+                 GROUP BY transaction_id HAVING SUM(amount) != 0",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, sum) in unbalanced {
+            problems.push(format!("transaction {id} sums to {sum}"));
+        }
+        let drifted: Vec<(i64, i64, i64)> = self
+            .conn()
+            .prepare(
+                "SELECT a.id, a.balance, COALESCE(SUM(e.amount), 0) FROM ledger_accounts a
+                 LEFT JOIN ledger_entries e ON e.account_id = a.id
+                 GROUP BY a.id HAVING a.balance != COALESCE(SUM(e.amount), 0)",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, balance, sum) in drifted {
+            problems.push(format!("account {id} has balance {balance} but entries sum to {sum}"));
+        }
+        let negative: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM ledger_accounts WHERE user_id IS NOT NULL AND balance < 0",
+            [],
+            |r| r.get(0),
+        )?;
+        if negative > 0 {
+            problems.push(format!("{negative} user accounts are negative"));
+        }
+        let total: i64 = self.conn().query_row(
+            "SELECT COALESCE(SUM(balance), 0) FROM ledger_accounts",
+            [],
+            |r| r.get(0),
+        )?;
+        if total != 0 {
+            problems.push(format!("balances sum to {total}, not 0"));
+        }
+        Ok(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Role;
+
+    fn setup() -> (tempfile::TempDir, Store, i64, i64) {
+        let (dir, mut store) = Store::temporary();
+        let streamer = store
+            .add_user("djay", "DJ", "hash", Role::Streamer)
+            .expect("streamer");
+        let fan = store
+            .add_user("fan", "Fan", "hash", Role::Viewer)
+            .expect("fan");
+        store
+            .add_channel_owned("stage", "", Some(streamer.id))
+            .expect("channel");
+        (dir, store, streamer.id, fan.id)
+    }
+
+    fn request(donor: i64, amount: i64, key: &str) -> DonationRequest {
+        DonationRequest {
+            channel: "stage".into(),
+            donor_id: donor,
+            amount,
+            message: "love it".into(),
+            idempotency_key: key.into(),
+        }
+    }
+
+    #[test]
+    fn grants_and_donations_move_points_and_balance_to_zero() {
+        let (_dir, mut store, streamer, fan) = setup();
+        let wallet = store
+            .write(|s| s.grant("fan", 500, "opening night"))
+            .expect("grant");
+        assert_eq!(wallet.balance, 500);
+        assert_eq!(wallet.entries[0].memo, "opening night");
+        let (donation, replay) = store
+            .write(|s| s.donate(&request(fan, 200, "k1")))
+            .expect("store")
+            .expect("donated");
+        assert!(!replay);
+        assert_eq!(
+            (donation.amount, donation.balance, donation.donor_nickname.as_str()),
+            (200, 300, "Fan")
+        );
+        // The same key again: the same donation, not a second one.
+        let (again, replay) = store
+            .write(|s| s.donate(&request(fan, 200, "k1")))
+            .expect("store")
+            .expect("replayed");
+        assert!(replay);
+        assert_eq!(again.id, donation.id);
+        assert_eq!(
+            store.write(|s| s.donate(&request(fan, 999, "k1"))).expect("store"),
+            Err(DonationRefused::KeyReused)
+        );
+        assert_eq!(
+            store.write(|s| s.donate(&request(fan, 301, "k2"))).expect("store"),
+            Err(DonationRefused::InsufficientFunds { balance: 300 })
+        );
+        assert_eq!(
+            store
+                .write(|s| s.donate(&request(streamer, 1, "k3")))
+                .expect("store"),
+            Err(DonationRefused::OwnChannel)
+        );
+        assert_eq!(store.wallet(streamer, 10).expect("wallet").earnings, 200);
+        let fan_wallet = store.wallet(fan, 10).expect("wallet");
+        assert_eq!(fan_wallet.balance, 300);
+        assert_eq!(fan_wallet.entries.len(), 2);
+        assert_eq!(fan_wallet.entries[0].amount, -200);
+        assert!(store.ledger_problems().expect("check").is_empty());
+        let events: i64 = store
+            .conn()
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+            .expect("outbox");
+        assert_eq!(events, 2, "one outbox event per ledger transaction");
+    }
+
+    #[test]
+    fn a_refused_or_failed_write_leaves_nothing_behind() {
+        let (_dir, mut store, _streamer, fan) = setup();
+        assert!(matches!(
+            store.write(|s| s.grant("ghost", 10, "")),
+            Err(StoreError::NoSuchUser(_))
+        ));
+        assert!(store.write(|s| s.grant("fan", 0, "")).is_err());
+        let outcome = store.write(|s| {
+            s.grant("fan", 50, "")?;
+            Err::<(), _>(StoreError::Closed)
+        });
+        assert!(outcome.is_err());
+        assert_eq!(store.wallet(fan, 10).expect("wallet").balance, 0);
+        assert!(store.ledger_problems().expect("check").is_empty());
+    }
+}
