@@ -73,6 +73,9 @@ pub enum Command {
     /// Create accounts and set their roles.
     #[command(subcommand)]
     User(UserCommand),
+    /// Hand out points and read balances.
+    #[command(subcommand)]
+    Wallet(WalletCommand),
     /// Print the default configuration file, with every key commented.
     GenerateConfig,
     /// Load the configuration, report problems, and exit.
@@ -131,6 +134,27 @@ pub enum UserCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum WalletCommand {
+    /// Give a user points from the venue's promotions account (a ledger transaction, synced
+    /// to the central side like any other).
+    Grant {
+        name: String,
+        /// Whole points, at least 1.
+        points: i64,
+        /// Why: shown in the user's statement.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Show a user's balance, earnings and recent entries.
+    Show {
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 impl Cli {
     /// The configuration: defaults, then the file, then flags and their variables.
     pub fn config(&self) -> anyhow::Result<Config> {
@@ -170,6 +194,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Channel(command)) => channel_command(&config, command),
         Some(Command::User(command)) => user_command(&config, command),
+        Some(Command::Wallet(command)) => wallet_command(&config, command),
     }
 }
 
@@ -281,6 +306,39 @@ fn user_command(config: &Config, command: UserCommand) -> anyhow::Result<()> {
         UserCommand::SetRole { name, role } => {
             let user = store.set_role(&name, role)?;
             println!("`{}` is now {}.", user.username, user.role.as_str());
+        }
+    }
+    Ok(())
+}
+
+fn wallet_command(config: &Config, command: WalletCommand) -> anyhow::Result<()> {
+    let mut store = Store::open_in(&config.data_dir())?;
+    let (wallet, json) = match command {
+        WalletCommand::Grant {
+            name,
+            points,
+            reason,
+        } => {
+            let wallet = store.write(|s| s.grant(&name, points, &reason))?;
+            println!("Granted {points} points to `{name}`.");
+            (wallet, false)
+        }
+        WalletCommand::Show { name, json } => {
+            let user = store
+                .user_by_name(&name)?
+                .ok_or_else(|| anyhow::anyhow!("no user `{name}`"))?;
+            (store.wallet(user.id, 20)?, json)
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&wallet)?);
+    } else {
+        println!("Balance: {}  Earnings: {}", wallet.balance, wallet.earnings);
+        for entry in &wallet.entries {
+            println!(
+                "{}  {:>+9}  {:<8}  {}",
+                entry.at, entry.amount, entry.account, entry.memo
+            );
         }
     }
     Ok(())

@@ -35,6 +35,27 @@ pub struct Config {
     pub hls: HlsConfig,
     pub auth: AuthConfig,
     pub chat: ChatConfig,
+    pub points: PointsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PointsConfig {
+    /// Smallest and largest donation, in points.
+    pub donation_min: i64,
+    pub donation_max: i64,
+    /// Longest donation message, in characters.
+    pub message_max_chars: usize,
+}
+
+impl Default for PointsConfig {
+    fn default() -> Self {
+        PointsConfig {
+            donation_min: 100,
+            donation_max: 1_000_000,
+            message_max_chars: 200,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -282,6 +303,24 @@ impl Config {
                 "within 0.5..=600",
             ),
         ];
+        let points = &self.points;
+        let checks = checks.into_iter().chain([
+            (
+                "points.donation_min",
+                points.donation_min >= 1,
+                "at least 1",
+            ),
+            (
+                "points.donation_max",
+                points.donation_max >= points.donation_min,
+                "at least points.donation_min",
+            ),
+            (
+                "points.message_max_chars",
+                points.message_max_chars <= 1000,
+                "at most 1000",
+            ),
+        ]);
         if let Some((key, _, message)) = checks.into_iter().find(|(_, ok, _)| !ok) {
             return Err(ConfigError::Invalid {
                 key,

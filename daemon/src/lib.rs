@@ -92,6 +92,7 @@ pub async fn run(
         rtmp_port,
         rtmp_host: cli::public_rtmp_host(&config),
         chat,
+        points: config.points.clone(),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
     });

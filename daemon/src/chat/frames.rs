@@ -75,6 +75,14 @@ pub enum Outbound<'a> {
         text: &'a str,
         at: &'a str,
     },
+    /// A committed donation, shown to everyone (and kept in the history).
+    Donation {
+        id: u64,
+        user: Speaker<'a>,
+        amount: i64,
+        message: &'a str,
+        at: &'a str,
+    },
     /// Sockets open in the room, announced at most once a second when it changes.
     Viewers {
         count: usize,

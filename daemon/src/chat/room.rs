@@ -295,6 +295,29 @@ impl Room {
         Ok(id)
     }
 
+    /// Shows a committed donation to the room. Call only after the commit: the room must
+    /// never announce points that could still be rolled back.
+    pub fn donation(&self, donor: &Author, amount: i64, message: &str, at: &str) {
+        let id = self.next_id();
+        let frame = Outbound::Donation {
+            id,
+            user: donor.speaker(),
+            amount,
+            message,
+            at,
+        }
+        .encode();
+        let mut state = self.state();
+        self.publish(
+            &mut state,
+            Posted {
+                id,
+                author: Some(donor.id),
+                frame,
+            },
+        );
+    }
+
     /// Sends a frame that is not part of the conversation (not kept in the history).
     fn announce(&self, frame: Utf8Bytes) {
         let _ = self.feed.send(frame);

@@ -30,6 +30,7 @@ const MEDIA_CACHE: &str = "public, max-age=86400, immutable";
 mod auth;
 mod channels;
 mod chat;
+mod wallet;
 
 pub use auth::CurrentUser;
 
@@ -46,6 +47,7 @@ pub struct AppState {
     pub rtmp_port: u16,
     pub rtmp_host: String,
     pub chat: Arc<crate::chat::Chat>,
+    pub points: crate::config::PointsConfig,
     /// Long-lived connections (chat sockets) hold a token of this, so shutdown waits for
     /// their goodbyes; they watch `shutdown` to say them.
     pub tracker: tokio_util::task::TaskTracker,
@@ -71,6 +73,8 @@ pub fn app(state: AppState) -> Router {
             post(channels::rotate_key),
         )
         .route("/api/channels/{slug}/chat", get(chat::connect))
+        .route("/api/channels/{slug}/donations", post(wallet::donate))
+        .route("/api/wallet", get(wallet::wallet))
         .route("/api/auth/signup", post(auth::signup))
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/refresh", post(auth::refresh))

@@ -394,7 +394,9 @@ impl Store {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?;
         for (id, balance, sum) in drifted {
-            problems.push(format!("account {id} has balance {balance} but entries sum to {sum}"));
+            problems.push(format!(
+                "account {id} has balance {balance} but entries sum to {sum}"
+            ));
         }
         let negative: i64 = self.conn().query_row(
             "SELECT COUNT(*) FROM ledger_accounts WHERE user_id IS NOT NULL AND balance < 0",
@@ -459,7 +461,11 @@ mod tests {
             .expect("donated");
         assert!(!replay);
         assert_eq!(
-            (donation.amount, donation.balance, donation.donor_nickname.as_str()),
+            (
+                donation.amount,
+                donation.balance,
+                donation.donor_nickname.as_str()
+            ),
             (200, 300, "Fan")
         );
         // The same key again: the same donation, not a second one.
@@ -470,11 +476,15 @@ mod tests {
         assert!(replay);
         assert_eq!(again.id, donation.id);
         assert_eq!(
-            store.write(|s| s.donate(&request(fan, 999, "k1"))).expect("store"),
+            store
+                .write(|s| s.donate(&request(fan, 999, "k1")))
+                .expect("store"),
             Err(DonationRefused::KeyReused)
         );
         assert_eq!(
-            store.write(|s| s.donate(&request(fan, 301, "k2"))).expect("store"),
+            store
+                .write(|s| s.donate(&request(fan, 301, "k2")))
+                .expect("store"),
             Err(DonationRefused::InsufficientFunds { balance: 300 })
         );
         assert_eq!(
@@ -511,5 +521,63 @@ mod tests {
         assert!(outcome.is_err());
         assert_eq!(store.wallet(fan, 10).expect("wallet").balance, 0);
         assert!(store.ledger_problems().expect("check").is_empty());
+    }
+
+    /// The seed's scenario through the real writer: 1,000 donors at once, each 100 points,
+    /// to one streamer; and one donor with 500 points firing 1,000 donations at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_donations_are_exact() {
+        let (_dir, mut store, streamer, fan) = setup();
+        let mut donors = Vec::new();
+        for n in 0..1000 {
+            let donor = store
+                .add_user(&format!("donor{n}"), "Donor", "hash", Role::Viewer)
+                .expect("donor");
+            store
+                .write(|s| s.grant(&donor.username, 100, "welcome"))
+                .expect("grant");
+            donors.push(donor.id);
+        }
+        store
+            .write(|s| s.grant("fan", 500, "welcome"))
+            .expect("grant");
+        let (handle, thread) = crate::store::StoreHandle::spawn(store).expect("spawn");
+        let donate = |donor: i64, key: String| {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                handle
+                    .write(move |s| s.donate(&request(donor, 100, &key)))
+                    .await
+            })
+        };
+        let many: Vec<_> = donors.iter().map(|&d| donate(d, "once".into())).collect();
+        let greedy: Vec<_> = (0..1000).map(|n| donate(fan, format!("k{n}"))).collect();
+        for task in many {
+            assert!(task.await.expect("task").expect("store").is_ok());
+        }
+        let mut succeeded = 0;
+        for task in greedy {
+            match task.await.expect("task").expect("store") {
+                Ok(_) => succeeded += 1,
+                Err(DonationRefused::InsufficientFunds { balance: 0 }) => {}
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(succeeded, 5);
+        let (earnings, balance, problems) = handle
+            .call(move |s| {
+                Ok((
+                    s.wallet(streamer, 1)?.earnings,
+                    s.wallet(fan, 1)?.balance,
+                    s.ledger_problems()?,
+                ))
+            })
+            .await
+            .expect("read");
+        assert_eq!(earnings, 100_000 + 500);
+        assert_eq!(balance, 0);
+        assert_eq!(problems, Vec::<String>::new());
+        drop(handle);
+        thread.join().expect("join");
     }
 }

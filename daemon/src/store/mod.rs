@@ -316,7 +316,10 @@ fn group_commit(
 ) -> Option<Job> {
     let mut answers = Vec::new();
     let mut leftover = None;
-    let mut began = store.conn().execute_batch("BEGIN IMMEDIATE").map_err(StoreError::from);
+    let mut began = store
+        .conn()
+        .execute_batch("BEGIN IMMEDIATE")
+        .map_err(StoreError::from);
     let mut work = Some(first);
     while let Some(job) = work.take() {
         if began.is_ok() {

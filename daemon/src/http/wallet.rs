@@ -1,0 +1,140 @@
+//! Points over HTTP: the caller's wallet, and donations to a channel's streamer.
+//!
+//! A donation is exactly-once per `Idempotency-Key`: a client that lost the answer retries
+//! with the same key and gets the first donation back (with `Idempotency-Replayed: true`),
+//! never a second one. The donor is the token's user. The chat hears about a donation only
+//! after its commit is on disk.
+
+use super::{body, ApiError, AppState, CurrentUser};
+use crate::chat::{clean_text, Author, Refusal};
+use crate::store::{DonationRefused, DonationRequest, Wallet};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+/// Statement lines `GET /api/wallet` returns.
+const STATEMENT_LINES: usize = 50;
+
+fn invalid_token() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+        "the access token is not valid",
+    )
+}
+
+/// `GET /api/wallet`: `{balance, earnings, entries}`.
+pub async fn wallet(
+    State(state): State<AppState>,
+    CurrentUser(claims): CurrentUser,
+) -> Result<Json<Wallet>, ApiError> {
+    let user = claims.user_id().ok_or_else(invalid_token)?;
+    let wallet = state
+        .store
+        .call(move |store| store.wallet(user, STATEMENT_LINES))
+        .await?;
+    Ok(Json(wallet))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DonateRequest {
+    amount: i64,
+    #[serde(default)]
+    message: String,
+}
+
+/// The `Idempotency-Key` header: 1 to 100 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .unwrap_or("");
+    let valid = (1..=100).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
+    if !valid {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key_required",
+            "send an Idempotency-Key header (1-100 visible characters, new for each donation) \
+             so a retry can never donate twice",
+        ));
+    }
+    Ok(key.to_string())
+}
+
+/// `POST /api/channels/<slug>/donations {amount, message}` with `Idempotency-Key`.
+pub async fn donate(
+    State(state): State<AppState>,
+    CurrentUser(claims): CurrentUser,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+    payload: Result<Json<DonateRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let donor = Author::from_claims(&claims).ok_or_else(invalid_token)?;
+    let key = idempotency_key(&headers)?;
+    let request = body(payload)?;
+    let limits = &state.points;
+    if !(limits.donation_min..=limits.donation_max).contains(&request.amount) {
+        return Err(ApiError::bad_request(format!(
+            "amount must be {} to {} points",
+            limits.donation_min, limits.donation_max
+        )));
+    }
+    let message = match clean_text(&request.message, limits.message_max_chars) {
+        Ok(message) => message,
+        Err(Refusal::Empty) => String::new(),
+        Err(refusal) => return Err(ApiError::bad_request(format!("message: {refusal}"))),
+    };
+    let donation = DonationRequest {
+        channel: slug,
+        donor_id: donor.id,
+        amount: request.amount,
+        message,
+        idempotency_key: key,
+    };
+    let outcome = state
+        .store
+        .write(move |store| store.donate(&donation))
+        .await?;
+    let (donation, replayed) = outcome.map_err(|refused| {
+        let (status, code) = match &refused {
+            DonationRefused::NoSuchChannel(_) => (StatusCode::NOT_FOUND, "not_found"),
+            DonationRefused::NoStreamer => (StatusCode::CONFLICT, "no_streamer"),
+            DonationRefused::OwnChannel => (StatusCode::FORBIDDEN, "own_channel"),
+            DonationRefused::InsufficientFunds { .. } => {
+                (StatusCode::CONFLICT, "insufficient_funds")
+            }
+            DonationRefused::KeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
+        };
+        ApiError::new(status, code, refused.to_string())
+    })?;
+    if !replayed {
+        tracing::info!(
+            channel = %donation.channel,
+            donor = %donor.nickname,
+            amount = donation.amount,
+            "donation"
+        );
+        // The commit is on disk: now the room may hear of it.
+        if let Ok(Some(room)) = state.chat.room(&donation.channel, &state.store).await {
+            room.donation(
+                &donor,
+                donation.amount,
+                &donation.message,
+                &donation.created_at,
+            );
+        }
+    }
+    let mut response = (StatusCode::CREATED, Json(&donation)).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotency-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
