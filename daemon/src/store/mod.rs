@@ -219,13 +219,16 @@ enum Job {
     Grouped(GroupedWork),
 }
 
+/// Tells a grouped write's caller how it ended, once the commit is known.
+type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
 type GroupedWork = Box<dyn FnOnce(Option<&mut Store>) -> Grouped + Send>;
 
 /// A grouped write's outcome: whether to keep its changes, and its answer, to be sent
 /// only after the transaction commits (or with the commit's error).
 struct Grouped {
     keep: bool,
-    answer: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+    answer: Answer,
 }
 
 /// How many requests may wait for the store thread. Callers wait (async) when it is full:
@@ -362,10 +365,7 @@ fn group_commit(
 
 /// Runs one grouped write in a savepoint, undoing it alone if it failed. Returns its answer,
 /// and `false` if the savepoint itself failed (then the whole group must roll back).
-fn run_in_savepoint(
-    store: &mut Store,
-    job: GroupedWork,
-) -> (Box<dyn FnOnce(Result<(), StoreError>) + Send>, bool) {
+fn run_in_savepoint(store: &mut Store, job: GroupedWork) -> (Answer, bool) {
     let sound = store.conn().execute_batch("SAVEPOINT write").is_ok();
     let grouped = job(Some(store));
     let undone = grouped.keep || store.conn().execute_batch("ROLLBACK TO write").is_ok();

@@ -346,7 +346,12 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn read(mut response: ureq::http::Response<ureq::Body>) -> Response {
+fn read(response: ureq::http::Response<ureq::Body>) -> Response {
+    try_read(response).expect("body")
+}
+
+/// A whole response, or `None` if its body was cut off.
+fn try_read(mut response: ureq::http::Response<ureq::Body>) -> Option<Response> {
     let status = response.status().as_u16();
     let headers = response
         .headers()
@@ -358,12 +363,12 @@ fn read(mut response: ureq::http::Response<ureq::Body>) -> Response {
         .with_config()
         .limit(64 * 1024 * 1024)
         .read_to_vec()
-        .expect("body");
-    Response {
+        .ok()?;
+    Some(Response {
         status,
         headers,
         body,
-    }
+    })
 }
 
 /// Sends `body` as JSON with `method`, optionally with a bearer token.
@@ -373,24 +378,50 @@ pub fn send_json(
     body: Option<&serde_json::Value>,
     bearer: Option<&str>,
 ) -> Response {
+    send_json_with(method, url, body, bearer, &[])
+}
+
+/// [`send_json`] with extra headers.
+pub fn send_json_with(
+    method: &str,
+    url: &str,
+    body: Option<&serde_json::Value>,
+    bearer: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Response {
+    try_send_json_with(method, url, body, bearer, headers).expect("http request")
+}
+
+/// [`send_json_with`], or `None` if the request got no answer (connection refused or cut).
+pub fn try_send_json_with(
+    method: &str,
+    url: &str,
+    body: Option<&serde_json::Value>,
+    bearer: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Option<Response> {
     let authorization = bearer.map(|t| format!("Bearer {t}"));
+    let mut extra: Vec<(&str, &str)> = headers.to_vec();
+    if let Some(a) = &authorization {
+        extra.push(("authorization", a));
+    }
     let response = match method {
         "GET" => {
             let mut request = agent().get(url);
-            if let Some(a) = &authorization {
-                request = request.header("authorization", a);
+            for (name, value) in &extra {
+                request = request.header(*name, *value);
             }
             request.call()
         }
         _ => {
             let mut request = agent().post(url).header("content-type", "application/json");
-            if let Some(a) = &authorization {
-                request = request.header("authorization", a);
+            for (name, value) in &extra {
+                request = request.header(*name, *value);
             }
             request.send(body.map_or(String::new(), |b| b.to_string()))
         }
     };
-    read(response.expect("http request"))
+    try_read(response.ok()?)
 }
 
 pub fn get(url: &str) -> Response {
