@@ -10,5 +10,6 @@ cd "$(dirname "$0")/.."
 bench/install-needs --node python3
 (cd bench/chat && npm ci --no-audit --no-fund --silent)
 
-cargo build --release -p commeowd -p chatload
+cargo build --release -p commeowd
+cargo build --release -p commeow-bench --bin chatload
 exec python3 bench/chat_fanout.py --sockets "${1:-1000}" --step-seconds "${2:-10}"

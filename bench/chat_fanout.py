@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Chat fan-out: commeowd vs a plain Node.js `ws` broadcast server, side by side.
 
-For each server, bench/chatload (release build) opens N sockets in one room and steps the
+For each server, chatload (bench/load, release build) opens N sockets in one room and steps the
 room's message rate up until p99 delivery latency passes 100 ms. Reports, per rate:
 deliveries/s, p50/p99/max latency, server CPU, late messages and dropped sockets; and the
 server's RSS per idle socket. Run through bench/chat-fanout.sh.
@@ -120,7 +120,7 @@ def main():
 {SENDERS} of the sockets send (commeowd: authenticated, limits raised to 1000/s per user); the
 room's rate steps up ({args.step_seconds:g} s per step after a 2 s warm-up) until p99 delivery
 latency passes 100 ms. Loopback, one shared 2-core machine: the load generator
-(bench/chatload) runs on the same cores as the server. "late" = sent × sockets − delivered within 2 s after the step ended.
+(chatload, bench/load) runs on the same cores as the server. "late" = sent × sockets − delivered within 2 s after the step ended.
 
 {chr(10).join(summary)}
 

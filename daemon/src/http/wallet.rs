@@ -91,6 +91,7 @@ pub async fn donate(
     let donation = DonationRequest {
         channel: slug,
         donor_id: donor.id,
+        donor_nickname: donor.nickname.clone(),
         amount: request.amount,
         message,
         idempotency_key: key,

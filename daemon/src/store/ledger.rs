@@ -69,7 +69,7 @@ pub struct Donation {
     pub amount: i64,
     pub message: String,
     pub created_at: String,
-    /// The donor's balance right after this donation.
+    /// The donor's balance right after this donation (on a replay: now).
     pub balance: i64,
 }
 
@@ -93,9 +93,21 @@ pub enum DonationRefused {
 pub struct DonationRequest {
     pub channel: String,
     pub donor_id: i64,
+    /// As shown with the donation (from the donor's token).
+    pub donor_nickname: String,
     pub amount: i64,
     pub message: String,
     pub idempotency_key: String,
+}
+
+/// An outbox event id: the time in microseconds, then 64 random bits, in hex. Unique
+/// without coordination, and increasing, so new ids land at the end of the index (random
+/// ids would dirty a different index page on every insert, and WAL writes whole pages).
+fn event_id() -> String {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    format!("{micros:014x}{:016x}", rand::random::<u64>())
 }
 
 fn now() -> String {
@@ -122,61 +134,91 @@ impl Store {
         }
     }
 
-    /// The id of an account, created on first use.
-    fn account(&self, kind: AccountKind, user: Option<i64>) -> Result<i64, StoreError> {
+    /// Takes `amount` from an account. A user's account must hold it (else `None`, and
+    /// nothing changes); a system account is a source and may go negative (created on
+    /// first use). Returns the account id and its new balance.
+    fn debit(
+        &self,
+        kind: AccountKind,
+        user: Option<i64>,
+        amount: i64,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
         let conn = self.conn();
-        let found = match user {
+        let row = match user {
             Some(user) => conn
-                .prepare_cached("SELECT id FROM ledger_accounts WHERE kind = ?1 AND user_id = ?2")?
-                .query_row(params![kind.as_str(), user], |r| r.get(0))
+                .prepare_cached(
+                    "UPDATE ledger_accounts SET balance = balance - ?1
+                     WHERE kind = ?2 AND user_id = ?3 AND balance >= ?1
+                     RETURNING id, balance",
+                )?
+                .query_row(params![amount, kind.as_str(), user], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .optional()?,
+            None => Some(
+                conn.prepare_cached(
+                    "INSERT INTO ledger_accounts (kind, user_id, balance) VALUES (?2, NULL, -?1)
+                     ON CONFLICT (kind) WHERE user_id IS NULL
+                     DO UPDATE SET balance = balance - ?1
+                     RETURNING id, balance",
+                )?
+                .query_row(params![amount, kind.as_str()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?,
+            ),
+        };
+        Ok(row)
+    }
+
+    /// Adds `amount` to an account, creating it on first use. Returns the account id.
+    fn credit(&self, kind: AccountKind, user: Option<i64>, amount: i64) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        let id = match user {
+            Some(user) => conn
+                .prepare_cached(
+                    "INSERT INTO ledger_accounts (kind, user_id, balance) VALUES (?2, ?3, ?1)
+                     ON CONFLICT (kind, user_id) DO UPDATE SET balance = balance + ?1
+                     RETURNING id",
+                )?
+                .query_row(params![amount, kind.as_str(), user], |r| r.get(0))?,
             None => conn
                 .prepare_cached(
-                    "SELECT id FROM ledger_accounts WHERE kind = ?1 AND user_id IS NULL",
+                    "INSERT INTO ledger_accounts (kind, user_id, balance) VALUES (?2, NULL, ?1)
+                     ON CONFLICT (kind) WHERE user_id IS NULL
+                     DO UPDATE SET balance = balance + ?1
+                     RETURNING id",
                 )?
-                .query_row(params![kind.as_str()], |r| r.get(0))
-                .optional()?,
+                .query_row(params![amount, kind.as_str()], |r| r.get(0))?,
         };
-        if let Some(id) = found {
-            return Ok(id);
-        }
-        conn.prepare_cached("INSERT INTO ledger_accounts (kind, user_id) VALUES (?1, ?2)")?
-            .execute(params![kind.as_str(), user])?;
-        Ok(conn.last_insert_rowid())
+        Ok(id)
     }
 
-    fn balance_of(&self, account: i64) -> Result<i64, StoreError> {
+    fn balance(&self, kind: AccountKind, user: i64) -> Result<i64, StoreError> {
         Ok(self
             .conn()
-            .prepare_cached("SELECT balance FROM ledger_accounts WHERE id = ?1")?
-            .query_row(params![account], |r| r.get(0))?)
+            .prepare_cached("SELECT balance FROM ledger_accounts WHERE kind = ?1 AND user_id = ?2")?
+            .query_row(params![kind.as_str(), user], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
     }
 
-    /// Records a ledger transaction moving `amount` from `from` to `to`, with its outbox
-    /// event. Returns the transaction id, or `None` if `from` is a user account without
-    /// enough points (then nothing is written).
+    /// Records a ledger transaction moving `amount` between two accounts, with its outbox
+    /// event. Returns the transaction id, its time and the source's new balance, or `None`
+    /// if the source is a user's account without enough points (then nothing is written).
     fn transfer(
         &self,
         kind: &str,
-        from: i64,
-        to: i64,
+        from: (AccountKind, Option<i64>),
+        to: (AccountKind, Option<i64>),
         amount: i64,
         memo: &str,
         event: serde_json::Value,
-    ) -> Result<Option<i64>, StoreError> {
-        let conn = self.conn();
-        // System accounts are sources and may go negative; user accounts may not.
-        let debited = conn
-            .prepare_cached(
-                "UPDATE ledger_accounts SET balance = balance - ?1
-                 WHERE id = ?2 AND (user_id IS NULL OR balance >= ?1)",
-            )?
-            .execute(params![amount, from])?;
-        if debited == 0 {
+    ) -> Result<Option<(i64, String, i64)>, StoreError> {
+        let Some((source, balance)) = self.debit(from.0, from.1, amount)? else {
             return Ok(None);
-        }
-        conn.prepare_cached("UPDATE ledger_accounts SET balance = balance + ?1 WHERE id = ?2")?
-            .execute(params![amount, to])?;
+        };
+        let target = self.credit(to.0, to.1, amount)?;
+        let conn = self.conn();
         let at = now();
         conn.prepare_cached(
             "INSERT INTO ledger_transactions (kind, memo, created_at) VALUES (?1, ?2, ?3)",
@@ -186,15 +228,15 @@ impl Store {
         let mut entry = conn.prepare_cached(
             "INSERT INTO ledger_entries (transaction_id, account_id, amount) VALUES (?1, ?2, ?3)",
         )?;
-        entry.execute(params![transaction, from, -amount])?;
-        entry.execute(params![transaction, to, amount])?;
+        entry.execute(params![transaction, source, -amount])?;
+        entry.execute(params![transaction, target, amount])?;
         let mut payload = event;
         if let Some(object) = payload.as_object_mut() {
             object.insert("transaction_id".into(), transaction.into());
             object.insert("at".into(), at.clone().into());
         }
         self.add_outbox_event(kind, &payload)?;
-        Ok(Some(transaction))
+        Ok(Some((transaction, at, balance)))
     }
 
     /// Appends an event for the central side; the fleet relay delivers and deletes it.
@@ -203,7 +245,7 @@ impl Store {
         kind: &str,
         payload: &serde_json::Value,
     ) -> Result<(), StoreError> {
-        let event_id = crate::auth::new_session_id();
+        let event_id = event_id();
         self.conn()
             .prepare_cached(
                 "INSERT INTO outbox (event_id, type, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -228,25 +270,20 @@ impl Store {
         let user = self
             .user_by_name(username)?
             .ok_or_else(|| StoreError::NoSuchUser(username.to_string()))?;
-        let from = self.account(AccountKind::Promotions, None)?;
-        let to = self.account(AccountKind::Wallet, Some(user.id))?;
         let event = serde_json::json!({"user_id": user.id, "points": points, "reason": reason});
-        self.transfer("grant", from, to, points, reason, event)?;
+        self.transfer(
+            "grant",
+            (AccountKind::Promotions, None),
+            (AccountKind::Wallet, Some(user.id)),
+            points,
+            reason,
+            event,
+        )?;
         self.wallet(user.id, 20)
     }
 
     /// A user's balances and their newest `limit` entries.
     pub fn wallet(&self, user_id: i64, limit: usize) -> Result<Wallet, StoreError> {
-        let balance_of = |kind: AccountKind| -> Result<i64, StoreError> {
-            Ok(self
-                .conn()
-                .prepare_cached(
-                    "SELECT balance FROM ledger_accounts WHERE kind = ?1 AND user_id = ?2",
-                )?
-                .query_row(params![kind.as_str(), user_id], |r| r.get(0))
-                .optional()?
-                .unwrap_or(0))
-        };
         let entries = self
             .conn()
             .prepare_cached(
@@ -269,8 +306,8 @@ impl Store {
             })?
             .collect::<Result<_, _>>()?;
         Ok(Wallet {
-            balance: balance_of(AccountKind::Wallet)?,
-            earnings: balance_of(AccountKind::Earnings)?,
+            balance: self.balance(AccountKind::Wallet, user_id)?,
+            earnings: self.balance(AccountKind::Earnings, user_id)?,
             entries,
         })
     }
@@ -305,24 +342,28 @@ impl Store {
         if streamer == request.donor_id {
             return Ok(Err(DonationRefused::OwnChannel));
         }
-        let from = self.account(AccountKind::Wallet, Some(request.donor_id))?;
-        let to = self.account(AccountKind::Earnings, Some(streamer))?;
         let event = serde_json::json!({
             "channel": request.channel, "donor_id": request.donor_id, "streamer_id": streamer,
             "amount": request.amount, "message": request.message,
         });
         let memo = format!("donation to {}", request.channel);
-        let Some(transaction) =
-            self.transfer("donation", from, to, request.amount, &memo, event)?
+        let Some((transaction, at, balance)) = self.transfer(
+            "donation",
+            (AccountKind::Wallet, Some(request.donor_id)),
+            (AccountKind::Earnings, Some(streamer)),
+            request.amount,
+            &memo,
+            event,
+        )?
         else {
-            let balance = self.balance_of(from)?;
+            let balance = self.balance(AccountKind::Wallet, request.donor_id)?;
             return Ok(Err(DonationRefused::InsufficientFunds { balance }));
         };
         self.conn()
             .prepare_cached(
                 "INSERT INTO donations (transaction_id, channel_id, donor_id, amount, message,
                                         idempotency_key, created_at)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, created_at FROM ledger_transactions WHERE id = ?1",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 transaction,
@@ -330,14 +371,19 @@ impl Store {
                 request.donor_id,
                 request.amount,
                 request.message,
-                request.idempotency_key
+                request.idempotency_key,
+                at
             ])?;
-        let donation = self
-            .donation_by_key(request.donor_id, &request.idempotency_key)?
-            .ok_or(StoreError::Invalid {
-                field: "donation",
-                reason: "vanished while being written",
-            })?;
+        let donation = Donation {
+            id: self.conn().last_insert_rowid(),
+            channel: request.channel.clone(),
+            donor_id: request.donor_id,
+            donor_nickname: request.donor_nickname.clone(),
+            amount: request.amount,
+            message: request.message.clone(),
+            created_at: at,
+            balance,
+        };
         Ok(Ok((donation, false)))
     }
 
@@ -441,6 +487,7 @@ mod tests {
         DonationRequest {
             channel: "stage".into(),
             donor_id: donor,
+            donor_nickname: "Fan".into(),
             amount,
             message: "love it".into(),
             idempotency_key: key.into(),
