@@ -352,13 +352,7 @@ fn a_stalled_socket_is_dropped_while_the_room_keeps_receiving() {
 #[test]
 fn moderation_reaches_every_socket_and_survives_a_restart() {
     let mut daemon = Daemon::start("");
-    let streamer = daemon.add_user_token("djay", "streamer");
-    let created = daemon.post(
-        "/api/channels",
-        json!({"slug": "stage", "title": "Main stage"}),
-        Some(&streamer),
-    );
-    assert_eq!(created.status, 201, "{}", created.text());
+    let streamer = daemon.add_streamer_channel("djay", "stage");
     let admin = daemon.add_user_token("venue", "admin");
     let troll = daemon.add_user_token("troll", "viewer");
     let fan = daemon.add_user_token("fan", "viewer");

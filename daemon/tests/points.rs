@@ -17,13 +17,7 @@ const WAIT: Duration = Duration::from_secs(10);
 /// `points`. Returns the streamer's and the fan's access tokens.
 fn venue(config: &str, points: u32) -> (Daemon, String, String) {
     let daemon = Daemon::start(config);
-    let streamer = daemon.add_user_token("djay", "streamer");
-    let created = daemon.post(
-        "/api/channels",
-        json!({"slug": "stage", "title": "Main stage"}),
-        Some(&streamer),
-    );
-    assert_eq!(created.status, 201, "{}", created.text());
+    let streamer = daemon.add_streamer_channel("djay", "stage");
     let fan = daemon.add_user_token("fan", "viewer");
     let points = points.to_string();
     let granted = daemon.cli(&["wallet", "grant", "fan", &points, "--reason", "welcome"]);

@@ -238,6 +238,19 @@ impl Daemon {
             .to_string()
     }
 
+    /// Creates streamer `name`, who creates channel `slug` over the API; returns the
+    /// streamer's access token.
+    pub fn add_streamer_channel(&self, name: &str, slug: &str) -> String {
+        let streamer = self.add_user_token(name, "streamer");
+        let created = self.post(
+            "/api/channels",
+            serde_json::json!({"slug": slug, "title": format!("Title of {slug}")}),
+            Some(&streamer),
+        );
+        assert_eq!(created.status, 201, "{}", created.text());
+        streamer
+    }
+
     /// Opens a chat socket on channel `slug`, with a bearer header if `token` is given.
     pub fn chat(&self, slug: &str, token: Option<&str>) -> Result<ChatClient, Response> {
         ChatClient::connect(self.http, slug, token)
