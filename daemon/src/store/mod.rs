@@ -257,12 +257,12 @@ impl StoreHandle {
             .name("store".into())
             .spawn(move || {
                 let mut store = store;
-                let mut next = None;
-                while let Some(job) = next.take().or_else(|| inbox.blocking_recv()) {
+                let mut pending = std::collections::VecDeque::new();
+                while let Some(job) = pending.pop_front().or_else(|| inbox.blocking_recv()) {
                     match job {
                         Job::Alone(work) => work(&mut store),
                         Job::Grouped(first) => {
-                            next = group_commit(&mut store, first, &mut inbox);
+                            pending.extend(group_commit(&mut store, first, &mut inbox));
                         }
                     }
                 }
@@ -315,15 +315,16 @@ impl StoreHandle {
 }
 
 /// Runs `first` and every grouped write already queued behind it (up to [`GROUP_LIMIT`])
-/// in one transaction, then answers them all. Returns a job it took from the queue that
-/// cannot join the group, to run next.
+/// in one transaction, then answers them all. Other jobs found in the queue meanwhile
+/// (reads, mostly) do not cut the group short: they are returned, in order, to run right
+/// after the commit.
 fn group_commit(
     store: &mut Store,
     first: GroupedWork,
     inbox: &mut mpsc::Receiver<Job>,
-) -> Option<Job> {
+) -> Vec<Job> {
     let mut answers = Vec::new();
-    let mut leftover = None;
+    let mut deferred = Vec::new();
     let mut began = store
         .conn()
         .execute_batch("BEGIN IMMEDIATE")
@@ -340,11 +341,14 @@ fn group_commit(
             // The group is already lost: write nothing, answer with the error.
             answers.push(job(None).answer);
         }
-        if answers.len() < GROUP_LIMIT {
+        while answers.len() < GROUP_LIMIT && deferred.len() < GROUP_LIMIT {
             match inbox.try_recv() {
-                Ok(Job::Grouped(next)) => work = Some(next),
-                Ok(other) => leftover = Some(other),
-                Err(_) => {}
+                Ok(Job::Grouped(next)) => {
+                    work = Some(next);
+                    break;
+                }
+                Ok(other) => deferred.push(other),
+                Err(_) => break,
             }
         }
     }
@@ -365,7 +369,7 @@ fn group_commit(
         };
         answer(outcome);
     }
-    leftover
+    deferred
 }
 
 /// Runs one grouped write in a savepoint, undoing it alone if it failed. Returns its answer,
