@@ -6,6 +6,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use commeow_bench::percentile_ms;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::json;
@@ -71,14 +72,6 @@ async fn client(
         }
     }
     Ok(samples)
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
 #[tokio::main]
@@ -156,9 +149,9 @@ async fn main() -> anyhow::Result<()> {
             "answered": latencies.len(),
             "created_per_s": created as f64 / args.step_seconds,
             "not_created": latencies.len() - created,
-            "p50_ms": percentile(&latencies, 50.0),
-            "p99_ms": percentile(&latencies, 99.0),
-            "max_ms": percentile(&latencies, 100.0),
+            "p50_ms": percentile_ms(&latencies, 50.0),
+            "p99_ms": percentile_ms(&latencies, 99.0),
+            "max_ms": percentile_ms(&latencies, 100.0),
         }));
     }
     println!("{}", json!({ "steps": report }));

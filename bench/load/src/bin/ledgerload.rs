@@ -5,6 +5,7 @@
 
 use clap::Parser;
 use commeow::store::{DonationRequest, Role, Store, StoreHandle};
+use commeow_bench::percentile_ms;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -22,14 +23,6 @@ struct Args {
     seconds: f64,
     #[arg(long, default_value_t = 2.0)]
     warmup_seconds: f64,
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
 #[tokio::main]
@@ -100,9 +93,9 @@ async fn main() -> anyhow::Result<()> {
             "concurrency": args.concurrency,
             "donations": latencies.len(),
             "per_second": latencies.len() as f64 / args.seconds,
-            "p50_ms": percentile(&latencies, 50.0),
-            "p99_ms": percentile(&latencies, 99.0),
-            "max_ms": percentile(&latencies, 100.0),
+            "p50_ms": percentile_ms(&latencies, 50.0),
+            "p99_ms": percentile_ms(&latencies, 99.0),
+            "max_ms": percentile_ms(&latencies, 100.0),
             "failed": refused,
             "ledger_problems": problems,
         })
