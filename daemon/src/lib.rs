@@ -1,8 +1,10 @@
 //! Commeow Edge daemon (`commeowd`): RTMP in, HLS out, on a box at the venue.
 //!
 //! The modules follow the data: [`ingest`] (RTMP from OBS) → [`media`] (libav, one thread
-//! per broadcast) → [`hls`] (segments in memory, playlists) → [`http`] (players, API). The
-//! [`store`] holds channels in SQLite; [`config`] and [`cli`] are the operator's side.
+//! per broadcast) → [`hls`] (segments in memory, playlists) → [`http`] (players, API, chat
+//! sockets). [`chat`] keeps each channel's room; [`auth`] issues and checks tokens. The
+//! [`store`] holds accounts, channels and the points ledger in SQLite, behind one writer
+//! thread; [`config`] and [`cli`] are the operator's side.
 //! `main.rs` only parses flags and calls [`cli::main`]; [`run`] is the daemon, callable
 //! from tests with listeners they bound themselves.
 
