@@ -146,6 +146,9 @@ pub enum WalletCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Check the ledger: every transaction sums to zero, every balance equals its entries,
+    /// no user is below zero. Exits non-zero, listing what is wrong, if not.
+    Check,
     /// Show a user's balance, earnings and recent entries.
     Show {
         name: String,
@@ -322,6 +325,14 @@ fn wallet_command(config: &Config, command: WalletCommand) -> anyhow::Result<()>
             let wallet = store.write(|s| s.grant(&name, points, &reason))?;
             println!("Granted {points} points to `{name}`.");
             (wallet, false)
+        }
+        WalletCommand::Check => {
+            let problems = store.ledger_problems()?;
+            if problems.is_empty() {
+                println!("The ledger balances.");
+                return Ok(());
+            }
+            anyhow::bail!("the ledger does not balance:\n{}", problems.join("\n"));
         }
         WalletCommand::Show { name, json } => {
             let user = store

@@ -554,6 +554,41 @@ mod tests {
     }
 
     #[test]
+    fn the_check_finds_a_ledger_that_does_not_balance() {
+        let (_dir, mut store, _streamer, fan) = setup();
+        store.write(|s| s.grant("fan", 500, "")).expect("grant");
+        assert!(store.ledger_problems().expect("check").is_empty());
+        store
+            .conn()
+            .execute(
+                "UPDATE ledger_accounts SET balance = balance + 1 WHERE user_id = ?1",
+                params![fan],
+            )
+            .expect("tamper");
+        let problems = store.ledger_problems().expect("check");
+        assert!(
+            problems.iter().any(|p| p.contains("entries sum to 500")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("balances sum to 1")),
+            "{problems:?}"
+        );
+        store
+            .conn()
+            .execute(
+                "UPDATE ledger_entries SET amount = amount + 7 WHERE id = 1",
+                [],
+            )
+            .expect("tamper");
+        let problems = store.ledger_problems().expect("check");
+        assert!(
+            problems.iter().any(|p| p.contains("sums to 7")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn a_refused_or_failed_write_leaves_nothing_behind() {
         let (_dir, mut store, _streamer, fan) = setup();
         assert!(matches!(
