@@ -17,6 +17,11 @@ fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, code, message)
 }
 
+/// The answer to an access token that does not check out.
+pub fn invalid_token() -> ApiError {
+    unauthorized("invalid_token", "the access token is not valid")
+}
+
 fn invalid(error: StoreError) -> ApiError {
     match error {
         StoreError::Invalid { .. } => ApiError::bad_request(error.to_string()),
@@ -55,7 +60,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<auth::Claims,
             TokenError::Expired => {
                 unauthorized("token_expired", "the access token has expired; refresh it")
             }
-            TokenError::Invalid => unauthorized("invalid_token", "the access token is not valid"),
+            TokenError::Invalid => invalid_token(),
         })?;
     let session = claims.sid.clone();
     if state
@@ -232,9 +237,7 @@ pub async fn me(
     State(state): State<AppState>,
     CurrentUser(claims): CurrentUser,
 ) -> Result<Json<User>, ApiError> {
-    let id = claims
-        .user_id()
-        .ok_or_else(|| unauthorized("invalid_token", "the access token is not valid"))?;
+    let id = claims.user_id().ok_or_else(invalid_token)?;
     let user = state.store.call(move |store| store.user_by_id(id)).await?;
     user.map(Json)
         .ok_or_else(|| unauthorized("invalid_token", "this account no longer exists"))

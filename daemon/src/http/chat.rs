@@ -12,7 +12,7 @@
 //! nothing (not even a pong) for two `chat.ping_seconds` is presumed gone (a phone that
 //! left the Wi-Fi) and closed, so the viewer count stays honest.
 
-use super::auth::{authenticate, bearer};
+use super::auth::{authenticate, bearer, invalid_token};
 use super::{ApiError, AppState};
 use crate::chat::frames::{Inbound, Outbound};
 use crate::chat::{self, Author, Membership, Moderation, ModerationError, Refusal, Room};
@@ -102,13 +102,7 @@ struct Identity {
 impl Identity {
     async fn check(state: &AppState, token: &str) -> Result<Identity, ApiError> {
         let claims = authenticate(state, token).await?;
-        let author = Author::from_claims(&claims).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_token",
-                "the access token is not valid",
-            )
-        })?;
+        let author = Author::from_claims(&claims).ok_or_else(invalid_token)?;
         Ok(Identity {
             author,
             expires: claims.exp,
@@ -265,7 +259,7 @@ impl ChatSocket {
                     if last_heard.elapsed() > 2 * ping_interval {
                         Err(End::Silent)
                     } else {
-                        self.send_control(Message::Ping(bytes::Bytes::new())).await
+                        self.write_messages(std::iter::once(Message::Ping(bytes::Bytes::new()))).await
                     }
                 }
             };
@@ -277,27 +271,19 @@ impl ChatSocket {
 
     /// Writes `frames` and flushes, within the write timeout.
     async fn write(&mut self, frames: impl Iterator<Item = Utf8Bytes>) -> Result<(), End> {
+        self.write_messages(frames.map(Message::Text)).await
+    }
+
+    /// Writes `messages` (data or control) and flushes, within the write timeout.
+    async fn write_messages(&mut self, messages: impl Iterator<Item = Message>) -> Result<(), End> {
         let socket = &mut self.socket;
         let write = async move {
-            for frame in frames {
-                socket.feed(Message::Text(frame)).await?;
+            for message in messages {
+                socket.feed(message).await?;
             }
             socket.flush().await
         };
         match tokio::time::timeout(self.state.chat.limits.write_timeout(), write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::ClientLeft),
-            Err(_) => Err(End::WriteStalled),
-        }
-    }
-
-    async fn send_control(&mut self, message: Message) -> Result<(), End> {
-        match tokio::time::timeout(
-            self.state.chat.limits.write_timeout(),
-            self.socket.send(message),
-        )
-        .await
-        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::ClientLeft),
             Err(_) => Err(End::WriteStalled),

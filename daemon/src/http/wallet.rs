@@ -5,6 +5,7 @@
 //! never a second one. The donor is the token's user. The chat hears about a donation only
 //! after its commit is on disk.
 
+use super::auth::invalid_token;
 use super::{body, ApiError, AppState, CurrentUser};
 use crate::chat::{clean_text, Author, Refusal};
 use crate::store::{DonationRefused, DonationRequest, Wallet};
@@ -17,14 +18,6 @@ use serde::Deserialize;
 
 /// Statement lines `GET /api/wallet` returns.
 const STATEMENT_LINES: usize = 50;
-
-fn invalid_token() -> ApiError {
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "invalid_token",
-        "the access token is not valid",
-    )
-}
 
 /// `GET /api/wallet`: `{balance, earnings, entries}`.
 pub async fn wallet(

@@ -127,12 +127,20 @@ impl Store {
 
     /// Who owns a channel: `None` if there is no such channel, `Some(None)` if nobody does.
     pub fn channel_owner(&self, slug: &str) -> Result<Option<Option<i64>>, StoreError> {
-        let owner = self
+        Ok(self.channel_id_and_owner(slug)?.map(|(_, owner)| owner))
+    }
+
+    /// A channel's row id and owner, or `None` if there is no such channel.
+    pub(crate) fn channel_id_and_owner(
+        &self,
+        slug: &str,
+    ) -> Result<Option<(i64, Option<i64>)>, StoreError> {
+        let found = self
             .conn()
-            .prepare_cached("SELECT owner_id FROM channels WHERE slug = ?1")?
-            .query_row(params![slug], |row| row.get(0))
+            .prepare_cached("SELECT id, owner_id FROM channels WHERE slug = ?1")?
+            .query_row(params![slug], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
-        Ok(owner)
+        Ok(found)
     }
 
     /// Replaces a channel's stream key; the old one stops working at once.

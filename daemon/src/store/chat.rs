@@ -4,7 +4,7 @@
 //! the history a joining viewer sees, and not worth a write to the SD card per line.
 
 use super::{Store, StoreError, User};
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 
 /// A user's standing restriction in one channel's chat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,12 +26,7 @@ pub struct ChatRoomRecord {
 impl Store {
     /// The chat room of channel `slug`, or `None` if there is no such channel.
     pub fn chat_room(&self, slug: &str, now: i64) -> Result<Option<ChatRoomRecord>, StoreError> {
-        let found: Option<(i64, Option<i64>)> = self
-            .conn()
-            .prepare_cached("SELECT id, owner_id FROM channels WHERE slug = ?1")?
-            .query_row(params![slug], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()?;
-        let Some((channel_id, owner)) = found else {
+        let Some((channel_id, owner)) = self.channel_id_and_owner(slug)? else {
             return Ok(None);
         };
         let restrictions = self

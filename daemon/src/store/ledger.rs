@@ -328,12 +328,7 @@ impl Store {
                 Err(DonationRefused::KeyReused)
             });
         }
-        let channel: Option<(i64, Option<i64>)> = self
-            .conn()
-            .prepare_cached("SELECT id, owner_id FROM channels WHERE slug = ?1")?
-            .query_row(params![request.channel], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let Some((channel_id, owner)) = channel else {
+        let Some((channel_id, owner)) = self.channel_id_and_owner(&request.channel)? else {
             return Ok(Err(DonationRefused::NoSuchChannel(request.channel.clone())));
         };
         let Some(streamer) = owner else {
