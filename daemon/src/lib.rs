@@ -16,6 +16,7 @@ pub mod hls;
 pub mod http;
 pub mod ingest;
 pub mod media;
+pub mod payments;
 pub mod store;
 pub mod throttle;
 
@@ -44,6 +45,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let kakao_pay = payments::Payments::client(&config.kakao_pay)?;
     ffmpeg_next::init()?;
     // libav prints to stderr by itself; keep it to what an operator should see.
     ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
@@ -77,6 +79,11 @@ pub async fn run(
         config.auth.refresh_ttl(),
     );
     let chat = Arc::new(chat::Chat::new(config.chat.clone()));
+    let payments = Arc::new(payments::Payments::new(
+        kakao_pay,
+        config.kakao_pay.products.clone(),
+        store.clone(),
+    ));
     tokio::spawn(chat.clone().run_ticker(shutdown.clone()));
     let app = http::app(http::AppState {
         store: store.clone(),
@@ -95,6 +102,7 @@ pub async fn run(
         rtmp_host: cli::public_rtmp_host(&config),
         chat,
         points: config.points.clone(),
+        payments,
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
     });

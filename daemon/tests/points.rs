@@ -49,20 +49,6 @@ fn wallet(daemon: &Daemon, token: &str) -> serde_json::Value {
     answer.json()
 }
 
-/// Every ledger invariant, as the operator checks it (`commeowd wallet check`).
-fn assert_ledger_balances(daemon: &Daemon) {
-    let check = daemon.cli(&["wallet", "check"]);
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&check.stdout).trim(),
-        "The ledger balances."
-    );
-}
-
 #[test]
 fn a_donation_happens_once_reaches_the_streamer_and_the_chat() {
     let (daemon, streamer, fan) = venue("", 500);
@@ -150,7 +136,7 @@ fn a_donation_happens_once_reaches_the_streamer_and_the_chat() {
         .collect();
     assert_eq!(kinds, [("donation", -200), ("grant", 500)]);
     assert_eq!(wallet(&daemon, &streamer)["earnings"], 200);
-    assert_ledger_balances(&daemon);
+    daemon.assert_ledger_balances();
 }
 
 #[test]
@@ -174,7 +160,7 @@ fn a_thousand_concurrent_donations_from_500_points_make_exactly_five() {
     assert_eq!(statuses.iter().filter(|&&s| s == 409).count(), 995);
     assert_eq!(wallet(&daemon, &fan)["balance"], 0);
     assert_eq!(wallet(&daemon, &streamer)["earnings"], 500);
-    assert_ledger_balances(&daemon);
+    daemon.assert_ledger_balances();
 }
 
 #[test]
@@ -248,5 +234,5 @@ fn kill_9_during_a_donation_storm_loses_and_doubles_nothing() {
         .filter(|(_, s)| s.is_none() || *s == Some(201))
         .count() as i64;
     assert_eq!(earnings, 100 * settled, "each donation exactly once");
-    assert_ledger_balances(&daemon);
+    daemon.assert_ledger_balances();
 }

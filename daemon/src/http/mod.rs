@@ -30,6 +30,7 @@ const MEDIA_CACHE: &str = "public, max-age=86400, immutable";
 mod auth;
 mod channels;
 mod chat;
+mod payments;
 mod wallet;
 
 pub use auth::CurrentUser;
@@ -48,6 +49,7 @@ pub struct AppState {
     pub rtmp_host: String,
     pub chat: Arc<crate::chat::Chat>,
     pub points: crate::config::PointsConfig,
+    pub payments: Arc<crate::payments::Payments>,
     /// Long-lived connections (chat sockets) hold a token of this, so shutdown waits for
     /// their goodbyes; they watch `shutdown` to say them.
     pub tracker: tokio_util::task::TaskTracker,
@@ -75,6 +77,12 @@ pub fn app(state: AppState) -> Router {
         .route("/api/channels/{slug}/chat", get(chat::connect))
         .route("/api/channels/{slug}/donations", post(wallet::donate))
         .route("/api/wallet", get(wallet::wallet))
+        .route("/api/payments/products", get(payments::products))
+        .route("/api/payments/kakao/ready", post(payments::ready))
+        .route("/api/payments/kakao/approve", get(payments::approve))
+        .route("/api/payments/kakao/cancel", get(payments::payer_returned))
+        .route("/api/payments/kakao/fail", get(payments::payer_returned))
+        .route("/api/payments/{order_id}", get(payments::order))
         .route("/api/auth/signup", post(auth::signup))
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/refresh", post(auth::refresh))

@@ -23,7 +23,8 @@ pub enum AccountKind {
     Wallet,
     Earnings,
     Promotions,
-    // `kakao_pay` (the top-up clearing account) comes with payments.
+    /// Where top-ups come from: its balance is minus the points sold through Kakao Pay.
+    KakaoPay,
 }
 
 impl AccountKind {
@@ -32,6 +33,7 @@ impl AccountKind {
             AccountKind::Wallet => "wallet",
             AccountKind::Earnings => "earnings",
             AccountKind::Promotions => "promotions",
+            AccountKind::KakaoPay => "kakao_pay",
         }
     }
 }
@@ -103,14 +105,14 @@ pub struct DonationRequest {
 /// An outbox event id: the time in microseconds, then 64 random bits, in hex. Unique
 /// without coordination, and increasing, so new ids land at the end of the index (random
 /// ids would dirty a different index page on every insert, and WAL writes whole pages).
-fn event_id() -> String {
+pub(super) fn event_id() -> String {
     let micros = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros());
     format!("{micros:014x}{:016x}", rand::random::<u64>())
 }
 
-fn now() -> String {
+pub(super) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -205,7 +207,7 @@ impl Store {
     /// Records a ledger transaction moving `amount` between two accounts, with its outbox
     /// event. Returns the transaction id, its time and the source's new balance, or `None`
     /// if the source is a user's account without enough points (then nothing is written).
-    fn transfer(
+    pub(super) fn transfer(
         &self,
         kind: &str,
         from: (AccountKind, Option<i64>),

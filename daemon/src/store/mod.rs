@@ -9,11 +9,13 @@
 mod channels;
 mod chat;
 mod ledger;
+mod payments;
 mod users;
 
 pub use channels::{Channel, StreamKey};
 pub use chat::{ChatRoomRecord, Restriction};
 pub use ledger::{Donation, DonationRefused, DonationRequest, Entry, Wallet};
+pub use payments::{Order, OrderState, Verdict};
 pub use users::{RefreshRefused, Role, Session, User};
 
 use rusqlite::Connection;
@@ -158,6 +160,26 @@ fn migrations() -> Migrations<'static> {
             payload    TEXT NOT NULL,                      -- JSON
             created_at TEXT NOT NULL
         ) STRICT;",
+        ),
+        // Kakao Pay top-ups: one row per order, from `ready` to its final state.
+        M::up(
+            "CREATE TABLE payment_orders (
+            id             TEXT PRIMARY KEY,        -- our partner_order_id
+            user_id        INTEGER NOT NULL REFERENCES users (id),
+            product_id     TEXT NOT NULL,
+            points         INTEGER NOT NULL CHECK (points > 0),
+            price_krw      INTEGER NOT NULL CHECK (price_krw > 0),  -- the catalog price at ready
+            state          TEXT NOT NULL
+                           CHECK (state IN ('pending', 'approved', 'rejected', 'canceled', 'failed')),
+            tid            TEXT UNIQUE,             -- Kakao Pay's, once ready answered
+            pg_token       TEXT,                    -- from the payer's return, kept to retry approve
+            aid            TEXT,
+            transaction_id INTEGER UNIQUE REFERENCES ledger_transactions (id),
+            detail         TEXT NOT NULL DEFAULT '',
+            created_at     TEXT NOT NULL,
+            updated_at     TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX payment_orders_user ON payment_orders (user_id, created_at);",
         ),
     ])
 }

@@ -256,6 +256,20 @@ impl Daemon {
         ChatClient::connect(self.http, slug, token)
     }
 
+    /// Every ledger invariant, as the operator checks it (`commeowd wallet check`).
+    pub fn assert_ledger_balances(&self) {
+        let check = self.cli(&["wallet", "check"]);
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&check.stdout).trim(),
+            "The ledger balances."
+        );
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
     }
@@ -352,8 +366,13 @@ impl Response {
 }
 
 fn agent() -> ureq::Agent {
+    agent_following(10)
+}
+
+fn agent_following(redirects: u32) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
+        .max_redirects(redirects)
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .into()
@@ -435,6 +454,25 @@ pub fn try_send_json_with(
         }
     };
     try_read(response.ok()?)
+}
+
+/// A browser's form POST (no body), without following the redirect it answers with.
+pub fn post_form_no_redirect(url: &str) -> Response {
+    read(
+        agent_following(0)
+            .post(url)
+            .send_empty()
+            .expect("http request"),
+    )
+}
+
+/// A GET that does not follow redirects.
+pub fn get_no_redirect(url: &str, headers: &[(&str, &str)]) -> Response {
+    let mut request = agent_following(0).get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    read(request.call().expect("http request"))
 }
 
 pub fn get(url: &str) -> Response {

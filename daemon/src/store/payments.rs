@@ -1,0 +1,338 @@
+//! Kakao Pay orders: created when the viewer asks to pay, settled exactly once.
+//!
+//! An order holds the catalog price at `ready` time; nothing a browser sends later can
+//! change it. It stays `pending` until a verdict: `approved` (the points are credited from
+//! the `kakao_pay` account in the same SQL transaction), or `rejected` / `canceled` /
+//! `failed` (nothing credited). The first verdict wins: a replayed approval finds the order
+//! settled and credits nothing. Every verdict writes an outbox event with what Kakao Pay
+//! said (tid, aid, amounts), for the central side's reconciliation.
+
+use super::ledger::{event_id, now, AccountKind};
+use super::{Store, StoreError};
+use crate::config::Product;
+use rusqlite::{params, OptionalExtension, Row};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderState {
+    /// Waiting for the payer, or for Kakao Pay's answer.
+    Pending,
+    /// Paid and credited.
+    Approved,
+    /// Kakao Pay's approval did not match the order (amount, ids): canceled, not credited.
+    Rejected,
+    /// The payer stopped.
+    Canceled,
+    /// Kakao Pay declined, or could not start the payment.
+    Failed,
+}
+
+impl OrderState {
+    fn as_str(self) -> &'static str {
+        match self {
+            OrderState::Pending => "pending",
+            OrderState::Approved => "approved",
+            OrderState::Rejected => "rejected",
+            OrderState::Canceled => "canceled",
+            OrderState::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> OrderState {
+        match text {
+            "approved" => OrderState::Approved,
+            "rejected" => OrderState::Rejected,
+            "canceled" => OrderState::Canceled,
+            "failed" => OrderState::Failed,
+            _ => OrderState::Pending,
+        }
+    }
+}
+
+/// A top-up order. `tid` and `pg_token` stay on the box (the page needs neither).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Order {
+    pub order_id: String,
+    #[serde(skip)]
+    pub user_id: i64,
+    pub product_id: String,
+    pub points: i64,
+    pub price_krw: i64,
+    pub state: OrderState,
+    /// What happened, in a sentence for the viewer (empty while pending without news).
+    pub detail: String,
+    #[serde(skip)]
+    pub tid: Option<String>,
+    #[serde(skip)]
+    pub pg_token: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// How a pending order ends.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Kakao Pay approved this order's price for this order and user: credit the points.
+    /// `facts` is what Kakao Pay reported (aid, amount, approved_at).
+    Approved {
+        aid: String,
+        facts: serde_json::Value,
+    },
+    /// No points: `state` is rejected, canceled or failed.
+    Ended {
+        state: OrderState,
+        detail: String,
+        facts: serde_json::Value,
+    },
+}
+
+/// An order id (Kakao Pay's `partner_order_id`): time-ordered and unguessable.
+fn order_id() -> String {
+    format!("o{}", event_id())
+}
+
+const ORDER_COLUMNS: &str = "id, user_id, product_id, points, price_krw, state, detail, tid, \
+                             pg_token, created_at, updated_at";
+
+fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
+    Ok(Order {
+        order_id: row.get(0)?,
+        user_id: row.get(1)?,
+        product_id: row.get(2)?,
+        points: row.get(3)?,
+        price_krw: row.get(4)?,
+        state: OrderState::parse(&row.get::<_, String>(5)?),
+        detail: row.get(6)?,
+        tid: row.get(7)?,
+        pg_token: row.get(8)?,
+        created_at: row.get(9)?,
+        updated_at: row.get(10)?,
+    })
+}
+
+impl Store {
+    /// A new pending order for `product` at its catalog price.
+    pub fn create_order(&self, user_id: i64, product: &Product) -> Result<Order, StoreError> {
+        let id = order_id();
+        let at = now();
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO payment_orders
+                   (id, user_id, product_id, points, price_krw, state, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)",
+            )?
+            .execute(params![
+                id,
+                user_id,
+                product.id,
+                product.points,
+                product.price_krw,
+                at
+            ])?;
+        self.order(&id)?
+            .ok_or(StoreError::CommitFailed("the new order vanished".into()))
+    }
+
+    pub fn order(&self, id: &str) -> Result<Option<Order>, StoreError> {
+        let sql = format!("SELECT {ORDER_COLUMNS} FROM payment_orders WHERE id = ?1");
+        Ok(self
+            .conn()
+            .prepare_cached(&sql)?
+            .query_row(params![id], order_from_row)
+            .optional()?)
+    }
+
+    /// Records what arrived for a pending order: Kakao Pay's tid after `ready`, the
+    /// payer's pg_token on return, or news for the viewer. A settled order is left alone.
+    pub fn update_pending_order(
+        &self,
+        id: &str,
+        tid: Option<&str>,
+        pg_token: Option<&str>,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .prepare_cached(
+                "UPDATE payment_orders
+                 SET tid = COALESCE(?2, tid), pg_token = COALESCE(?3, pg_token), detail = ?4,
+                     updated_at = ?5
+                 WHERE id = ?1 AND state = 'pending'",
+            )?
+            .execute(params![id, tid, pg_token, detail, now()])?;
+        Ok(())
+    }
+
+    /// Settles a pending order once; the first verdict wins, and later ones get the order
+    /// as it stands. An approval credits the points in this same transaction.
+    pub fn settle_order(&self, id: &str, verdict: &Verdict) -> Result<Order, StoreError> {
+        let order = self.order(id)?.ok_or(StoreError::Invalid {
+            field: "order_id",
+            reason: "no such order",
+        })?;
+        if order.state != OrderState::Pending {
+            return Ok(order);
+        }
+        let mut event = serde_json::json!({
+            "order_id": order.order_id, "user_id": order.user_id,
+            "product_id": order.product_id, "points": order.points,
+            "price_krw": order.price_krw, "tid": order.tid,
+        });
+        let (state, aid, transaction, detail) = match verdict {
+            Verdict::Approved { aid, facts } => {
+                if let Some(object) = event.as_object_mut() {
+                    object.insert("aid".into(), aid.clone().into());
+                    object.insert("kakao_pay".into(), facts.clone());
+                }
+                let memo = format!("Kakao Pay top-up ({})", order.product_id);
+                let (transaction, _, _) = self
+                    .transfer(
+                        "topup",
+                        (AccountKind::KakaoPay, None),
+                        (AccountKind::Wallet, Some(order.user_id)),
+                        order.points,
+                        &memo,
+                        event,
+                    )?
+                    .ok_or(StoreError::CommitFailed(
+                        "the kakao_pay account refused a debit".into(),
+                    ))?;
+                let detail = format!("{} points added", order.points);
+                (
+                    OrderState::Approved,
+                    Some(aid.as_str()),
+                    Some(transaction),
+                    detail,
+                )
+            }
+            Verdict::Ended {
+                state,
+                detail,
+                facts,
+            } => {
+                if let Some(object) = event.as_object_mut() {
+                    object.insert("state".into(), state.as_str().into());
+                    object.insert("detail".into(), detail.clone().into());
+                    object.insert("kakao_pay".into(), facts.clone());
+                    object.insert("at".into(), now().into());
+                }
+                self.add_outbox_event("payment", &event)?;
+                (*state, None, None, detail.clone())
+            }
+        };
+        self.conn()
+            .prepare_cached(
+                "UPDATE payment_orders
+                 SET state = ?2, aid = ?3, transaction_id = ?4, detail = ?5, updated_at = ?6
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, state.as_str(), aid, transaction, detail, now()])?;
+        self.order(id)?
+            .ok_or(StoreError::CommitFailed("the order vanished".into()))
+    }
+
+    /// Adds to a settled order's story (a refund's outcome), with an outbox event.
+    pub fn note_order(
+        &self,
+        id: &str,
+        detail: &str,
+        facts: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .prepare_cached("UPDATE payment_orders SET detail = ?2, updated_at = ?3 WHERE id = ?1")?
+            .execute(params![id, detail, now()])?;
+        let event = serde_json::json!({"order_id": id, "detail": detail, "kakao_pay": facts,
+                                       "at": now()});
+        self.add_outbox_event("payment_note", &event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Role;
+
+    fn store_with_user() -> (tempfile::TempDir, Store, i64) {
+        let (dir, mut store) = Store::temporary();
+        let user = store
+            .add_user("viewer", "Viewer", "$argon2id$unused", Role::Viewer)
+            .expect("user");
+        (dir, store, user.id)
+    }
+
+    fn product() -> Product {
+        Product {
+            id: "points-1000".into(),
+            points: 1000,
+            price_krw: 1100,
+        }
+    }
+
+    #[test]
+    fn the_first_verdict_wins_and_credits_once() {
+        let (_dir, mut store, user) = store_with_user();
+        let order = store.create_order(user, &product()).expect("order");
+        assert_eq!(order.state, OrderState::Pending);
+        assert_eq!(order.price_krw, 1100);
+        let approved = Verdict::Approved {
+            aid: "A1".into(),
+            facts: serde_json::json!({"amount": {"total": 1100}}),
+        };
+        for _ in 0..3 {
+            let settled = store
+                .write(|s| s.settle_order(&order.order_id, &approved))
+                .expect("settle");
+            assert_eq!(settled.state, OrderState::Approved);
+        }
+        let rejected = Verdict::Ended {
+            state: OrderState::Rejected,
+            detail: "late".into(),
+            facts: serde_json::Value::Null,
+        };
+        let after = store
+            .write(|s| s.settle_order(&order.order_id, &rejected))
+            .expect("settle");
+        assert_eq!(
+            after.state,
+            OrderState::Approved,
+            "a later verdict changes nothing"
+        );
+        assert_eq!(store.wallet(user, 10).expect("wallet").balance, 1000);
+        assert!(store.ledger_problems().expect("check").is_empty());
+        let events: i64 = store
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM outbox WHERE type = 'topup'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(events, 1);
+    }
+
+    #[test]
+    fn an_ended_order_credits_nothing_and_leaves_an_event() {
+        let (_dir, mut store, user) = store_with_user();
+        let order = store.create_order(user, &product()).expect("order");
+        let verdict = Verdict::Ended {
+            state: OrderState::Rejected,
+            detail: "amount mismatch".into(),
+            facts: serde_json::json!({"amount": {"total": 1}}),
+        };
+        let settled = store
+            .write(|s| s.settle_order(&order.order_id, &verdict))
+            .expect("settle");
+        assert_eq!(settled.state, OrderState::Rejected);
+        assert_eq!(store.wallet(user, 10).expect("wallet").balance, 0);
+        let payload: String = store
+            .conn()
+            .query_row(
+                "SELECT payload FROM outbox WHERE type = 'payment'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("event");
+        assert!(payload.contains("\"state\":\"rejected\""), "{payload}");
+        assert!(payload.contains("\"total\":1"), "{payload}");
+    }
+}
