@@ -50,6 +50,8 @@ pub struct KakaoPayConfig {
     pub secret_key_file: Option<PathBuf>,
     /// How long one call to Kakao Pay may take.
     pub timeout_seconds: f64,
+    /// How often pending orders nobody is looking at are confirmed with Kakao Pay.
+    pub recheck_seconds: u64,
     /// The catalog: the only prices the box will ever charge.
     pub products: Vec<Product>,
 }
@@ -75,6 +77,7 @@ impl Default for KakaoPayConfig {
             cid: "TC0ONETIME".into(),
             secret_key_file: None,
             timeout_seconds: 10.0,
+            recheck_seconds: 60,
             products: vec![product(1_000), product(5_000), product(10_000)],
         }
     }
@@ -85,8 +88,8 @@ impl KakaoPayConfig {
         Duration::from_secs_f64(self.timeout_seconds)
     }
 
-    pub fn product(&self, id: &str) -> Option<&Product> {
-        self.products.iter().find(|p| p.id == id)
+    pub fn recheck_interval(&self) -> Duration {
+        Duration::from_secs(self.recheck_seconds)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -101,6 +104,12 @@ impl KakaoPayConfig {
             return invalid(
                 "kakao_pay.timeout_seconds",
                 "must be within 0.1..=120".into(),
+            );
+        }
+        if !(1..=86_400).contains(&self.recheck_seconds) {
+            return invalid(
+                "kakao_pay.recheck_seconds",
+                "must be within 1..=86400".into(),
             );
         }
         for (i, product) in self.products.iter().enumerate() {

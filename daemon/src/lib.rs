@@ -84,6 +84,11 @@ pub async fn run(
         config.kakao_pay.products.clone(),
         store.clone(),
     ));
+    tokio::spawn(
+        payments
+            .clone()
+            .sweep(config.kakao_pay.recheck_interval(), shutdown.clone()),
+    );
     tokio::spawn(chat.clone().run_ticker(shutdown.clone()));
     let app = http::app(http::AppState {
         store: store.clone(),

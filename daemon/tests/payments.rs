@@ -18,11 +18,16 @@ const SECRET: &str = "DEV1234567890ABCDEFSECRET";
 /// `fan` logged in. Returns the fan's access token too.
 fn venue() -> (FakeKakaoPay, Daemon, String) {
     let kakao = FakeKakaoPay::start(SECRET).expect("fake Kakao Pay");
+    venue_with(kakao, "")
+}
+
+/// [`venue`] with more `[kakao_pay]` keys, against `kakao`.
+fn venue_with(kakao: FakeKakaoPay, more: &str) -> (FakeKakaoPay, Daemon, String) {
     let secret_dir = tempfile::tempdir().expect("tempdir");
     let secret_file = secret_dir.path().join("kakao-secret");
     std::fs::write(&secret_file, format!("{SECRET}\n")).expect("secret");
     let config = format!(
-        "[kakao_pay]\nbase_url = \"{}\"\nsecret_key_file = \"{}\"\ntimeout_seconds = 1.0\n",
+        "[kakao_pay]\nbase_url = \"{}\"\nsecret_key_file = \"{}\"\ntimeout_seconds = 1.0\n{more}\n",
         kakao.base_url(),
         secret_file.display()
     );
@@ -315,6 +320,44 @@ fn kakao_pay_down_keeps_the_order_pending_and_a_later_look_settles_it() {
         |o| o["state"] == "approved",
     );
     assert_eq!(settled["points"], 1000);
+    assert_eq!(balance(&daemon, &fan), 1000);
+    daemon.assert_ledger_balances();
+}
+
+#[test]
+fn orders_nobody_looks_at_are_settled_by_the_box_itself() {
+    let kakao = FakeKakaoPay::start_with(SECRET, Duration::from_secs(6)).expect("fake");
+    let (kakao, daemon, fan) = venue_with(kakao, "recheck_seconds = 1");
+    // The payer came back while Kakao Pay was down, then closed the page.
+    let (paid, tid) = start(&daemon, &fan, "points-1000");
+    let approval = payer_presses(&kakao, &tid, "pay");
+    kakao.misbehave(Misbehaviour {
+        down: true,
+        ..Misbehaviour::default()
+    });
+    assert_eq!(arrive(&approval, None).status, 502);
+    // Kakao Pay is back; another payer opens its page and walks away.
+    kakao.misbehave(Misbehaviour::default());
+    let (abandoned, _) = start(&daemon, &fan, "points-5000");
+    // Nobody polls the orders; the wallet shows the points arrive, once.
+    common::poll_until(
+        Duration::from_secs(15),
+        "the box settles the paid order by itself",
+        || Some(balance(&daemon, &fan)),
+        |b| *b == 1000,
+    );
+    assert_eq!(
+        kakao.payment(&tid).expect("payment")["status"],
+        "SUCCESS_PAYMENT"
+    );
+    // The abandoned tid expires at Kakao Pay; the box sees it and closes the order.
+    common::poll_until(
+        Duration::from_secs(15),
+        "the abandoned order is closed",
+        || Some(order(&daemon, &fan, &abandoned).json()["state"].clone()),
+        |s| s == "canceled",
+    );
+    assert_eq!(order(&daemon, &fan, &paid).json()["state"], "approved");
     assert_eq!(balance(&daemon, &fan), 1000);
     daemon.assert_ledger_balances();
 }

@@ -270,6 +270,52 @@ impl Payments {
         }
     }
 
+    /// Confirms forgotten orders with Kakao Pay, every `interval` until `shutdown`: a payer
+    /// who returned while Kakao Pay was unreachable and closed the page still gets their
+    /// points, and an order abandoned on Kakao Pay's page ends once its tid expires.
+    pub async fn sweep(
+        self: std::sync::Arc<Self>,
+        interval: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        if self.kakao.is_none() {
+            return;
+        }
+        let idle = interval.as_secs().max(1);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            let stale = self
+                .store
+                .call(move |store| store.stale_orders(idle, 50))
+                .await;
+            let orders = match stale {
+                Ok(orders) => orders,
+                Err(error) => {
+                    tracing::warn!(%error, "could not list pending top-ups");
+                    continue;
+                }
+            };
+            for order in orders {
+                let id = order.order_id.clone();
+                let outcome = if order.pg_token.is_some() {
+                    self.recheck(order).await
+                } else {
+                    self.payer_returned(order).await
+                };
+                match outcome {
+                    Ok(order) if order.state != OrderState::Pending => {
+                        tracing::info!(order = %id, state = ?order.state, "pending top-up settled");
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::debug!(order = %id, %error, "top-up still pending"),
+                }
+            }
+        }
+    }
+
     /// Marks an attempt on an order; `None` if one is under way, or (unless `now`) one
     /// was made less than [`RECHECK_INTERVAL`] ago. Dropping the guard ends the attempt.
     fn attempt(&self, order_id: &str, now: bool) -> Option<Attempt<'_>> {

@@ -143,6 +143,24 @@ impl Store {
             .optional()?)
     }
 
+    /// Pending orders Kakao Pay has a tid for, least recently touched first, untouched for
+    /// at least `idle_seconds`: the ones to confirm with Kakao Pay.
+    pub fn stale_orders(&self, idle_seconds: u64, limit: usize) -> Result<Vec<Order>, StoreError> {
+        let before = (chrono::Utc::now() - chrono::Duration::seconds(idle_seconds as i64))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let sql = format!(
+            "SELECT {ORDER_COLUMNS} FROM payment_orders
+             WHERE state = 'pending' AND tid IS NOT NULL AND updated_at < ?1
+             ORDER BY updated_at LIMIT ?2"
+        );
+        let orders = self
+            .conn()
+            .prepare_cached(&sql)?
+            .query_map(params![before, limit as i64], order_from_row)?
+            .collect::<Result<_, _>>()?;
+        Ok(orders)
+    }
+
     /// Records what arrived for a pending order: Kakao Pay's tid after `ready`, the
     /// payer's pg_token on return, or news for the viewer. A settled order is left alone.
     pub fn update_pending_order(
