@@ -56,6 +56,10 @@ pub struct Authority {
     validation: Validation,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+    /// Ended sessions (logout, a stolen refresh token) whose access tokens may not have
+    /// expired yet. The store has them too; this copy lets every request check its token
+    /// without a database read (the store thread is the donation path's bottleneck).
+    revoked: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 pub fn now_seconds() -> u64 {
@@ -82,7 +86,24 @@ impl Authority {
             validation,
             access_ttl,
             refresh_ttl,
+            revoked: Default::default(),
         }
+    }
+
+    /// Marks a session ended, after the store has recorded it: its access tokens stop
+    /// working at once.
+    pub fn revoke(&self, session: &str) {
+        self.revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(session.to_string());
+    }
+
+    pub fn is_revoked(&self, session: &str) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(session)
     }
 
     /// A new random signing key (for the store to keep).

@@ -78,6 +78,13 @@ pub async fn run(
         config.auth.access_ttl(),
         config.auth.refresh_ttl(),
     );
+    let access_ttl = config.auth.access_token_seconds as i64;
+    for session in store
+        .call(move |store| store.revoked_sessions(access_ttl))
+        .await?
+    {
+        authority.revoke(&session);
+    }
     let chat = Arc::new(chat::Chat::new(config.chat.clone()));
     let payments = Arc::new(payments::Payments::new(
         kakao_pay,

@@ -202,8 +202,8 @@ fn refresh_rotates_and_a_reused_refresh_token_revokes_the_family() {
 }
 
 #[test]
-fn logout_ends_the_session_at_once() {
-    let daemon = Daemon::start("");
+fn logout_ends_the_session_at_once_and_for_good() {
+    let mut daemon = Daemon::start("");
     assert_eq!(
         signup(&daemon, "minji", "correct horse battery").status,
         201
@@ -223,6 +223,12 @@ fn logout_ends_the_session_at_once() {
         None,
     );
     assert_eq!(refreshed.error_code(), "session_revoked");
+    // The daemon keeps ended sessions in memory; a restart reloads them from the store.
+    let other = login(&daemon, "minji", "correct horse battery");
+    let other = other["access_token"].as_str().expect("access");
+    daemon.crash_and_restart();
+    assert_eq!(me(&daemon, access).error_code(), "session_revoked");
+    assert_eq!(me(&daemon, other).status, 200, "live sessions stay live");
 }
 
 #[test]

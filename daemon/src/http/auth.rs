@@ -62,12 +62,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<auth::Claims,
             }
             TokenError::Invalid => invalid_token(),
         })?;
-    let session = claims.sid.clone();
-    if state
-        .store
-        .call(move |store| store.session_revoked(&session))
-        .await?
-    {
+    if state.auth.is_revoked(&claims.sid) {
         return Err(unauthorized(
             "session_revoked",
             "this session has ended; log in again",
@@ -197,7 +192,8 @@ pub async fn refresh(
         .call(move |store| store.rotate_refresh_token(&old, &new, now, expires))
         .await?;
     let session = rotated.map_err(|refused| match refused {
-        RefreshRefused::Reused => {
+        RefreshRefused::Reused { family } => {
+            state.auth.revoke(&family);
             tracing::warn!("a refresh token was presented twice: its session is revoked");
             unauthorized(
                 "refresh_token_reused",
@@ -226,10 +222,12 @@ pub async fn logout(
     State(state): State<AppState>,
     CurrentUser(claims): CurrentUser,
 ) -> Result<StatusCode, ApiError> {
+    let session = claims.sid.clone();
     state
         .store
-        .call(move |store| store.revoke_session(&claims.sid))
+        .call(move |store| store.revoke_session(&session))
         .await?;
+    state.auth.revoke(&claims.sid);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -28,8 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-/// How often an authenticated socket's session is checked for revocation while it chats.
-const SESSION_RECHECK: Duration = Duration::from_secs(5);
 /// Frames written per flush at most, so one busy socket cannot hog its worker thread.
 const BATCH: usize = 64;
 /// WebSocket read buffer: chat frames are small, and this is memory every socket holds.
@@ -95,8 +93,6 @@ struct Identity {
     author: Author,
     expires: u64,
     session: String,
-    /// When the session was last found not revoked.
-    checked: Instant,
 }
 
 impl Identity {
@@ -107,7 +103,6 @@ impl Identity {
             author,
             expires: claims.exp,
             session: claims.sid,
-            checked: Instant::now(),
         })
     }
 }
@@ -342,7 +337,7 @@ impl ChatSocket {
         let action = match frame {
             Inbound::Auth { token } => return Some(self.authenticate(&token).await),
             Inbound::Chat { text } => {
-                let author = match self.author().await {
+                let author = match self.author() {
                     Ok(author) => author,
                     Err(why) => return Some(why.frame()),
                 };
@@ -357,7 +352,7 @@ impl ChatSocket {
             Inbound::Ban { user_id } => Moderation::Ban { user_id },
             Inbound::Unban { user_id } => Moderation::Unban { user_id },
         };
-        let author = match self.author().await {
+        let author = match self.author() {
             Ok(author) => author,
             Err(why) => return Some(why.frame()),
         };
@@ -373,30 +368,19 @@ impl ChatSocket {
     }
 
     /// The socket's author, if it authenticated, its token has not expired since, and its
-    /// session has not ended (re-checked every [`SESSION_RECHECK`], so logging out or a
-    /// stolen refresh token reaches open sockets within seconds, without a database read
-    /// per message).
-    async fn author(&mut self) -> Result<Author, Speak> {
+    /// session has not ended (checked per message, in memory: logging out or a stolen
+    /// refresh token silences open sockets at once).
+    fn author(&mut self) -> Result<Author, Speak> {
         let identity = self
             .identity
-            .as_mut()
+            .as_ref()
             .ok_or(Speak::Refused(Refusal::Unauthenticated))?;
         if crate::auth::now_seconds() >= identity.expires {
             return Err(Speak::Expired);
         }
-        if identity.checked.elapsed() >= SESSION_RECHECK {
-            let session = identity.session.clone();
-            let revoked = self
-                .state
-                .store
-                .call(move |store| store.session_revoked(&session))
-                .await
-                .map_err(Speak::Store)?;
-            if revoked {
-                self.identity = None;
-                return Err(Speak::Revoked);
-            }
-            identity.checked = Instant::now();
+        if self.state.auth.is_revoked(&identity.session) {
+            self.identity = None;
+            return Err(Speak::Revoked);
         }
         Ok(identity.author.clone())
     }
@@ -424,7 +408,6 @@ enum Speak {
     Refused(Refusal),
     Expired,
     Revoked,
-    Store(crate::store::StoreError),
 }
 
 impl Speak {
@@ -441,10 +424,6 @@ impl Speak {
                 "this session has ended; log in again",
                 None,
             ),
-            Speak::Store(e) => {
-                let error = ApiError::from(e);
-                error_frame(error.code, &error.message, None)
-            }
         }
     }
 }

@@ -90,13 +90,15 @@ fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
 }
 
 /// Why a refresh token was not accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshRefused {
     Unknown,
     Expired,
     Revoked,
-    /// Presented a second time: the family has now been revoked.
-    Reused,
+    /// Presented a second time: the family (named here) has now been revoked.
+    Reused {
+        family: String,
+    },
 }
 
 impl Store {
@@ -222,7 +224,9 @@ impl Store {
                 "UPDATE refresh_tokens SET revoked = 1 WHERE family = ?1",
                 params![family],
             )?;
-            Some(RefreshRefused::Reused)
+            Some(RefreshRefused::Reused {
+                family: family.clone(),
+            })
         } else if expires <= now {
             Some(RefreshRefused::Expired)
         } else {
@@ -260,6 +264,22 @@ impl Store {
             params![family],
         )?;
         Ok(())
+    }
+
+    /// Revoked sessions whose access tokens may still be unexpired (issued up to
+    /// `access_ttl_seconds` ago): the ones the token checker must know about at startup.
+    pub fn revoked_sessions(&self, access_ttl_seconds: i64) -> Result<Vec<String>, StoreError> {
+        // A family's last token was issued at most refresh_ttl before its expiry; a family
+        // whose every token expired over an access-token lifetime ago has no live token.
+        let horizon = crate::auth::now_seconds() as i64 - access_ttl_seconds;
+        let families = self
+            .conn()
+            .prepare(
+                "SELECT DISTINCT family FROM refresh_tokens WHERE revoked = 1 AND expires_at > ?1",
+            )?
+            .query_map(params![horizon], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(families)
     }
 
     pub fn session_revoked(&self, family: &str) -> Result<bool, StoreError> {
@@ -358,7 +378,9 @@ mod tests {
             store
                 .rotate_refresh_token(b"t1", b"t9", 12, 1_000)
                 .expect("db"),
-            Err(RefreshRefused::Reused)
+            Err(RefreshRefused::Reused {
+                family: "fam".into()
+            })
         );
         assert!(store.session_revoked("fam").expect("db"));
         assert_eq!(
