@@ -227,11 +227,18 @@ impl Store {
         )?
         .execute(params![kind, memo, at])?;
         let transaction = conn.last_insert_rowid();
+        // Each entry joins its account's chain (see the migration): it names the account's
+        // previous entry, and becomes the account's newest.
         let mut entry = conn.prepare_cached(
-            "INSERT INTO ledger_entries (transaction_id, account_id, amount) VALUES (?1, ?2, ?3)",
+            "INSERT INTO ledger_entries (transaction_id, account_id, amount, prev_entry_id)
+             VALUES (?1, ?2, ?3, (SELECT last_entry_id FROM ledger_accounts WHERE id = ?2))",
         )?;
-        entry.execute(params![transaction, source, -amount])?;
-        entry.execute(params![transaction, target, amount])?;
+        let mut newest =
+            conn.prepare_cached("UPDATE ledger_accounts SET last_entry_id = ?2 WHERE id = ?1")?;
+        for (account, change) in [(source, -amount), (target, amount)] {
+            entry.execute(params![transaction, account, change])?;
+            newest.execute(params![account, conn.last_insert_rowid()])?;
+        }
         let mut payload = event;
         if let Some(object) = payload.as_object_mut() {
             object.insert("transaction_id".into(), transaction.into());
@@ -289,11 +296,21 @@ impl Store {
         let entries = self
             .conn()
             .prepare_cached(
-                "SELECT t.id, a.kind, e.amount, t.kind, t.memo, t.created_at
-                 FROM ledger_entries e
+                // Walks each of the user's accounts' chains back `limit` entries, then
+                // takes the newest `limit` of those.
+                "WITH RECURSIVE chain (id, depth) AS (
+                     SELECT last_entry_id, 1 FROM ledger_accounts
+                     WHERE user_id = ?1 AND last_entry_id IS NOT NULL
+                     UNION ALL
+                     SELECT e.prev_entry_id, chain.depth + 1
+                     FROM chain JOIN ledger_entries e ON e.id = chain.id
+                     WHERE e.prev_entry_id IS NOT NULL AND chain.depth < ?2
+                 )
+                 SELECT t.id, a.kind, e.amount, t.kind, t.memo, t.created_at
+                 FROM chain
+                 JOIN ledger_entries e ON e.id = chain.id
                  JOIN ledger_accounts a ON a.id = e.account_id
                  JOIN ledger_transactions t ON t.id = e.transaction_id
-                 WHERE a.user_id = ?1
                  ORDER BY e.id DESC LIMIT ?2",
             )?
             .query_map(params![user_id, limit as i64], |r| {
@@ -430,15 +447,33 @@ impl Store {
         let drifted: Vec<(i64, i64, i64)> = self
             .conn()
             .prepare(
-                "SELECT a.id, a.balance, COALESCE(SUM(e.amount), 0) FROM ledger_accounts a
-                 LEFT JOIN ledger_entries e ON e.account_id = a.id
-                 GROUP BY a.id HAVING a.balance != COALESCE(SUM(e.amount), 0)",
+                "SELECT a.id, a.balance, COALESCE(s.total, 0) FROM ledger_accounts a
+                 LEFT JOIN (SELECT account_id, SUM(amount) AS total FROM ledger_entries
+                            GROUP BY account_id) s ON s.account_id = a.id
+                 WHERE a.balance != COALESCE(s.total, 0)",
             )?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?;
         for (id, balance, sum) in drifted {
             problems.push(format!(
                 "account {id} has balance {balance} but entries sum to {sum}"
+            ));
+        }
+        // The chains the statements walk: every entry on its account's chain, once.
+        let unchained: i64 = self.conn().query_row(
+            "WITH RECURSIVE chain (id) AS (
+                 SELECT last_entry_id FROM ledger_accounts WHERE last_entry_id IS NOT NULL
+                 UNION ALL
+                 SELECT e.prev_entry_id FROM chain JOIN ledger_entries e ON e.id = chain.id
+                 WHERE e.prev_entry_id IS NOT NULL
+             )
+             SELECT (SELECT COUNT(*) FROM ledger_entries) - (SELECT COUNT(DISTINCT id) FROM chain)",
+            [],
+            |r| r.get(0),
+        )?;
+        if unchained != 0 {
+            problems.push(format!(
+                "{unchained} entries are missing from their account's chain"
             ));
         }
         let negative: i64 = self.conn().query_row(

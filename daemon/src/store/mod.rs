@@ -181,6 +181,19 @@ fn migrations() -> Migrations<'static> {
         ) STRICT;
         CREATE INDEX payment_orders_user ON payment_orders (user_id, created_at);",
         ),
+        // Each account's entries as a chain (newest on the account, each entry naming the
+        // one before) instead of an index by account: a donation then changes no page at
+        // a place picked by its donor, which was a third of the write path's disk pages.
+        M::up(
+            "ALTER TABLE ledger_entries ADD COLUMN prev_entry_id INTEGER REFERENCES ledger_entries (id);
+        ALTER TABLE ledger_accounts ADD COLUMN last_entry_id INTEGER REFERENCES ledger_entries (id);
+        UPDATE ledger_entries SET prev_entry_id =
+            (SELECT MAX(p.id) FROM ledger_entries p
+             WHERE p.account_id = ledger_entries.account_id AND p.id < ledger_entries.id);
+        UPDATE ledger_accounts SET last_entry_id =
+            (SELECT MAX(e.id) FROM ledger_entries e WHERE e.account_id = ledger_accounts.id);
+        DROP INDEX ledger_entries_account;",
+        ),
     ])
 }
 
@@ -223,6 +236,10 @@ impl Store {
         conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
         conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // 32 MB of page cache (the default is 2 MB): the ledger's indexes are touched at
+        // scattered places (one leaf per donor), and a page found in the cache is a page
+        // not read back from the OS before every change.
+        conn.pragma_update(None, "cache_size", -32 * 1024)?;
         migrations().to_latest(&mut conn)?;
         Ok(Store { conn })
     }
@@ -264,6 +281,53 @@ const STORE_QUEUE: usize = 1024;
 /// Writes committed together at most.
 const GROUP_LIMIT: usize = 256;
 
+/// How often the checkpointer copies committed WAL pages into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Copies committed pages from the WAL into the database file on a connection and thread
+/// of its own (a passive checkpoint: it never waits for, nor blocks, the writer). Without
+/// it, the writer's automatic checkpoint copies ~16 MB at once after some commit, and the
+/// donations waiting behind that commit wait tens of milliseconds more. The writer keeps
+/// its automatic checkpoint, which now finds nearly everything copied already: it only
+/// finishes the tail, so the WAL can restart from the beginning.
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn spawn(path: &Path) -> std::io::Result<Checkpointer> {
+        let conn = Connection::open(path).map_err(std::io::Error::other)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_INTERVAL)
+                {
+                    let done = conn
+                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0));
+                    if let Err(error) = done {
+                        tracing::warn!(%error, "WAL checkpoint failed");
+                    }
+                }
+            })?;
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A cheap, cloneable way to run work on the store thread from async code.
 #[derive(Clone)]
 pub struct StoreHandle {
@@ -275,6 +339,10 @@ impl StoreHandle {
     /// closing the connection (which checkpoints the WAL).
     pub fn spawn(store: Store) -> std::io::Result<(StoreHandle, std::thread::JoinHandle<()>)> {
         let (jobs, mut inbox) = mpsc::channel::<Job>(STORE_QUEUE);
+        let checkpointer = match store.conn().path().filter(|p| !p.is_empty()) {
+            Some(path) => Some(Checkpointer::spawn(Path::new(path))?),
+            None => None,
+        };
         let thread = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
@@ -288,6 +356,9 @@ impl StoreHandle {
                         }
                     }
                 }
+                // The checkpointer first, so the writer's connection is the last one and
+                // its close checkpoints what is left.
+                drop(checkpointer);
                 drop(store);
                 tracing::debug!("store closed");
             })?;
@@ -415,6 +486,32 @@ fn run_in_savepoint(store: &mut Store, job: GroupedWork) -> (Answer, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_written_before_the_chains_are_chained_by_the_migration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("commeow.db");
+        let mut conn = Connection::open(&path).expect("open");
+        migrations().to_version(&mut conn, 6).expect("schema 6");
+        conn.execute_batch(
+            "INSERT INTO users (id, username, nickname, password_hash, role, created_at)
+                 VALUES (1, 'fan', 'Fan', 'x', 'viewer', 'now');
+             INSERT INTO ledger_accounts (id, kind, user_id, balance) VALUES
+                 (1, 'promotions', NULL, -300), (2, 'wallet', 1, 300);
+             INSERT INTO ledger_transactions (id, kind, memo, created_at) VALUES
+                 (1, 'grant', '', 'now'), (2, 'grant', '', 'now');
+             INSERT INTO ledger_entries (id, transaction_id, account_id, amount) VALUES
+                 (1, 1, 1, -100), (2, 1, 2, 100), (3, 2, 1, -200), (4, 2, 2, 200);",
+        )
+        .expect("old rows");
+        drop(conn);
+        let store = Store::open(&path).expect("migrate to the latest");
+        assert!(store.ledger_problems().expect("check").is_empty());
+        let wallet = store.wallet(1, 10).expect("wallet");
+        assert_eq!(wallet.balance, 300);
+        let amounts: Vec<i64> = wallet.entries.iter().map(|e| e.amount).collect();
+        assert_eq!(amounts, [200, 100], "newest first, the user's entries only");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn grouped_writes_commit_together_and_a_failure_undoes_only_itself() {
