@@ -102,7 +102,7 @@ pub struct DonationRequest {
     pub idempotency_key: String,
 }
 
-/// An outbox event id: the time in microseconds, then 64 random bits, in hex. Unique
+/// A time-ordered unique id: the time in microseconds, then 64 random bits, in hex. Unique
 /// without coordination, and increasing, so new ids land at the end of the index (random
 /// ids would dirty a different index page on every insert, and WAL writes whole pages).
 pub(super) fn event_id() -> String {

@@ -194,6 +194,25 @@ fn migrations() -> Migrations<'static> {
             (SELECT MAX(e.id) FROM ledger_entries e WHERE e.account_id = ledger_accounts.id);
         DROP INDEX ledger_entries_account;",
         ),
+        // Idempotency keys indexed key first: keys that grow with time (our page makes
+        // them so, like UUIDv7) then land at the end of the index, where every donation's
+        // page is the same page, instead of one page per donor. Random keys work as well.
+        M::up(
+            "CREATE TABLE donations_by_key (
+            id              INTEGER PRIMARY KEY,
+            transaction_id  INTEGER NOT NULL UNIQUE REFERENCES ledger_transactions (id),
+            channel_id      INTEGER NOT NULL REFERENCES channels (id),
+            donor_id        INTEGER NOT NULL REFERENCES users (id),
+            amount          INTEGER NOT NULL CHECK (amount > 0),
+            message         TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            created_at      TEXT NOT NULL,
+            UNIQUE (idempotency_key, donor_id)
+        ) STRICT;
+        INSERT INTO donations_by_key SELECT * FROM donations;
+        DROP TABLE donations;
+        ALTER TABLE donations_by_key RENAME TO donations;",
+        ),
     ])
 }
 

@@ -61,7 +61,10 @@ async fn client(
             .header("host", &addr)
             .header("authorization", format!("Bearer {token}"))
             .header("content-type", "application/json")
-            .header("idempotency-key", format!("c{id}-{n}"))
+            .header(
+                "idempotency-key",
+                commeow_bench::idempotency_key(id as u64, n),
+            )
             .body(Full::new(Bytes::from_static(br#"{"amount":100}"#)))?;
         sender.ready().await?;
         let response = sender.send_request(request).await?;

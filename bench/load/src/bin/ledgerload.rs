@@ -63,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
                     donor_nickname: "Donor".into(),
                     amount: 100,
                     message: String::new(),
-                    idempotency_key: format!("{task}-{n}"),
+                    idempotency_key: commeow_bench::idempotency_key(task as u64, n),
                 };
                 let outcome = handle.write(move |s| s.donate(&request)).await;
                 if !matches!(outcome, Ok(Ok(_))) {
