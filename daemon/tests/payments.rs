@@ -275,6 +275,13 @@ fn someone_else_cannot_approve_or_see_an_order() {
         "/api/payments/kakao/approve?order_id={order_id}&pg_token=%3Cscript%3E"
     ));
     assert_eq!(arrive(&bad_token, None).status, 400);
+    // A well-formed made-up pg_token: Kakao Pay refuses it, and the order waits.
+    let guessed = daemon.url(&format!(
+        "/api/payments/kakao/approve?order_id={order_id}&pg_token=1234567890"
+    ));
+    let guessed = arrive(&guessed, None);
+    assert_eq!(guessed.status, 409, "{guessed:?}");
+    assert_eq!(guessed.error_code(), "payment_pending");
     // The payer's own return still works, and the points go to the payer's account.
     assert_eq!(arrive(&approval, Some(&fan)).status, 200);
     assert_eq!(balance(&daemon, &fan), 1000);

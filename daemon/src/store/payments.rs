@@ -162,7 +162,8 @@ impl Store {
     }
 
     /// Records what arrived for a pending order: Kakao Pay's tid after `ready`, the
-    /// payer's pg_token on return, or news for the viewer. A settled order is left alone.
+    /// payer's pg_token on return (the first one kept: a later, made-up one cannot replace
+    /// it), or news for the viewer. A settled order is left alone.
     pub fn update_pending_order(
         &self,
         id: &str,
@@ -173,7 +174,7 @@ impl Store {
         self.conn()
             .prepare_cached(
                 "UPDATE payment_orders
-                 SET tid = COALESCE(?2, tid), pg_token = COALESCE(?3, pg_token), detail = ?4,
+                 SET tid = COALESCE(?2, tid), pg_token = COALESCE(pg_token, ?3), detail = ?4,
                      updated_at = ?5
                  WHERE id = ?1 AND state = 'pending'",
             )?
