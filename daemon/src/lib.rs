@@ -112,6 +112,7 @@ pub async fn run(
         )),
         rtmp_port,
         rtmp_host: cli::public_rtmp_host(&config),
+        segment_seconds: config.hls.target_duration,
         chat,
         points: config.points.clone(),
         payments,

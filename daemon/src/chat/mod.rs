@@ -75,6 +75,11 @@ impl Chat {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Sockets open on channel `slug`'s chat (0 if nobody opened it yet).
+    pub fn viewers(&self, slug: &str) -> usize {
+        self.rooms().get(slug).map_or(0, |room| room.viewers())
+    }
+
     /// The room of channel `slug`, or `None` if there is no such channel. Rooms live as
     /// long as the daemon: there are as many as channels, and each is small.
     pub async fn room(

@@ -14,14 +14,26 @@ pub struct ChannelView {
     slug: String,
     title: String,
     live: bool,
+    /// The streamer who owns the channel: `{id, nickname}`, or null for an operator's.
+    streamer: Option<Streamer>,
+    /// Sockets open on the channel's chat: the people watching the page.
+    viewers: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Streamer {
+    id: i64,
+    nickname: String,
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ChannelView>>, ApiError> {
-    let channels = state.store.call(|store| store.list_channels()).await?;
+    let channels = state.store.call(|store| store.channel_listing()).await?;
     let mut views: Vec<ChannelView> = channels
         .into_iter()
-        .map(|c| ChannelView {
+        .map(|(c, owner)| ChannelView {
             live: state.broadcasts.get(&c.slug).is_some_and(|b| b.is_live()),
+            viewers: state.chat.viewers(&c.slug),
+            streamer: owner.map(|(id, nickname)| Streamer { id, nickname }),
             slug: c.slug,
             title: c.title,
         })
@@ -41,6 +53,15 @@ pub struct KeyAnswer {
 }
 
 fn key_answer(state: &AppState, headers: &HeaderMap, slug: String, key: &StreamKey) -> KeyAnswer {
+    KeyAnswer {
+        slug,
+        stream_key: key.as_str().to_string(),
+        rtmp_url: obs_server(state, headers),
+    }
+}
+
+/// OBS's "Server" for a streamer whose browser reached the box at this request's `Host`.
+fn obs_server(state: &AppState, headers: &HeaderMap) -> String {
     // The streamer's browser reached the box by some name or address; OBS on the same
     // network can use the same one.
     let host = headers
@@ -53,11 +74,22 @@ fn key_answer(state: &AppState, headers: &HeaderMap, slug: String, key: &StreamK
         .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
         .filter(|h| !h.is_empty())
         .unwrap_or(&state.rtmp_host);
-    KeyAnswer {
-        slug,
-        stream_key: key.as_str().to_string(),
-        rtmp_url: crate::cli::obs_server_url(host, state.rtmp_port),
-    }
+    crate::cli::obs_server_url(host, state.rtmp_port)
+}
+
+/// `GET /api/obs`: the OBS settings the dashboard shows (the key is shown only when made).
+pub async fn obs_settings(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "server": obs_server(&state, &headers),
+        // One keyframe per segment: segments are cut at keyframes.
+        "keyframe_interval_seconds": state.segment_seconds.round().max(1.0),
+        // What venue Wi-Fi carries to many phones comfortably.
+        "video_bitrate_kbps": 4500,
+        "resolution": "1920x1080 30fps",
+    }))
 }
 
 fn forbidden(message: &str) -> ApiError {

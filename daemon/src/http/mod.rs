@@ -32,6 +32,7 @@ mod channels;
 mod chat;
 mod payments;
 mod wallet;
+mod web;
 
 pub use auth::CurrentUser;
 
@@ -47,6 +48,8 @@ pub struct AppState {
     /// `Host` does not say.
     pub rtmp_port: u16,
     pub rtmp_host: String,
+    /// The HLS segment target: the keyframe interval OBS should use.
+    pub segment_seconds: f64,
     pub chat: Arc<crate::chat::Chat>,
     pub points: crate::config::PointsConfig,
     pub payments: Arc<crate::payments::Payments>,
@@ -88,8 +91,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/auth/refresh", post(auth::refresh))
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/me", get(auth::me))
+        .route("/api/obs", get(channels::obs_settings))
+        .route("/assets/{name}", get(web::asset))
         .merge(hls)
-        .fallback(|| async { ApiError::not_found("no such page") })
+        .fallback(fallback)
         .with_state(state)
 }
 
@@ -173,6 +178,17 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Unknown API and media paths are JSON 404s; any other GET is a page of the web app.
+async fn fallback(method: Method, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    let path = uri.path();
+    let api =
+        path.starts_with("/api/") || path.starts_with("/hls/") || path.starts_with("/assets/");
+    if method == Method::GET && !api {
+        return web::page(&headers);
+    }
+    ApiError::not_found("no such page").into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {

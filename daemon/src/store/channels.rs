@@ -18,6 +18,9 @@ pub struct Channel {
     pub created_at: String,
 }
 
+/// A channel's streamer: user id and nickname.
+pub type Owner = (i64, String);
+
 /// A stream key in the clear. Exists only between creation and being shown once, and
 /// between arriving in a publish request and being hashed.
 #[derive(Clone, PartialEq, Eq)]
@@ -161,6 +164,21 @@ impl Store {
             .conn()
             .prepare_cached("SELECT slug, title, created_at FROM channels ORDER BY slug")?;
         let rows = statement.query_map([], channel_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every channel with its streamer (owner id and nickname; `None` for an operator's
+    /// channel), for the public list.
+    pub fn channel_listing(&self) -> Result<Vec<(Channel, Option<Owner>)>, StoreError> {
+        let mut statement = self.conn().prepare_cached(
+            "SELECT c.slug, c.title, c.created_at, u.id, u.nickname
+             FROM channels c LEFT JOIN users u ON u.id = c.owner_id ORDER BY c.slug",
+        )?;
+        let rows = statement.query_map([], |row| {
+            let owner: Option<i64> = row.get(3)?;
+            let nickname: Option<String> = row.get(4)?;
+            Ok((channel_from_row(row)?, owner.zip(nickname)))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -1,0 +1,490 @@
+// Commeow's web app: channel list, watch page (player, chat, donations), top-up with Kakao
+// Pay, sign-up and log-in, streamer dashboard. No framework and nothing from the internet:
+// the box serves everything. Every piece of text from the network goes into the page as
+// text (textContent), never as HTML; tokens live in localStorage and travel only in
+// Authorization headers and the chat's auth frame, never in URLs.
+
+const TEXT = {
+  ko: {
+    channels: "채널", live: "방송 중", offline: "방송 전", viewers: "명 시청", login: "로그인",
+    signup: "회원가입", logout: "로그아웃", topup: "충전", dashboard: "방송 관리",
+    noChannels: "아직 채널이 없어요.", brb: "잠시 후 돌아올게요", brbNote: "방송이 다시 시작되면 자동으로 재생돼요.",
+    unmute: "🔇 눌러서 소리 켜기", chatLogin: "로그인하면 채팅할 수 있어요", send: "보내기",
+    say: "메시지 보내기", donate: "후원", balance: "잔액", points: "포인트", message: "메시지 (선택)",
+    donated: "후원했어요!", username: "아이디", password: "비밀번호", nickname: "닉네임",
+    haveAccount: "계정이 있나요?", noAccount: "처음인가요?", products: "충전할 포인트를 고르세요",
+    payPhone: "휴대폰으로 QR 코드를 찍어 카카오페이로 결제하세요", payPc: "PC에서 결제하기",
+    waiting: "결제를 기다리는 중…", paid: "충전 완료!", newBalance: "새 잔액", payFailed: "결제가 완료되지 않았어요",
+    topupsOff: "이 장소에서는 충전을 할 수 없어요.", checkPc: "결제가 처리되었어요. 화면을 확인하세요.",
+    myChannels: "내 채널", newChannel: "새 채널 만들기", slug: "주소 (영문 소문자, 숫자, -)", title: "제목",
+    create: "만들기", rotate: "스트림 키 새로 만들기", keyOnce: "스트림 키는 지금 한 번만 보여요. 복사해 두세요.",
+    copy: "복사", copied: "복사됨", obs: "OBS 설정", server: "서버", streamKey: "스트림 키",
+    keyframes: "키프레임 간격", bitrate: "비트레이트", recent: "최근 후원", none: "아직 없어요.",
+    streamersOnly: "방송 관리는 스트리머 계정으로 로그인해야 해요.", notFound: "찾을 수 없어요.",
+    anonymous: "익명", deleted: "삭제된 메시지",
+  },
+  en: {
+    channels: "Channels", live: "LIVE", offline: "Offline", viewers: " watching", login: "Log in",
+    signup: "Sign up", logout: "Log out", topup: "Top up", dashboard: "Dashboard",
+    noChannels: "No channels yet.", brb: "Be right back", brbNote: "Playback resumes by itself when the stream returns.",
+    unmute: "🔇 Tap to unmute", chatLogin: "Log in to chat", send: "Send",
+    say: "Say something", donate: "Donate", balance: "Balance", points: "points", message: "Message (optional)",
+    donated: "Thank you!", username: "Username", password: "Password", nickname: "Nickname",
+    haveAccount: "Have an account?", noAccount: "New here?", products: "Choose a top-up",
+    payPhone: "Scan the QR code with your phone to pay with Kakao Pay", payPc: "Pay on this PC",
+    waiting: "Waiting for the payment…", paid: "Topped up!", newBalance: "New balance", payFailed: "The payment did not go through",
+    topupsOff: "Top-ups are not available at this venue.", checkPc: "Payment processed. Check the other screen.",
+    myChannels: "My channels", newChannel: "New channel", slug: "Address (a-z, 0-9, -)", title: "Title",
+    create: "Create", rotate: "New stream key", keyOnce: "The stream key is shown this once. Copy it now.",
+    copy: "Copy", copied: "Copied", obs: "OBS settings", server: "Server", streamKey: "Stream key",
+    keyframes: "Keyframe interval", bitrate: "Bitrate", recent: "Recent donations", none: "None yet.",
+    streamersOnly: "Log in with a streamer account to manage channels.", notFound: "Not found.",
+    anonymous: "anonymous", deleted: "message deleted",
+  },
+};
+
+let lang = localStorage.getItem("lang") || (navigator.language.startsWith("ko") ? "ko" : "en");
+if (!TEXT[lang]) lang = "ko";
+const t = (key) => TEXT[lang][key] ?? key;
+
+// ---- DOM: elements from tag, attributes and children; strings become text nodes. ----
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === false || value == null) continue;
+    if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else if (name === "class") el.className = value;
+    else el.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child == null || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+const main = () => document.getElementById("main");
+function show(...nodes) {
+  main().replaceChildren(...nodes);
+}
+
+// ---- Session and API ----
+const session = {
+  get access() { return localStorage.getItem("access_token"); },
+  get refresh() { return localStorage.getItem("refresh_token"); },
+  save(pair) {
+    localStorage.setItem("access_token", pair.access_token);
+    localStorage.setItem("refresh_token", pair.refresh_token);
+  },
+  clear() {
+    localStorage.removeItem("access_token");
+    localStorage.removeItem("refresh_token");
+    me = null;
+  },
+};
+let me = null;
+
+class ApiError extends Error {
+  constructor(status, code, message) { super(message); this.status = status; this.code = code; }
+}
+
+async function api(method, path, body, headers = {}) {
+  const send = () => fetch(path, {
+    method,
+    headers: {
+      ...(body ? { "content-type": "application/json" } : {}),
+      ...(session.access ? { authorization: `Bearer ${session.access}` } : {}),
+      ...headers,
+    },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  let response = await send();
+  if (response.status === 401 && session.refresh) {
+    const error = await response.clone().json().catch(() => ({}));
+    if (error?.error?.code === "token_expired" && await refreshTokens()) response = await send();
+  }
+  const data = await response.json().catch(() => null);
+  if (!response.ok) {
+    throw new ApiError(response.status, data?.error?.code ?? "error", data?.error?.message ?? response.statusText);
+  }
+  return data;
+}
+
+async function refreshTokens() {
+  const response = await fetch("/api/auth/refresh", {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ refresh_token: session.refresh }),
+  });
+  if (!response.ok) { session.clear(); return false; }
+  session.save(await response.json());
+  return true;
+}
+
+async function whoAmI() {
+  if (!session.access) return null;
+  try { me = await api("GET", "/api/me"); } catch { session.clear(); }
+  return me;
+}
+
+/// An Idempotency-Key that grows with time (like UUIDv7): the box indexes keys in order.
+function idempotencyKey() {
+  const random = crypto.getRandomValues(new Uint32Array(2));
+  return `${(Date.now() * 1000).toString(16).padStart(14, "0")}-${random[0].toString(16)}${random[1].toString(16)}`;
+}
+
+// ---- Header ----
+function renderNav() {
+  const nav = document.getElementById("nav");
+  const links = [h("a", { href: "/" }, t("channels"))];
+  if (me) {
+    links.push(h("a", { href: "/topup" }, t("topup")));
+    if (me.role === "streamer" || me.role === "admin") links.push(h("a", { href: "/dashboard" }, t("dashboard")));
+    links.push(h("span", { class: "muted", id: "me" }, me.nickname));
+    links.push(h("button", { onclick: async () => {
+      await api("POST", "/api/auth/logout").catch(() => {});
+      session.clear(); go("/");
+    } }, t("logout")));
+  } else {
+    const here = ["/login", "/signup"].includes(location.pathname) ? "/" : location.pathname;
+    links.push(h("a", { href: `/login?next=${encodeURIComponent(here)}` }, t("login")));
+  }
+  links.push(h("button", { id: "lang", onclick: () => {
+    lang = lang === "ko" ? "en" : "ko";
+    localStorage.setItem("lang", lang);
+    document.documentElement.lang = lang;
+    route();
+  } }, lang === "ko" ? "English" : "한국어"));
+  nav.replaceChildren(...links);
+}
+
+// ---- Pages ----
+let leave = () => {};
+
+async function channelList() {
+  const list = h("ul", { class: "cards", id: "channels" });
+  show(h("h2", {}, t("channels")), list);
+  const refresh = async () => {
+    const channels = await api("GET", "/api/channels").catch(() => null);
+    if (!channels) return;
+    list.replaceChildren(...(channels.length ? channels.map((c) => h("li", {},
+      h("a", { class: "card", href: `/c/${encodeURIComponent(c.slug)}`, "data-slug": c.slug },
+        h("span", { class: c.live ? "badge live" : "badge" }, c.live ? t("live") : t("offline")),
+        h("h3", {}, c.title || c.slug),
+        h("div", { class: "muted" }, c.streamer?.nickname ?? ""),
+        c.live ? h("div", { class: "muted viewers" }, `${c.viewers}${t("viewers")}`) : null))) : [h("li", { class: "muted" }, t("noChannels"))]));
+  };
+  await refresh();
+  const timer = setInterval(refresh, 3000);
+  leave = () => clearInterval(timer);
+}
+
+let hlsLoaded;
+function loadHls() {
+  hlsLoaded ??= new Promise((resolve, reject) => {
+    document.head.append(h("script", { src: "/assets/hls.light.min.js", onload: resolve, onerror: reject }));
+  });
+  return hlsLoaded;
+}
+
+async function watch(slug) {
+  const video = h("video", { id: "video", muted: true, autoplay: true, playsinline: true });
+  video.muted = true;
+  const unmute = h("button", { class: "unmute primary", id: "unmute", onclick: () => {
+    video.muted = false; unmute.classList.add("hidden");
+  } }, t("unmute"));
+  const brb = h("div", { class: "overlay hidden", id: "brb" }, h("strong", {}, t("brb")), h("span", { class: "muted" }, t("brbNote")));
+  const viewers = h("span", { class: "muted", id: "viewer-count" });
+  const title = h("h2", { id: "title" }, slug);
+  const chat = chatPanel(slug, viewers);
+  const donate = me ? donatePanel(slug) : null;
+  show(title, h("div", { class: "watch" },
+    h("div", {}, h("div", { class: "stage" }, video, brb, unmute), h("p", { class: "row" }, viewers), donate),
+    chat.element));
+
+  let player = null;
+  let playing = false;
+  const start = async () => {
+    await loadHls();
+    const source = `/hls/${encodeURIComponent(slug)}/master.m3u8`;
+    if (window.Hls?.isSupported()) {
+      player = new window.Hls({ lowLatencyMode: true, liveSyncDurationCount: 1, maxLiveSyncPlaybackRate: 1.5, backBufferLength: 10 });
+      player.on(window.Hls.Events.ERROR, (_, data) => { if (data.fatal) stop(); });
+      player.loadSource(source);
+      player.attachMedia(video);
+    } else if (video.canPlayType("application/vnd.apple.mpegurl")) {
+      video.src = source; // Safari and iOS play HLS themselves.
+    }
+    video.play().catch(() => {});
+    playing = true;
+    brb.classList.add("hidden");
+  };
+  const stop = () => {
+    player?.destroy(); player = null;
+    video.removeAttribute("src"); video.load();
+    playing = false;
+    brb.classList.remove("hidden");
+  };
+  // The channel list says whether the stream is live: start when it is, show "be right
+  // back" when it stops, and start again when the streamer returns.
+  const check = async () => {
+    const channels = await api("GET", "/api/channels").catch(() => null);
+    const channel = channels?.find((c) => c.slug === slug);
+    if (!channel) { if (channels) show(h("p", {}, t("notFound"))); return; }
+    title.textContent = channel.title || slug;
+    if (channel.live && !playing) await start();
+    else if (!channel.live && playing) stop();
+    else if (!channel.live) brb.classList.remove("hidden");
+  };
+  await check();
+  const timer = setInterval(check, 2000);
+  leave = () => { clearInterval(timer); chat.close(); player?.destroy(); };
+}
+
+function chatPanel(slug, viewers) {
+  const lines = h("ol", { id: "chat-lines" });
+  const input = h("input", { id: "chat-input", maxlength: "300", placeholder: t("say"), autocomplete: "off" });
+  const status = h("div", { class: "error", id: "chat-error" });
+  const form = me
+    ? h("form", { onsubmit: (e) => {
+      e.preventDefault();
+      if (!input.value.trim() || socket?.readyState !== WebSocket.OPEN) return;
+      socket.send(JSON.stringify({ type: "chat", text: input.value }));
+      input.value = "";
+    } }, input, h("button", { class: "primary", id: "chat-send" }, t("send")))
+    : h("p", { class: "muted", id: "chat-login" }, h("a", { href: `/login?next=${encodeURIComponent(location.pathname)}` }, t("chatLogin")));
+  const element = h("section", { class: "panel chat" }, lines, status, form);
+  const add = (node) => {
+    const atBottom = lines.scrollHeight - lines.scrollTop - lines.clientHeight < 40;
+    lines.append(node);
+    while (lines.children.length > 200) lines.firstChild.remove();
+    if (atBottom) lines.scrollTop = lines.scrollHeight;
+  };
+  let socket = null;
+  let closed = false;
+  let backoff = 500;
+  const connect = () => {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    socket = new WebSocket(`${scheme}://${location.host}/api/channels/${encodeURIComponent(slug)}/chat`);
+    socket.onopen = () => {
+      backoff = 500;
+      if (session.access) socket.send(JSON.stringify({ type: "auth", token: session.access }));
+    };
+    socket.onmessage = (event) => {
+      let frame;
+      try { frame = JSON.parse(event.data); } catch { return; }
+      if (frame.type === "hello") { lines.replaceChildren(); viewers.textContent = `${frame.viewers}${t("viewers")}`; }
+      else if (frame.type === "viewers") viewers.textContent = `${frame.count}${t("viewers")}`;
+      else if (frame.type === "chat") add(h("li", { "data-id": frame.id }, h("span", { class: "who" }, frame.user?.nickname ?? t("anonymous")), h("span", { class: "text" }, frame.text)));
+      else if (frame.type === "donation") add(h("li", { class: "donation" }, h("span", { class: "who" }, frame.user?.nickname ?? ""), `💝 ${frame.amount.toLocaleString()} ${t("points")} `, h("span", { class: "text" }, frame.message ?? "")));
+      else if (frame.type === "system") add(h("li", { class: "system" }, frame.text ?? ""));
+      else if (frame.type === "deleted") lines.querySelector(`[data-id="${Number(frame.id)}"]`)?.replaceChildren(h("span", { class: "muted" }, t("deleted")));
+      else if (frame.type === "error") {
+        status.textContent = frame.message ?? frame.code;
+        if (frame.code === "token_expired") refreshTokens().then((ok) => ok && socket.send(JSON.stringify({ type: "auth", token: session.access })));
+      } else if (frame.type === "authenticated") status.textContent = "";
+    };
+    socket.onclose = () => {
+      if (closed) return;
+      setTimeout(connect, backoff);
+      backoff = Math.min(backoff * 2, 10000);
+    };
+  };
+  connect();
+  return { element, close: () => { closed = true; socket?.close(); } };
+}
+
+function donatePanel(slug) {
+  let amount = 1000;
+  const balance = h("strong", { id: "balance" }, "…");
+  const message = h("input", { id: "donation-message", maxlength: "200", placeholder: t("message") });
+  const result = h("div", { id: "donation-result" });
+  const presets = [1000, 5000, 10000].map((n) => h("button", { type: "button", "data-amount": n, class: n === amount ? "chosen" : "", onclick: (e) => {
+    amount = n;
+    for (const b of presets) b.classList.toggle("chosen", b === e.currentTarget);
+  } }, n.toLocaleString()));
+  const refresh = () => api("GET", "/api/wallet").then((w) => { balance.textContent = w.balance.toLocaleString(); }).catch(() => {});
+  refresh();
+  return h("form", { class: "panel", id: "donate", onsubmit: async (e) => {
+    e.preventDefault();
+    result.textContent = "";
+    try {
+      const donation = await api("POST", `/api/channels/${encodeURIComponent(slug)}/donations`,
+        { amount, message: message.value }, { "idempotency-key": idempotencyKey() });
+      balance.textContent = donation.balance.toLocaleString();
+      result.className = "ok"; result.textContent = t("donated"); message.value = "";
+    } catch (error) {
+      result.className = "error"; result.textContent = error.message;
+    }
+  } }, h("div", { class: "row" }, `${t("balance")}: `, balance, ` ${t("points")} · `, h("a", { href: "/topup" }, t("topup"))),
+  h("div", { class: "row presets" }, presets), message, h("div", { class: "row" }, h("button", { class: "primary", id: "donate-send" }, t("donate")), result));
+}
+
+function accountForm(kind) {
+  const next = new URLSearchParams(location.search).get("next") || "/";
+  const safeNext = next.startsWith("/") && !next.startsWith("//") ? next : "/";
+  const fields = { username: h("input", { id: "username", autocomplete: "username", required: true }),
+    password: h("input", { id: "password", type: "password", autocomplete: kind === "login" ? "current-password" : "new-password", required: true }) };
+  if (kind === "signup") fields.nickname = h("input", { id: "nickname", required: true });
+  const error = h("p", { class: "error", id: "form-error" });
+  show(h("form", { class: "narrow panel", id: kind, onsubmit: async (e) => {
+    e.preventDefault();
+    error.textContent = "";
+    try {
+      const credentials = { username: fields.username.value, password: fields.password.value };
+      if (kind === "signup") await api("POST", "/api/auth/signup", { ...credentials, nickname: fields.nickname.value });
+      session.save(await api("POST", "/api/auth/login", credentials));
+      await whoAmI();
+      go(safeNext);
+    } catch (failure) { error.textContent = failure.message; }
+  } }, h("h2", {}, t(kind)),
+  Object.entries(fields).map(([name, input]) => [h("label", { for: input.id }, t(name)), input]),
+  error, h("p", {}, h("button", { class: "primary", id: "submit" }, t(kind))),
+  kind === "login" ? h("p", { class: "muted" }, `${t("noAccount")} `, h("a", { href: `/signup?next=${encodeURIComponent(safeNext)}` }, t("signup")))
+    : h("p", { class: "muted" }, `${t("haveAccount")} `, h("a", { href: `/login?next=${encodeURIComponent(safeNext)}` }, t("login")))));
+}
+
+const isPhone = () => matchMedia("(pointer: coarse)").matches || /Mobi|Android|iPhone/.test(navigator.userAgent);
+
+async function topUp() {
+  if (!me) return go(`/login?next=/topup`);
+  const catalog = await api("GET", "/api/payments/products");
+  if (!catalog.enabled) return show(h("p", { class: "muted" }, t("topupsOff")));
+  const balance = h("strong", { id: "balance" }, "…");
+  api("GET", "/api/wallet").then((w) => { balance.textContent = w.balance.toLocaleString(); });
+  const area = h("div", { id: "payment" });
+  show(h("div", { class: "narrow" }, h("h2", {}, t("topup")), h("p", {}, `${t("balance")}: `, balance, ` ${t("points")}`),
+    h("p", { class: "muted" }, t("products")),
+    h("div", { class: "row", id: "products" }, catalog.products.map((p) => h("button", { "data-product": p.id, onclick: () => buy(p, area) },
+      `${p.points.toLocaleString()} ${t("points")} · ₩${p.price_krw.toLocaleString()}`))), area));
+}
+
+async function buy(product, area) {
+  area.replaceChildren(h("p", { class: "muted" }, t("waiting")));
+  let started;
+  try { started = await api("POST", "/api/payments/kakao/ready", { product_id: product.id }); } catch (error) {
+    return area.replaceChildren(h("p", { class: "error" }, error.message));
+  }
+  if (isPhone()) { location.href = started.redirect_mobile_url; return; }
+  const qr = URL.createObjectURL(new Blob([started.qr_svg], { type: "image/svg+xml" }));
+  area.replaceChildren(h("div", { class: "qr panel" }, h("p", {}, t("payPhone")), h("img", { src: qr, alt: "QR", id: "qr" }),
+    h("p", {}, h("a", { href: started.redirect_pc_url, target: "_blank", rel: "noopener", id: "pay-pc" }, t("payPc"))),
+    h("p", { class: "muted", id: "payment-state" }, t("waiting"))));
+  await followOrder(started.order_id, area);
+}
+
+/// Polls an order until Kakao Pay's verdict is in, then shows it and the new balance.
+async function followOrder(orderId, area) {
+  const leaving = { stop: false };
+  const previous = leave;
+  leave = () => { leaving.stop = true; previous(); };
+  while (!leaving.stop) {
+    let order;
+    try { order = await api("GET", `/api/payments/${encodeURIComponent(orderId)}`); } catch (error) {
+      if (error.status === 401 || error.status === 404) return area.replaceChildren(h("p", { class: "ok" }, t("checkPc")));
+    }
+    if (order && order.state !== "pending") {
+      const wallet = await api("GET", "/api/wallet").catch(() => null);
+      const done = order.state === "approved";
+      area.replaceChildren(h("div", { class: "panel", id: "payment-result" },
+        h("p", { class: done ? "ok" : "error" }, done ? t("paid") : `${t("payFailed")}: ${order.detail}`),
+        wallet ? h("p", {}, `${t("newBalance")}: `, h("strong", { id: "new-balance" }, wallet.balance.toLocaleString()), ` ${t("points")}`) : null));
+      document.getElementById("balance")?.replaceChildren(wallet?.balance.toLocaleString() ?? "");
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 1500));
+  }
+}
+
+async function paymentResult(orderId) {
+  const area = h("div", { id: "payment" }, h("p", { class: "muted" }, t("waiting")));
+  show(h("div", { class: "narrow" }, h("h2", {}, t("topup")), area));
+  if (!me) return area.replaceChildren(h("p", { class: "ok" }, t("checkPc")));
+  await followOrder(orderId, area);
+}
+
+function copyButton(text) {
+  const button = h("button", { type: "button", class: "copy", onclick: async () => {
+    await navigator.clipboard?.writeText(text).catch(() => {});
+    button.textContent = t("copied");
+  } }, t("copy"));
+  return button;
+}
+
+async function dashboard() {
+  if (!me) return go("/login?next=/dashboard");
+  if (me.role !== "streamer" && me.role !== "admin") return show(h("p", {}, t("streamersOnly")));
+  const [channels, obs, wallet] = await Promise.all([api("GET", "/api/channels"), api("GET", "/api/obs"), api("GET", "/api/wallet")]);
+  const myChannels = h("ul", { class: "cards", id: "my-channels" });
+  // Live status and viewers, kept current while the dashboard is open.
+  const renderMine = (list) => myChannels.replaceChildren(...list.filter((c) => c.streamer?.id === me.id).map((c) => h("li", { class: "card" },
+    h("span", { class: c.live ? "badge live" : "badge" }, c.live ? t("live") : t("offline")),
+    h("h3", {}, h("a", { href: `/c/${encodeURIComponent(c.slug)}` }, c.title || c.slug)),
+    c.live ? h("div", { class: "muted" }, `${c.viewers}${t("viewers")}`) : null,
+    h("button", { "data-rotate": c.slug, onclick: async () => showKey(await api("POST", `/api/channels/${encodeURIComponent(c.slug)}/stream-key/rotate`)) }, t("rotate")))));
+  const refreshMine = async () => { const list = await api("GET", "/api/channels").catch(() => null); if (list) renderMine(list); };
+  const keyArea = h("div", { id: "stream-key" });
+  const showKey = (answer) => keyArea.replaceChildren(h("div", { class: "panel" }, h("p", { class: "error" }, t("keyOnce")),
+    h("table", {}, h("tr", {}, h("th", {}, t("server")), h("td", {}, h("code", { id: "obs-server" }, answer.rtmp_url)), h("td", {}, copyButton(answer.rtmp_url))),
+      h("tr", {}, h("th", {}, t("streamKey")), h("td", {}, h("code", { class: "secret", id: "key" }, answer.stream_key)), h("td", {}, copyButton(answer.stream_key))))));
+  const slug = h("input", { id: "new-slug", required: true, pattern: "[a-z0-9][a-z0-9-]{0,31}" });
+  const title = h("input", { id: "new-title" });
+  const error = h("p", { class: "error" });
+  const donations = wallet.entries.filter((e) => e.account === "earnings" && e.kind === "donation");
+  show(h("h2", {}, t("dashboard")), keyArea,
+    h("section", { class: "panel" }, h("h3", {}, t("obs")), h("table", { id: "obs" },
+      h("tr", {}, h("th", {}, t("server")), h("td", {}, h("code", {}, obs.server)), h("td", {}, copyButton(obs.server))),
+      h("tr", {}, h("th", {}, t("keyframes")), h("td", {}, `${obs.keyframe_interval_seconds} s`), h("td")),
+      h("tr", {}, h("th", {}, t("bitrate")), h("td", {}, `${obs.video_bitrate_kbps} Kbps (${obs.resolution})`), h("td")))),
+    h("h3", {}, t("myChannels")),
+    myChannels,
+    h("form", { class: "panel", id: "new-channel", onsubmit: async (e) => {
+      e.preventDefault();
+      try {
+        showKey(await api("POST", "/api/channels", { slug: slug.value, title: title.value }));
+        slug.value = ""; title.value = ""; error.textContent = "";
+        await refreshMine();
+      } catch (failure) { error.textContent = failure.message; }
+    } }, h("h3", {}, t("newChannel")), h("label", { for: "new-slug" }, t("slug")), slug, h("label", { for: "new-title" }, t("title")), title, error,
+    h("p", {}, h("button", { class: "primary" }, t("create")))),
+    h("section", { class: "panel" }, h("h3", {}, t("recent")), donations.length
+      ? h("table", { id: "donations" }, donations.map((d) => h("tr", {}, h("td", {}, new Date(d.at).toLocaleString(lang)), h("td", {}, d.memo), h("td", {}, `+${d.amount.toLocaleString()}`))))
+      : h("p", { class: "muted" }, t("none"))));
+  renderMine(channels);
+  const timer = setInterval(refreshMine, 3000);
+  leave = () => clearInterval(timer);
+}
+
+// ---- Router: plain paths, so every page has a shareable URL. ----
+async function route() {
+  leave(); leave = () => {};
+  document.documentElement.lang = lang;
+  renderNav();
+  const path = location.pathname;
+  let m;
+  try {
+    if (path === "/") await channelList();
+    else if ((m = path.match(/^\/c\/([^/]+)$/))) await watch(decodeURIComponent(m[1]));
+    else if (path === "/login") accountForm("login");
+    else if (path === "/signup") accountForm("signup");
+    else if (path === "/topup") await topUp();
+    else if (path === "/dashboard") await dashboard();
+    else if ((m = path.match(/^\/payments\/([^/]+)$/))) await paymentResult(decodeURIComponent(m[1]));
+    else show(h("p", {}, t("notFound")));
+  } catch (error) {
+    show(h("p", { class: "error" }, error.message));
+  }
+}
+
+function go(path) {
+  history.pushState(null, "", path);
+  route();
+}
+
+document.addEventListener("click", (event) => {
+  const link = event.target.closest?.("a[href^='/']");
+  if (!link || link.target || event.ctrlKey || event.metaKey || event.shiftKey) return;
+  event.preventDefault();
+  go(link.getAttribute("href"));
+});
+addEventListener("popstate", route);
+await whoAmI();
+route();
