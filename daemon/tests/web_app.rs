@@ -32,7 +32,12 @@ fn every_page_path_is_the_app_under_a_strict_content_security_policy() {
         "{html}"
     );
     // API and media paths stay JSON 404s.
-    for path in ["/api/nothing", "/hls/none/x.m3u8", "/assets/nothing.js"] {
+    for path in [
+        "/api/nothing",
+        "/hls/none/x.m3u8",
+        "/assets/nothing.js",
+        "/favicon.ico",
+    ] {
         let missing = get(&daemon.url(path));
         assert_eq!(missing.status, 404, "{path}");
         assert_eq!(missing.error_code(), "not_found", "{path}");

@@ -185,7 +185,12 @@ async fn fallback(method: Method, uri: axum::http::Uri, headers: HeaderMap) -> R
     let path = uri.path();
     let api =
         path.starts_with("/api/") || path.starts_with("/hls/") || path.starts_with("/assets/");
-    if method == Method::GET && !api {
+    // A file name (`/favicon.ico`, `/robots.txt`) is not a page of the app.
+    let file = path
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last.contains('.'));
+    if method == Method::GET && !api && !file {
         return web::page(&headers);
     }
     ApiError::not_found("no such page").into_response()

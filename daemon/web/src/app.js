@@ -152,7 +152,7 @@ function renderNav() {
     localStorage.setItem("lang", lang);
     document.documentElement.lang = lang;
     route();
-  } }, lang === "ko" ? "English" : "한국어"));
+  } }, lang === "ko" ? "EN" : "한국어"));
   nav.replaceChildren(...links);
 }
 

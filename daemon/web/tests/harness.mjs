@@ -9,7 +9,7 @@ import { chromium } from "playwright-core";
 
 const ROOT = resolve(import.meta.dirname, "../../..");
 const TARGET = process.env.CARGO_TARGET_DIR ?? join(ROOT, "target");
-export const BIN = join(TARGET, "debug", "commeowd");
+export const BIN = process.env.COMMEOWD_BIN ?? join(TARGET, "debug", "commeowd");
 const FAKE = join(TARGET, "debug", "fake-kakaopay");
 /// Screenshots land here: test artifacts, not committed.
 export const ARTIFACTS = join(TARGET, "web-artifacts");
