@@ -236,3 +236,23 @@ fn kill_9_during_a_donation_storm_loses_and_doubles_nothing() {
     assert_eq!(earnings, 100 * settled, "each donation exactly once");
     daemon.assert_ledger_balances();
 }
+
+#[test]
+fn a_streamer_sees_their_channels_donations_and_nobody_else_does() {
+    let (daemon, streamer, fan) = venue("", 1_000);
+    assert_eq!(donate(&daemon, &fan, 300, "d-1").status, 201);
+    let url = daemon.url("/api/channels/stage/donations");
+    let seen = send_json("GET", &url, None, Some(&streamer));
+    assert_eq!(seen.status, 200, "{seen:?}");
+    let list = seen.json();
+    assert_eq!(list[0]["donor_nickname"], "fan");
+    assert_eq!(list[0]["amount"], 300);
+    assert_eq!(list[0]["message"], "화이팅!");
+    assert_eq!(send_json("GET", &url, None, Some(&fan)).status, 403);
+    assert_eq!(send_json("GET", &url, None, None).status, 401);
+    let unknown = daemon.url("/api/channels/nowhere/donations");
+    assert_eq!(
+        send_json("GET", &unknown, None, Some(&streamer)).status,
+        404
+    );
+}

@@ -78,7 +78,10 @@ pub fn app(state: AppState) -> Router {
             post(channels::rotate_key),
         )
         .route("/api/channels/{slug}/chat", get(chat::connect))
-        .route("/api/channels/{slug}/donations", post(wallet::donate))
+        .route(
+            "/api/channels/{slug}/donations",
+            post(wallet::donate).get(wallet::recent),
+        )
         .route("/api/wallet", get(wallet::wallet))
         .route("/api/payments/products", get(payments::products))
         .route("/api/payments/kakao/ready", post(payments::ready))

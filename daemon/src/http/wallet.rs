@@ -8,7 +8,7 @@
 use super::auth::invalid_token;
 use super::{body, ApiError, AppState, CurrentUser};
 use crate::chat::{clean_text, Author, Refusal};
-use crate::store::{DonationRefused, DonationRequest, Wallet};
+use crate::store::{DonationRefused, DonationRequest, ReceivedDonation, Role, Wallet};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -18,6 +18,8 @@ use serde::Deserialize;
 
 /// Statement lines `GET /api/wallet` returns.
 const STATEMENT_LINES: usize = 50;
+/// Donations `GET /api/channels/<slug>/donations` returns.
+const RECENT_DONATIONS: usize = 20;
 
 /// `GET /api/wallet`: `{balance, earnings, entries}`.
 pub async fn wallet(
@@ -131,4 +133,31 @@ pub async fn donate(
             .insert("idempotency-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// `GET /api/channels/<slug>/donations`: the channel's newest donations (donor, amount,
+/// message), for its streamer (or an admin).
+pub async fn recent(
+    State(state): State<AppState>,
+    CurrentUser(claims): CurrentUser,
+    Path(slug): Path<String>,
+) -> Result<Json<Vec<ReceivedDonation>>, ApiError> {
+    let name = slug.clone();
+    let owner = state
+        .store
+        .call(move |store| store.channel_owner(&name))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no channel `{slug}`")))?;
+    if owner.is_none_or(|owner| Some(owner) != claims.user_id()) && claims.role != Role::Admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only the channel's streamer sees its donations",
+        ));
+    }
+    let donations = state
+        .store
+        .call(move |store| store.recent_donations(&slug, RECENT_DONATIONS))
+        .await?;
+    Ok(Json(donations))
 }

@@ -75,6 +75,16 @@ pub struct Donation {
     pub balance: i64,
 }
 
+/// A donation as its streamer sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReceivedDonation {
+    pub id: i64,
+    pub donor_nickname: String,
+    pub amount: i64,
+    pub message: String,
+    pub created_at: String,
+}
+
 /// Why a donation was not made (nothing was written).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DonationRefused {
@@ -399,6 +409,35 @@ impl Store {
             balance,
         };
         Ok(Ok((donation, false)))
+    }
+
+    /// A channel's newest donations, for its streamer's dashboard.
+    pub fn recent_donations(
+        &self,
+        channel: &str,
+        limit: usize,
+    ) -> Result<Vec<ReceivedDonation>, StoreError> {
+        let donations = self
+            .conn()
+            .prepare_cached(
+                "SELECT d.id, u.nickname, d.amount, d.message, d.created_at
+                 FROM donations d
+                 JOIN channels c ON c.id = d.channel_id
+                 JOIN users u ON u.id = d.donor_id
+                 WHERE c.slug = ?1
+                 ORDER BY d.id DESC LIMIT ?2",
+            )?
+            .query_map(params![channel, limit as i64], |r| {
+                Ok(ReceivedDonation {
+                    id: r.get(0)?,
+                    donor_nickname: r.get(1)?,
+                    amount: r.get(2)?,
+                    message: r.get(3)?,
+                    created_at: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(donations)
     }
 
     fn donation_by_key(&self, donor: i64, key: &str) -> Result<Option<Donation>, StoreError> {

@@ -14,7 +14,7 @@ mod users;
 
 pub use channels::{Channel, StreamKey};
 pub use chat::{ChatRoomRecord, Restriction};
-pub use ledger::{Donation, DonationRefused, DonationRequest, Entry, Wallet};
+pub use ledger::{Donation, DonationRefused, DonationRequest, Entry, ReceivedDonation, Wallet};
 pub use payments::{Order, OrderState, Verdict};
 pub use users::{RefreshRefused, Role, Session, User};
 

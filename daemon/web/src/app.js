@@ -412,7 +412,7 @@ function copyButton(text) {
 async function dashboard() {
   if (!me) return go("/login?next=/dashboard");
   if (me.role !== "streamer" && me.role !== "admin") return show(h("p", {}, t("streamersOnly")));
-  const [channels, obs, wallet] = await Promise.all([api("GET", "/api/channels"), api("GET", "/api/obs"), api("GET", "/api/wallet")]);
+  const [channels, obs] = await Promise.all([api("GET", "/api/channels"), api("GET", "/api/obs")]);
   const myChannels = h("ul", { class: "cards", id: "my-channels" });
   // Live status and viewers, kept current while the dashboard is open.
   const renderMine = (list) => myChannels.replaceChildren(...list.filter((c) => c.streamer?.id === me.id).map((c) => h("li", { class: "card" },
@@ -428,12 +428,15 @@ async function dashboard() {
   const slug = h("input", { id: "new-slug", required: true, pattern: "[a-z0-9][a-z0-9-]{0,31}" });
   const title = h("input", { id: "new-title" });
   const error = h("p", { class: "error" });
-  const donations = wallet.entries.filter((e) => e.account === "earnings" && e.kind === "donation");
+  // The newest donations to the streamer's channels, newest first.
+  const mineNow = channels.filter((c) => c.streamer?.id === me.id);
+  const donations = (await Promise.all(mineNow.map((c) => api("GET", `/api/channels/${encodeURIComponent(c.slug)}/donations`).catch(() => []))))
+    .flat().sort((a, b) => b.id - a.id).slice(0, 20);
   show(h("h2", {}, t("dashboard")), keyArea,
     h("section", { class: "panel" }, h("h3", {}, t("obs")), h("table", { id: "obs" },
       h("tr", {}, h("th", {}, t("server")), h("td", {}, h("code", {}, obs.server)), h("td", {}, copyButton(obs.server))),
-      h("tr", {}, h("th", {}, t("keyframes")), h("td", {}, `${obs.keyframe_interval_seconds} s`), h("td")),
-      h("tr", {}, h("th", {}, t("bitrate")), h("td", {}, `${obs.video_bitrate_kbps} Kbps (${obs.resolution})`), h("td")))),
+      h("tr", {}, h("th", {}, t("keyframes")), h("td", {}, `${obs.keyframe_interval_seconds} s`), h("td", {}, copyButton(String(obs.keyframe_interval_seconds)))),
+      h("tr", {}, h("th", {}, t("bitrate")), h("td", {}, `${obs.video_bitrate_kbps} Kbps (${obs.resolution})`), h("td", {}, copyButton(String(obs.video_bitrate_kbps)))))),
     h("h3", {}, t("myChannels")),
     myChannels,
     h("form", { class: "panel", id: "new-channel", onsubmit: async (e) => {
@@ -446,7 +449,8 @@ async function dashboard() {
     } }, h("h3", {}, t("newChannel")), h("label", { for: "new-slug" }, t("slug")), slug, h("label", { for: "new-title" }, t("title")), title, error,
     h("p", {}, h("button", { class: "primary" }, t("create")))),
     h("section", { class: "panel" }, h("h3", {}, t("recent")), donations.length
-      ? h("table", { id: "donations" }, donations.map((d) => h("tr", {}, h("td", {}, new Date(d.at).toLocaleString(lang)), h("td", {}, d.memo), h("td", {}, `+${d.amount.toLocaleString()}`))))
+      ? h("table", { id: "donations" }, donations.map((d) => h("tr", {}, h("td", {}, d.donor_nickname), h("td", {}, `+${d.amount.toLocaleString()}`),
+        h("td", {}, d.message), h("td", { class: "muted" }, new Date(d.created_at).toLocaleTimeString(lang)))))
       : h("p", { class: "muted" }, t("none"))));
   renderMine(channels);
   const timer = setInterval(refreshMine, 3000);
