@@ -31,6 +31,11 @@ fn every_page_path_is_the_app_under_a_strict_content_security_policy() {
         !html.contains("<script>") && !html.contains("onload="),
         "{html}"
     );
+    // The page names its icon, so browsers do not ask for `/favicon.ico`.
+    assert!(html.contains("/assets/icon.svg"), "{html}");
+    let icon = get(&daemon.url("/assets/icon.svg"));
+    assert_eq!(icon.status, 200);
+    assert_eq!(icon.header("content-type"), Some("image/svg+xml"));
     // API and media paths stay JSON 404s.
     for path in [
         "/api/nothing",

@@ -42,6 +42,12 @@ const ASSETS: &[Asset] = &[
         bytes: include_bytes!("../../web/src/app.css"),
     },
     Asset {
+        // Named by the page, so browsers never ask for `/favicon.ico`.
+        name: "icon.svg",
+        content_type: "image/svg+xml",
+        bytes: include_bytes!("../../web/src/icon.svg"),
+    },
+    Asset {
         name: "hls.light.min.js",
         content_type: "text/javascript; charset=utf-8",
         bytes: include_bytes!("../../web/node_modules/hls.js/dist/hls.light.min.js"),

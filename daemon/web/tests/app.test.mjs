@@ -61,6 +61,9 @@ test("a viewer watches, chats with another, and an anonymous viewer only reads",
     assert.equal(await anonymous.page.locator("#chat-lines b, #chat-lines img, #chat-lines script").count(), 0);
     assert.equal(await anonymous.page.evaluate(() => window.pwned), undefined);
     await anonymous.page.screenshot({ path: join(ARTIFACTS, "watch.png") });
+    // Korean by default; English one tap away.
+    await anonymous.page.click("#lang");
+    assert.match(await anonymous.page.locator("#chat-login").innerText(), /Log in to chat/);
     assert.deepEqual(viewer.page.errors.concat(anonymous.page.errors), []);
   } finally {
     await pusher.stop();
@@ -70,13 +73,13 @@ test("a viewer watches, chats with another, and an anonymous viewer only reads",
   }
 });
 
-test("a donation from one phone appears in the other phone's chat", async () => {
-  const { daemon, channel } = await venue();
+test("a donation from one phone appears in the other phone's chat, and they talk", async () => {
+  const { daemon, channel, djay } = await venue();
   const pusher = push(`${daemon.rtmp}/${channel.stream_key}`);
   const fan = await daemon.user("fan");
   await daemon.cli(["wallet", "grant", "fan", "20000", "--reason", "welcome"]);
   const donor = await phone(chromium, daemon, fan);
-  const watcher = await phone(chromium, daemon);
+  const watcher = await phone(chromium, daemon, await daemon.user("minji"));
   try {
     await watcher.page.goto(`${daemon.base}/c/stage`);
     await donor.page.goto(`${daemon.base}/c/stage`);
@@ -92,6 +95,20 @@ test("a donation from one phone appears in the other phone's chat", async () => 
     assert.match(text, /fan/);
     assert.match(text, /5,000/);
     assert.match(text, /화이팅!/);
+    // Two logged-in phones chatting with each other.
+    await watcher.page.fill("#chat-input", "고마워요 fan님");
+    await watcher.page.click("#chat-send");
+    await donor.page.locator("#chat-lines li", { hasText: "고마워요 fan님" }).waitFor();
+    await donor.page.fill("#chat-input", "천만에요");
+    await donor.page.click("#chat-send");
+    await watcher.page.locator("#chat-lines li", { hasText: "천만에요" }).waitFor();
+    // The streamer's dashboard lists it: who, how much, what they said.
+    const streamer = await phone(chromium, daemon, djay);
+    await streamer.page.goto(`${daemon.base}/dashboard`);
+    const row = streamer.page.locator("#donations tr", { hasText: "fan" });
+    await row.waitFor();
+    assert.match(await row.innerText(), /\+5,000[\s\S]*화이팅!/);
+    await streamer.context.close();
   } finally {
     await pusher.stop();
     await donor.context.close();
@@ -122,6 +139,20 @@ test("a top-up through Kakao Pay ends with the new balance on screen", async () 
     await pc.page.locator("#new-balance", { hasText: "5,000" }).waitFor({ timeout: 15000 });
     const wallet = await daemon.api("GET", "/api/wallet", null, fan.access_token);
     assert.equal(wallet.balance, 5000);
+
+    // On a phone the page goes straight to Kakao Pay's mobile page, and comes back.
+    const handset = await chromium.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, locale: "ko-KR" });
+    await handset.addInitScript(([access, refresh]) => {
+      localStorage.setItem("access_token", access);
+      localStorage.setItem("refresh_token", refresh);
+    }, [fan.access_token, fan.refresh_token]);
+    const mobile = await handset.newPage();
+    await mobile.goto(`${daemon.base}/topup`);
+    await mobile.click('button[data-product="points-1000"]');
+    await mobile.waitForURL(/\/mInfo$/);
+    await mobile.click("#pay");
+    await mobile.locator("#new-balance", { hasText: "6,000" }).waitFor({ timeout: 15000 });
+    await handset.close();
   } finally {
     await pc.context.close();
     await daemon.close();

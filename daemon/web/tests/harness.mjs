@@ -141,7 +141,7 @@ export async function phone(browserInstance, daemon, tokens) {
   const page = await context.newPage();
   page.errors = [];
   page.on("pageerror", (error) => page.errors.push(String(error)));
-  page.on("console", (m) => m.type() === "error" && page.errors.push(m.text()));
+  page.on("console", (m) => m.type() === "error" && page.errors.push(`${m.text()} (${m.location().url})`));
   return { context, page, base: daemon.base };
 }
 
