@@ -18,6 +18,9 @@ Commeow Edge: OBS pushes RTMP to this box, viewers on the venue Wi-Fi watch HLS.
 
 With no subcommand, runs the daemon. It needs no config file: data goes to ./data (or
 $STATE_DIRECTORY under systemd), HTTP listens on 0.0.0.0:8080 and RTMP on 0.0.0.0:1935.
+Under systemd it takes the sockets its units pass (named http and rtmp), reads
+$CONFIGURATION_DIRECTORY/commeowd.toml when there is one, and reports readiness, status and
+watchdog pings.
 Settings come from, lowest first: embedded defaults, the --config file, environment
 variables, flags. `commeowd generate-config` prints the default file with every key.
 
@@ -163,7 +166,10 @@ impl Cli {
     pub fn config(&self) -> anyhow::Result<Config> {
         let mut config = match &self.config {
             Some(path) => Config::load(path)?,
-            None => Config::default(),
+            None => match systemd_config_file() {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            },
         };
         if let Some(dir) = &self.data_dir {
             config.data_dir = Some(dir.clone());
@@ -177,6 +183,15 @@ impl Cli {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// Under systemd (`ConfigurationDirectory=commeowd`), `/etc/commeowd/commeowd.toml` when
+/// the operator has written one; the embedded defaults otherwise.
+fn systemd_config_file() -> Option<PathBuf> {
+    let dir = std::env::var_os("CONFIGURATION_DIRECTORY")?;
+    // systemd may list several directories, separated by colons; ours is the first.
+    let first = std::env::split_paths(&dir).next()?;
+    Some(first.join("commeowd.toml")).filter(|path| path.is_file())
 }
 
 /// Entry point behind `main`: returns the process exit code.
@@ -202,6 +217,8 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn run_daemon(config: Config) -> anyhow::Result<()> {
+    // Before the runtime starts its threads: this takes `LISTEN_*` out of the environment.
+    let inherited = crate::system::inherited_sockets()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("commeowd")
@@ -211,12 +228,8 @@ fn run_daemon(config: Config) -> anyhow::Result<()> {
         let data_dir = config.data_dir();
         let store = Store::open_in(&data_dir)
             .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-        let http = tokio::net::TcpListener::bind(config.http.listen)
-            .await
-            .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
-        let rtmp = tokio::net::TcpListener::bind(config.rtmp.listen)
-            .await
-            .with_context(|| format!("cannot listen for RTMP on {}", config.rtmp.listen))?;
+        let http = listener(inherited.http, config.http.listen, "HTTP").await?;
+        let rtmp = listener(inherited.rtmp, config.rtmp.listen, "RTMP").await?;
         tracing::info!(addr = %http.local_addr()?, "http listening");
         tracing::info!(addr = %rtmp.local_addr()?, "rtmp listening");
         tracing::info!(data_dir = %data_dir.display(), "store open");
@@ -225,6 +238,25 @@ fn run_daemon(config: Config) -> anyhow::Result<()> {
         tokio::spawn(shutdown_on_signal(shutdown.clone()));
         crate::run(config, store, crate::Listeners { http, rtmp }, shutdown).await
     })
+}
+
+/// The socket systemd passed for `what`, else one bound on `addr` from the configuration.
+async fn listener(
+    inherited: Option<std::net::TcpListener>,
+    addr: SocketAddr,
+    what: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    match inherited {
+        Some(socket) => {
+            let listener = tokio::net::TcpListener::from_std(socket)
+                .with_context(|| format!("cannot use the {what} socket systemd passed"))?;
+            tracing::info!("{what} socket from systemd");
+            Ok(listener)
+        }
+        None => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for {what} on {addr}")),
+    }
 }
 
 /// SIGTERM (systemd stop) and SIGINT (Ctrl-C) both start a graceful shutdown; a second

@@ -4,7 +4,8 @@
 //! per broadcast) → [`hls`] (segments in memory, playlists) → [`http`] (players, API, chat
 //! sockets). [`chat`] keeps each channel's room; [`auth`] issues and checks tokens. The
 //! [`store`] holds accounts, channels and the points ledger in SQLite, behind one writer
-//! thread; [`config`] and [`cli`] are the operator's side.
+//! thread; [`config`] and [`cli`] are the operator's side; [`system`] talks to systemd
+//! (sockets, readiness, status, a watchdog that checks every thread makes progress).
 //! `main.rs` only parses flags and calls [`cli::main`]; [`run`] is the daemon, callable
 //! from tests with listeners they bound themselves.
 
@@ -18,6 +19,7 @@ pub mod ingest;
 pub mod media;
 pub mod payments;
 pub mod store;
+pub mod system;
 pub mod throttle;
 
 use config::Config;
@@ -51,6 +53,8 @@ pub async fn run(
     ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
     let rtmp_port = listeners.rtmp.local_addr()?.port();
     let (store, store_thread) = StoreHandle::spawn(store)?;
+    let health = system::Health::new();
+    health.watch(store.activity());
     let broadcasts = Arc::new(hls::Broadcasts::new(
         config.hls.window_segments,
         config.hls.target(),
@@ -65,6 +69,7 @@ pub async fn run(
         // Wrong stream keys: a typo costs a streamer a quarter second.
         throttle: throttle::Throttle::new(Duration::from_millis(250), Duration::from_secs(10)),
         connections: Arc::new(tokio::sync::Semaphore::new(config.rtmp.max_connections)),
+        health: health.clone(),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
     });
@@ -97,6 +102,10 @@ pub async fn run(
             .sweep(config.kakao_pay.recheck_interval(), shutdown.clone()),
     );
     tokio::spawn(chat.clone().run_ticker(shutdown.clone()));
+    let status = {
+        let (broadcasts, chat) = (broadcasts.clone(), chat.clone());
+        Box::new(move || status_line(broadcasts.live_count(), chat.total_viewers()))
+    };
     let app = http::app(http::AppState {
         store: store.clone(),
         broadcasts,
@@ -134,8 +143,17 @@ pub async fn run(
             .await
     });
 
+    // The listeners are listening and the store is open: connections made from now on are
+    // served, so systemd may start what depends on us.
+    let notifier = system::Notifier::ready(system::Watch {
+        health,
+        runtime: tokio::runtime::Handle::current(),
+        status,
+    });
+
     shutdown.cancelled().await;
     tracing::info!("shutting down");
+    notifier.stopping();
     let _ = rtmp.await;
     // Connection tasks end their publishes (closing segments, ending playlists); linger
     // timers watch the same token and end at once.
@@ -156,6 +174,18 @@ pub async fn run(
     }
     drop(store);
     let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
+    drop(notifier);
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// systemd's one-line status: "2 live channels, 31 viewers".
+fn status_line(live: usize, viewers: usize) -> String {
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    format!(
+        "{}, {}",
+        plural(live, "live channel", "live channels"),
+        plural(viewers, "viewer", "viewers")
+    )
 }

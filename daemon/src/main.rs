@@ -21,14 +21,28 @@ fn main() -> ExitCode {
 /// Logs go to stderr. Under systemd (JOURNAL_STREAM set) journald adds its own timestamps,
 /// so ours are left out. RUST_LOG overrides the level (default: info).
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).init();
+        // Straight to journald: each line keeps its level (`journalctl -p warning`) and its
+        // fields (`journalctl CHANNEL=stage`). Without a journal socket, plain lines.
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                use tracing_subscriber::layer::SubscriberExt;
+                use tracing_subscriber::util::SubscriberInitExt;
+                tracing_subscriber::registry()
+                    .with(filter())
+                    .with(journal.with_syslog_identifier("commeowd".into()))
+                    .init();
+            }
+            Err(_) => builder.without_time().with_ansi(false).init(),
+        }
     } else {
         builder.init();
     }

@@ -80,6 +80,11 @@ impl Chat {
         self.rooms().get(slug).map_or(0, |room| room.viewers())
     }
 
+    /// Sockets open on every channel's chat: the box's viewers.
+    pub fn total_viewers(&self) -> usize {
+        self.rooms().values().map(|room| room.viewers()).sum()
+    }
+
     /// The room of channel `slug`, or `None` if there is no such channel. Rooms live as
     /// long as the daemon: there are as many as channels, and each is small.
     pub async fn room(

@@ -489,6 +489,11 @@ impl Broadcasts {
         self.lock().get(slug).cloned()
     }
 
+    /// How many channels are live now (not counting ended broadcasts that linger).
+    pub fn live_count(&self) -> usize {
+        self.lock().values().filter(|b| b.is_live()).count()
+    }
+
     /// Drops a finished broadcast's media, unless a newer publish has taken its place.
     pub fn remove(&self, broadcast: &Broadcast) {
         let mut by_slug = self.lock();

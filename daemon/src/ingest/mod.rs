@@ -76,6 +76,8 @@ pub struct Ingest {
     /// Failed publishes (wrong keys) per source address.
     pub throttle: Throttle<IpAddr>,
     pub connections: Arc<Semaphore>,
+    /// Media pipelines register here, so the watchdog sees a wedged one.
+    pub health: Arc<crate::system::Health>,
     pub tracker: TaskTracker,
     /// Daemon shutdown: ends linger timers early.
     pub shutdown: CancellationToken,
@@ -402,6 +404,7 @@ impl Connection {
             self.ingest.hls.target(),
             self.ingest.hls.part_target(),
             inbox,
+            &self.ingest.health,
         )
         .map_err(|e| {
             tracing::error!(error = %e, "cannot start the media thread");

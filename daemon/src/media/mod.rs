@@ -12,6 +12,7 @@ use crate::hls::segmenter::Part;
 use crate::hls::segmenter::Segmenter;
 use crate::hls::{Broadcast, StreamInfo};
 use crate::ingest::flv;
+use crate::system::{Activity, Health};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use mux::{Container, Muxer, Track};
@@ -56,13 +57,16 @@ pub fn spawn(
     target: Duration,
     part_target: Duration,
     inbox: mpsc::Receiver<MediaEvent>,
+    health: &Health,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let name = format!("media-{}", broadcast.slug);
+    // Watched while the thread lives: a libav call that never returns stops the watchdog.
+    let activity = health.register(format!("media pipeline `{}`", broadcast.slug));
     std::thread::Builder::new().name(name).spawn(move || {
         let span =
             tracing::info_span!("media", channel = %broadcast.slug, broadcast = %broadcast.id);
         let _entered = span.enter();
-        Pipeline::new(broadcast, target, part_target).run(inbox);
+        Pipeline::new(broadcast, target, part_target).run(inbox, &activity);
     })
 }
 
@@ -109,10 +113,12 @@ impl Pipeline {
         }
     }
 
-    fn run(mut self, mut inbox: mpsc::Receiver<MediaEvent>) {
+    fn run(mut self, mut inbox: mpsc::Receiver<MediaEvent>, activity: &Activity) {
         while let Some(event) = inbox.blocking_recv() {
+            let _busy = activity.begin();
             self.handle(event);
         }
+        let _busy = activity.begin();
         self.finish_timeline();
         self.broadcast.end();
         tracing::info!("stream ended");

@@ -21,6 +21,7 @@ pub use users::{RefreshRefused, Role, Session, User};
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -351,6 +352,8 @@ impl Drop for Checkpointer {
 #[derive(Clone)]
 pub struct StoreHandle {
     jobs: mpsc::Sender<Job>,
+    /// The store thread's current job, for the watchdog.
+    activity: Arc<crate::system::Activity>,
 }
 
 impl StoreHandle {
@@ -358,6 +361,8 @@ impl StoreHandle {
     /// closing the connection (which checkpoints the WAL).
     pub fn spawn(store: Store) -> std::io::Result<(StoreHandle, std::thread::JoinHandle<()>)> {
         let (jobs, mut inbox) = mpsc::channel::<Job>(STORE_QUEUE);
+        let activity = crate::system::Activity::new("store");
+        let busy = activity.clone();
         let checkpointer = match store.conn().path().filter(|p| !p.is_empty()) {
             Some(path) => Some(Checkpointer::spawn(Path::new(path))?),
             None => None,
@@ -368,6 +373,7 @@ impl StoreHandle {
                 let mut store = store;
                 let mut pending = std::collections::VecDeque::new();
                 while let Some(job) = pending.pop_front().or_else(|| inbox.blocking_recv()) {
+                    let _busy = busy.begin();
                     match job {
                         Job::Alone(work) => work(&mut store),
                         Job::Grouped(first) => {
@@ -381,7 +387,12 @@ impl StoreHandle {
                 drop(store);
                 tracing::debug!("store closed");
             })?;
-        Ok((StoreHandle { jobs }, thread))
+        Ok((StoreHandle { jobs, activity }, thread))
+    }
+
+    /// What the store thread is doing, for [`crate::system::Health`] to watch.
+    pub fn activity(&self) -> &Arc<crate::system::Activity> {
+        &self.activity
     }
 
     /// Runs `work` on the store thread and returns its result.
