@@ -276,7 +276,7 @@ fn failed_logins_are_slowed_per_address_and_per_account() {
 #[test]
 fn the_operator_creates_accounts_and_sets_roles_from_the_cli() {
     let daemon = Daemon::start("");
-    let mut add = std::process::Command::new(common::BIN)
+    let mut add = common::commeowd()
         .arg("--data-dir")
         .arg(daemon.data_dir())
         .args([

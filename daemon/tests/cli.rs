@@ -4,11 +4,9 @@
 
 mod common;
 
-use common::BIN;
-use std::process::Command;
 
 fn commeowd(args: &[&str], dir: &std::path::Path) -> std::process::Output {
-    Command::new(BIN)
+    common::commeowd()
         .args(args)
         .current_dir(dir)
         .output()

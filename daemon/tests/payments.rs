@@ -496,7 +496,7 @@ fn a_missing_secret_key_file_stops_the_daemon_with_a_clear_error() {
         "[kakao_pay]\nsecret_key_file = \"/nonexistent/kakao-secret\"\n",
     )
     .expect("config");
-    let output = std::process::Command::new(common::BIN)
+    let output = common::commeowd()
         .arg("--config")
         .arg(&config)
         .arg("--data-dir")

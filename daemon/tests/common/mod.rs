@@ -9,7 +9,44 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_commeowd");
+/// The binary under test: cargo's build, or `$COMMEOW_BIN` (the aarch64 build, say), run
+/// through `$COMMEOW_BIN_RUNNER` when set (`qemu-aarch64-static -L /usr/aarch64-linux-gnu`).
+pub fn bin() -> (Vec<String>, String) {
+    let bin =
+        std::env::var("COMMEOW_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_commeowd").to_string());
+    let runner = std::env::var("COMMEOW_BIN_RUNNER")
+        .map(|r| r.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    (runner, bin)
+}
+
+/// A `commeowd` command (see [`bin`]), started through `wrapper` when it is not empty.
+pub fn commeowd_through(wrapper: &[String]) -> Command {
+    let (runner, bin) = bin();
+    let mut argv = wrapper.iter().chain(&runner);
+    match argv.next() {
+        None => Command::new(bin),
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(argv).arg(bin);
+            command
+        }
+    }
+}
+
+/// A `commeowd` command for the operator's subcommands and the daemon alike.
+pub fn commeowd() -> Command {
+    commeowd_through(&[])
+}
+
+/// How a test starts the daemon beyond its defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// A program and its arguments that start commeowd (`systemd-socket-activate …`).
+    pub wrapper: Vec<String>,
+    /// Extra environment (`NOTIFY_SOCKET`, `WATCHDOG_USEC`, …).
+    pub env: Vec<(String, String)>,
+}
 
 /// Polls `condition` every 50 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
@@ -27,8 +64,8 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 
 /// Starts `commeowd` on `dir` (config `dir/commeowd.toml`, data `dir/data`), on ephemeral
 /// loopback ports, with its log lines copied into `logs`.
-fn spawn(dir: &Path, logs: Arc<Mutex<Vec<String>>>) -> Child {
-    let mut child = Command::new(BIN)
+fn spawn(dir: &Path, launch: &Launch, logs: Arc<Mutex<Vec<String>>>) -> Child {
+    let mut child = commeowd_through(&launch.wrapper)
         .arg("--config")
         .arg(dir.join("commeowd.toml"))
         .arg("--data-dir")
@@ -40,6 +77,7 @@ fn spawn(dir: &Path, logs: Arc<Mutex<Vec<String>>>) -> Child {
             "127.0.0.1:0",
         ])
         .env("RUST_LOG", "info,commeow=debug")
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -78,21 +116,28 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub http: SocketAddr,
     pub rtmp: SocketAddr,
+    launch: Launch,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Daemon {
     /// Starts with `config` (TOML text) as its config file.
     pub fn start(config: &str) -> Daemon {
+        Daemon::start_with(config, Launch::default())
+    }
+
+    /// Starts with `config`, launched as `launch` says.
+    pub fn start_with(config: &str, launch: Launch) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("commeowd.toml"), config).expect("write config");
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let child = spawn(dir.path(), logs.clone());
+        let child = spawn(dir.path(), &launch, logs.clone());
         let mut daemon = Daemon {
             child,
             dir,
             http: SocketAddr::from(([0, 0, 0, 0], 0)),
             rtmp: SocketAddr::from(([0, 0, 0, 0], 0)),
+            launch,
             logs,
         };
         daemon.await_listeners();
@@ -105,7 +150,7 @@ impl Daemon {
         self.child.wait().expect("reap");
         // A fresh log: the old process's reader may still be draining its pipe.
         self.logs = Arc::new(Mutex::new(Vec::new()));
-        self.child = spawn(self.dir.path(), self.logs.clone());
+        self.child = spawn(self.dir.path(), &self.launch, self.logs.clone());
         self.await_listeners();
     }
 
@@ -163,7 +208,7 @@ impl Daemon {
 
     /// Runs an operator command against this daemon's data directory.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
+        commeowd()
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(args)
@@ -193,7 +238,7 @@ impl Daemon {
     /// Creates an account with the operator's CLI and logs it in; returns the login answer
     /// (`access_token`, `refresh_token`, …).
     pub fn add_user(&self, name: &str, role: &str) -> serde_json::Value {
-        let mut add = Command::new(BIN)
+        let mut add = commeowd()
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["user", "add", name, "--role", role, "--password-stdin"])
