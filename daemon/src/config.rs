@@ -37,6 +37,27 @@ pub struct Config {
     pub chat: ChatConfig,
     pub points: PointsConfig,
     pub kakao_pay: KakaoPayConfig,
+    pub onboarding: OnboardingConfig,
+}
+
+/// The first visitor's set-up of a fresh box (the image's first boot).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnboardingConfig {
+    /// The one-time setup code's file. Unset: systemd's `setup-code` credential when the
+    /// unit passes one (the image does), else no web onboarding (use the CLI).
+    pub setup_code_file: Option<PathBuf>,
+}
+
+impl OnboardingConfig {
+    /// The file to read the setup code from, if there is one.
+    pub fn code_file(&self) -> Option<PathBuf> {
+        if let Some(path) = &self.setup_code_file {
+            return Some(path.clone());
+        }
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+        Some(Path::new(&credentials).join("setup-code")).filter(|p| p.is_file())
+    }
 }
 
 /// Kakao Pay top-ups: where the API is, the merchant's credentials, and what is for sale.

@@ -48,6 +48,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let kakao_pay = payments::Payments::client(&config.kakao_pay)?;
+    let setup_code = match config.onboarding.code_file() {
+        Some(path) => Some(http::SetupCode::read(&path)?),
+        None => None,
+    };
     ffmpeg_next::init()?;
     // libav prints to stderr by itself; keep it to what an operator should see.
     ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
@@ -125,6 +129,7 @@ pub async fn run(
         chat,
         points: config.points.clone(),
         payments,
+        setup_code,
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
     });

@@ -4,7 +4,6 @@
 
 mod common;
 
-
 fn commeowd(args: &[&str], dir: &std::path::Path) -> std::process::Output {
     common::commeowd()
         .args(args)

@@ -30,11 +30,13 @@ const MEDIA_CACHE: &str = "public, max-age=86400, immutable";
 mod auth;
 mod channels;
 mod chat;
+mod onboarding;
 mod payments;
 mod wallet;
 mod web;
 
 pub use auth::CurrentUser;
+pub use onboarding::SetupCode;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -53,6 +55,8 @@ pub struct AppState {
     pub chat: Arc<crate::chat::Chat>,
     pub points: crate::config::PointsConfig,
     pub payments: Arc<crate::payments::Payments>,
+    /// A fresh box's one-time onboarding code, if it has one.
+    pub setup_code: Option<SetupCode>,
     /// Long-lived connections (chat sockets) hold a token of this, so shutdown waits for
     /// their goodbyes; they watch `shutdown` to say them.
     pub tracker: tokio_util::task::TaskTracker,
@@ -94,6 +98,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/auth/refresh", post(auth::refresh))
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/me", get(auth::me))
+        .route(
+            "/api/onboarding",
+            get(onboarding::status).post(onboarding::onboard),
+        )
         .route("/api/obs", get(channels::obs_settings))
         .route("/assets/{name}", get(web::asset))
         .merge(hls)

@@ -11,12 +11,14 @@ mod chat;
 mod ledger;
 mod payments;
 mod users;
+mod venue;
 
 pub use channels::{Channel, StreamKey};
 pub use chat::{ChatRoomRecord, Restriction};
 pub use ledger::{Donation, DonationRefused, DonationRequest, Entry, ReceivedDonation, Wallet};
 pub use payments::{Order, OrderState, Verdict};
 pub use users::{RefreshRefused, Role, Session, User};
+pub use venue::{OnboardingRefused, Venue};
 
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
@@ -213,6 +215,14 @@ fn migrations() -> Migrations<'static> {
         INSERT INTO donations_by_key SELECT * FROM donations;
         DROP TABLE donations;
         ALTER TABLE donations_by_key RENAME TO donations;",
+        ),
+        // The venue's name, set once by onboarding (the image's first visitor).
+        M::up(
+            "CREATE TABLE venue (
+            id           INTEGER PRIMARY KEY CHECK (id = 1),
+            name         TEXT NOT NULL,
+            onboarded_at TEXT NOT NULL
+        ) STRICT;",
         ),
     ])
 }

@@ -22,6 +22,8 @@ const TEXT = {
     keyframes: "키프레임 간격", bitrate: "비트레이트", recent: "최근 후원", none: "아직 없어요.",
     streamersOnly: "방송 관리는 스트리머 계정으로 로그인해야 해요.", notFound: "찾을 수 없어요.",
     anonymous: "익명", deleted: "삭제된 메시지",
+    setupTitle: "처음 설정", setupIntro: "카드의 commeow-setup.txt 파일(또는 박스 화면)에 적힌 설정 코드를 입력하고, 장소 이름과 관리자 계정을 만드세요.",
+    setupCode: "설정 코드", venueName: "장소 이름", setupDone: "설정 완료",
   },
   en: {
     channels: "Channels", live: "LIVE", offline: "Offline", viewers: " watching", login: "Log in",
@@ -40,6 +42,8 @@ const TEXT = {
     keyframes: "Keyframe interval", bitrate: "Bitrate", recent: "Recent donations", none: "None yet.",
     streamersOnly: "Log in with a streamer account to manage channels.", notFound: "Not found.",
     anonymous: "anonymous", deleted: "message deleted",
+    setupTitle: "Set up this box", setupIntro: "Type the setup code from commeow-setup.txt on the card (or the box's screen), name the venue and create the admin account.",
+    setupCode: "Setup code", venueName: "Venue name", setupDone: "Set up",
   },
 };
 
@@ -134,6 +138,10 @@ function idempotencyKey() {
 // ---- Header ----
 function renderNav() {
   const nav = document.getElementById("nav");
+  if (venue) {
+    document.querySelector(".brand").textContent = venue;
+    document.title = `${venue} · Commeow`;
+  }
   const links = [h("a", { href: "/" }, t("channels"))];
   if (me) {
     links.push(h("a", { href: "/topup" }, t("topup")));
@@ -158,6 +166,31 @@ function renderNav() {
 
 // ---- Pages ----
 let leave = () => {};
+
+// A fresh box: the first visitor types the setup code, names the venue, becomes admin.
+function onboarding() {
+  const fields = {
+    setupCode: h("input", { id: "setup-code", autocomplete: "one-time-code", autocapitalize: "characters", required: true }),
+    venueName: h("input", { id: "venue-name", required: true, maxlength: 60 }),
+    username: h("input", { id: "username", autocomplete: "username", required: true }),
+    password: h("input", { id: "password", type: "password", autocomplete: "new-password", required: true }),
+  };
+  const error = h("p", { class: "error", id: "form-error" });
+  show(h("form", { class: "narrow panel", id: "onboarding", onsubmit: async (e) => {
+    e.preventDefault();
+    error.textContent = "";
+    try {
+      session.save(await api("POST", "/api/onboarding", { setup_code: fields.setupCode.value,
+        venue_name: fields.venueName.value, username: fields.username.value, password: fields.password.value }));
+      venue = fields.venueName.value.trim();
+      setupNeeded = false;
+      await whoAmI();
+      go("/dashboard");
+    } catch (failure) { error.textContent = failure.message; }
+  } }, h("h2", {}, t("setupTitle")), h("p", { class: "muted" }, t("setupIntro")),
+  Object.entries(fields).map(([name, input]) => [h("label", { for: input.id }, t(name)), input]),
+  error, h("p", {}, h("button", { class: "primary", id: "submit" }, t("setupDone")))));
+}
 
 async function channelList() {
   const list = h("ul", { class: "cards", id: "channels" });
@@ -465,7 +498,8 @@ async function route() {
   const path = location.pathname;
   let m;
   try {
-    if (path === "/") await channelList();
+    if (path === "/" && setupNeeded) onboarding();
+    else if (path === "/") await channelList();
     else if ((m = path.match(/^\/c\/([^/]+)$/))) await watch(decodeURIComponent(m[1]));
     else if (path === "/login") accountForm("login");
     else if (path === "/signup") accountForm("signup");
@@ -490,5 +524,9 @@ document.addEventListener("click", (event) => {
   go(link.getAttribute("href"));
 });
 addEventListener("popstate", route);
-await whoAmI();
+// The venue's name for the header; on a fresh box, onboarding instead of the list.
+let venue = null;
+let setupNeeded = false;
+const [setup] = await Promise.all([api("GET", "/api/onboarding").catch(() => null), whoAmI()]);
+if (setup) { venue = setup.venue; setupNeeded = setup.needed; }
 route();

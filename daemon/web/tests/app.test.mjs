@@ -4,6 +4,8 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { ARTIFACTS, Daemon, FakeKakaoPay, PASSWORD, assertPlays, browser, phone, push } from "./harness.mjs";
 
 let chromium;
@@ -207,5 +209,43 @@ test("the streamer dashboard shows the key once, the OBS settings and live statu
   } finally {
     await streamer.context.close();
     await daemon.close();
+  }
+});
+
+test("a fresh box's first visitor types the setup code, names the venue and lands on the dashboard", async () => {
+  const secrets = mkdtempSync(join(tmpdir(), "commeow-setup-"));
+  writeFileSync(join(secrets, "setup-code"), "KX7QP-M4RZ9\n");
+  const daemon = await Daemon.start(`[onboarding]\nsetup_code_file = "${join(secrets, "setup-code")}"\n`);
+  const visitor = await phone(chromium, daemon);
+  try {
+    await visitor.page.goto(`${daemon.base}/`);
+    await visitor.page.locator("#onboarding").waitFor();
+    await visitor.page.screenshot({ path: join(ARTIFACTS, "onboarding.png"), fullPage: true });
+    await visitor.page.fill("#setup-code", "wrong-code1");
+    await visitor.page.fill("#venue-name", "고양이 라운지");
+    await visitor.page.fill("#username", "boss");
+    await visitor.page.fill("#password", PASSWORD);
+    await visitor.page.click("#submit");
+    await visitor.page.locator("#form-error:not(:empty)").waitFor();
+    // Right after a wrong code the box asks to wait a second; the visitor presses again.
+    await visitor.page.fill("#setup-code", "kx7qp m4rz9");
+    for (let attempt = 0; !visitor.page.url().endsWith("/dashboard"); attempt++) {
+      assert.ok(attempt < 20, `onboarding never went through: ${await visitor.page.locator("#form-error").innerText()}`);
+      await visitor.page.click("#submit");
+      await visitor.page.waitForURL(`${daemon.base}/dashboard`, { timeout: 500 }).catch(() => {});
+    }
+    assert.equal(await visitor.page.locator(".brand").innerText(), "고양이 라운지");
+    assert.equal(await visitor.page.locator("#me").innerText(), "boss");
+    // Set up: the next visitor gets the channel list, under the venue's name.
+    const next = await phone(chromium, daemon);
+    await next.page.goto(`${daemon.base}/`);
+    await next.page.locator("#channels").waitFor();
+    assert.equal(await next.page.locator(".brand").innerText(), "고양이 라운지");
+    assert.deepEqual([...visitor.page.errors.filter((e) => !e.includes("/api/onboarding")), ...next.page.errors], []);
+    await next.context.close();
+  } finally {
+    await visitor.context.close();
+    await daemon.close();
+    rmSync(secrets, { recursive: true, force: true });
   }
 });
