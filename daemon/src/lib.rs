@@ -48,10 +48,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let kakao_pay = payments::Payments::client(&config.kakao_pay)?;
-    let setup_code = match config.onboarding.code_file() {
-        Some(path) => Some(http::SetupCode::read(&path)?),
-        None => None,
-    };
+    // A bad code file turns web onboarding off, loudly; it never keeps viewers from a stream.
+    let setup_code =
+        config
+            .onboarding
+            .code_file()
+            .and_then(|path| match http::SetupCode::read(&path) {
+                Ok(code) => Some(code),
+                Err(e) => {
+                    tracing::error!("{e:#}; web onboarding is off until it is fixed");
+                    None
+                }
+            });
     ffmpeg_next::init()?;
     // libav prints to stderr by itself; keep it to what an operator should see.
     ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);

@@ -132,3 +132,18 @@ fn without_a_setup_code_there_is_no_web_onboarding() {
         (404, "onboarding_off")
     );
 }
+
+#[test]
+fn a_torn_setup_code_file_turns_onboarding_off_but_the_box_still_serves() {
+    // What a power cut right after the first boot can leave: the file, empty.
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let path = secrets.path().join("setup-code");
+    std::fs::write(&path, "").expect("write code");
+    let daemon = Daemon::start(&format!(
+        "[onboarding]\nsetup_code_file = \"{}\"\n",
+        path.display()
+    ));
+    assert_eq!(daemon.get("/healthz").status, 200);
+    assert_eq!(daemon.get("/api/onboarding").json()["needed"], false);
+    assert!(daemon.logged("web onboarding is off until it is fixed"));
+}
