@@ -79,6 +79,17 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
+/// Checks a new account's password and hashes it (argon2id, slow by design: on the
+/// blocking pool, never on the runtime or the store thread).
+pub async fn password_hash(password: String) -> Result<String, ApiError> {
+    auth::validate_password(&password)
+        .map_err(|reason| ApiError::bad_request(format!("invalid password: {reason}")))?;
+    tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(|_| ApiError::internal())?
+        .map_err(|_| ApiError::internal())
+}
+
 #[derive(Debug, Deserialize)]
 pub struct SignupRequest {
     username: String,
@@ -91,13 +102,7 @@ pub async fn signup(
     payload: Result<Json<SignupRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
     let request = body(payload)?;
-    auth::validate_password(&request.password)
-        .map_err(|reason| ApiError::bad_request(format!("invalid password: {reason}")))?;
-    let password = request.password;
-    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(|_| ApiError::internal())?
-        .map_err(|_| ApiError::internal())?;
+    let hash = password_hash(request.password).await?;
     let user = state
         .store
         .call(move |store| {

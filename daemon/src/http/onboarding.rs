@@ -114,13 +114,7 @@ pub async fn onboard(
             "that is not this box's setup code (see commeow-setup.txt on the card, or the console)",
         ));
     }
-    auth::validate_password(&request.password)
-        .map_err(|reason| ApiError::bad_request(format!("invalid password: {reason}")))?;
-    let password = request.password;
-    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(|_| ApiError::internal())?
-        .map_err(|_| ApiError::internal())?;
+    let hash = super::auth::password_hash(request.password).await?;
     let (venue_name, username) = (request.venue_name, request.username);
     let session = auth::new_session_id();
     let (refresh, refresh_hash) = auth::new_refresh_token();
