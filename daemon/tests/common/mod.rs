@@ -9,12 +9,13 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The binary under test: cargo's build, or `$COMMEOW_BIN` (the aarch64 build, say), run
-/// through `$COMMEOW_BIN_RUNNER` when set (`qemu-aarch64-static -L /usr/aarch64-linux-gnu`).
+/// The binary under test: cargo's build, or `$COMMEOWD_BIN` (the aarch64 build, say), run
+/// through `$COMMEOWD_BIN_RUNNER` when set (`qemu-aarch64-static`). The web tests read the
+/// same `$COMMEOWD_BIN`.
 pub fn bin() -> (Vec<String>, String) {
-    let bin =
-        std::env::var("COMMEOW_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_commeowd").to_string());
-    let runner = std::env::var("COMMEOW_BIN_RUNNER")
+    let bin = std::env::var("COMMEOWD_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_commeowd").to_string());
+    let runner = std::env::var("COMMEOWD_BIN_RUNNER")
         .map(|r| r.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default();
     (runner, bin)
