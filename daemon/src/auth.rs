@@ -57,9 +57,11 @@ pub struct Authority {
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
     /// Ended sessions (logout, a stolen refresh token) whose access tokens may not have
-    /// expired yet. The store has them too; this copy lets every request check its token
-    /// without a database read (the store thread is the donation path's bottleneck).
-    revoked: std::sync::RwLock<std::collections::HashSet<String>>,
+    /// expired yet, each with the time (Unix seconds) after which no access token naming it
+    /// can still be valid. The store has them too; this copy lets every request check its
+    /// token without a database read (the store thread is the donation path's bottleneck).
+    /// Entries past that time are pruned, so logouts do not grow it without end.
+    revoked: std::sync::RwLock<std::collections::HashMap<String, u64>>,
 }
 
 pub fn now_seconds() -> u64 {
@@ -93,17 +95,24 @@ impl Authority {
     /// Marks a session ended, after the store has recorded it: its access tokens stop
     /// working at once.
     pub fn revoke(&self, session: &str) {
-        self.revoked
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(session.to_string());
+        let now = now_seconds();
+        // An access token issued just before this moment lives access_ttl from now at most.
+        let until = now + self.access_ttl.as_secs() + 1;
+        let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+        revoked.retain(|_, until| *until > now);
+        revoked.insert(session.to_string(), until);
     }
 
     pub fn is_revoked(&self, session: &str) -> bool {
         self.revoked
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(session)
+            .contains_key(session)
+    }
+
+    /// Ended sessions still remembered (for tests and status).
+    pub fn revoked_count(&self) -> usize {
+        self.revoked.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// A new random signing key (for the store to keep).
@@ -173,19 +182,34 @@ pub fn new_session_id() -> String {
     hex::encode(bytes)
 }
 
+/// The longest password an account may have, in characters.
+pub const MAX_PASSWORD_CHARS: usize = 128;
+
 pub fn validate_password(password: &str) -> Result<(), &'static str> {
     match password.chars().count() {
         0..=7 => Err("use at least 8 characters"),
-        129.. => Err("use at most 128 characters"),
+        n if n > MAX_PASSWORD_CHARS => Err("use at most 128 characters"),
         _ => Ok(()),
     }
 }
 
-/// argon2id with the crate's defaults (19 MiB, 2 passes): ~50 ms here. Blocking: call it
-/// from a blocking thread.
+/// argon2id memory per hash, in KiB: OWASP's minimum for argon2id (19 MiB), with
+/// [`ARGON2_PASSES`] passes and one lane. About 50 ms on this machine, 150-250 ms on a
+/// Raspberry Pi 4. Each hash in progress holds this much memory, which is why
+/// [`Passwords`] bounds how many run at once.
+pub const ARGON2_MEMORY_KIB: u32 = 19 * 1024;
+pub const ARGON2_PASSES: u32 = 2;
+
+fn argon2() -> Argon2<'static> {
+    let params = argon2::Params::new(ARGON2_MEMORY_KIB, ARGON2_PASSES, 1, None).unwrap_or_default();
+    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+}
+
+/// Hashes a password (argon2id, [`ARGON2_MEMORY_KIB`]). Blocking and memory-hungry: call it
+/// through [`Passwords`] (or from the operator's CLI, one at a time).
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut OsRng);
-    Ok(Argon2::default()
+    Ok(argon2()
         .hash_password(password.as_bytes(), &salt)?
         .to_string())
 }
@@ -203,10 +227,93 @@ pub fn verify_password(password: &str, stored: Option<&str>) -> bool {
     let Ok(parsed) = PasswordHash::new(hash) else {
         return false;
     };
-    Argon2::default()
+    // The parameters come from the stored hash, so hashes made with other ones still verify.
+    argon2()
         .verify_password(password.as_bytes(), &parsed)
         .is_ok()
         && real
+}
+
+/// The box is busy hashing passwords: try again in a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the box is busy checking passwords; try again in {} s", .0.as_secs().max(1))]
+pub struct Busy(pub Duration);
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Password hashing with a memory bound: a fixed set of threads, each running one argon2
+/// at a time, so at most `threads` × [`ARGON2_MEMORY_KIB`] is ever in use for it, however
+/// many logins arrive. A caller waits at most `wait` for a thread, then gets [`Busy`]
+/// (HTTP 503 with `Retry-After`) instead of joining an unbounded queue.
+///
+/// Dedicated threads rather than the runtime's blocking pool: the allocator keeps a freed
+/// 19 MiB block per thread that used it, so hashing on whichever of the pool's threads is
+/// free would leave one such block on each of them.
+pub struct Passwords {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    wait: Duration,
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Passwords {
+    pub fn new(threads: usize, wait: Duration) -> std::io::Result<Passwords> {
+        let threads = threads.max(1);
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("password-{i}"))
+                .spawn(move || loop {
+                    // The lock is held only to take the next job; the daemon dropping its
+                    // sender ends the thread.
+                    let job = match queue.lock() {
+                        Ok(queue) => queue.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                })?;
+        }
+        Ok(Passwords {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(threads)),
+            wait,
+            jobs,
+        })
+    }
+
+    /// Runs `work` on a hashing thread, waiting at most `self.wait` for one.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Busy> {
+        let busy = Busy(self.wait.max(Duration::from_secs(1)));
+        let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| busy)?
+            .map_err(|_| busy)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = reply.send(work());
+            // The thread is free again only once the work is done, whoever waits for it.
+            drop(permit);
+        });
+        self.jobs.send(job).map_err(|_| busy)?;
+        answer.await.map_err(|_| busy)
+    }
+
+    /// Hashes a new password.
+    pub async fn hash(&self, password: String) -> Result<Option<String>, Busy> {
+        self.run(move || hash_password(&password).ok()).await
+    }
+
+    /// Checks a password against the stored hash (`None`: no such account, a decoy hash).
+    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, Busy> {
+        self.run(move || verify_password(&password, stored.as_deref()))
+            .await
+    }
 }
 
 #[cfg(test)]
@@ -278,6 +385,66 @@ mod tests {
             authority.verify_access("not.a.jwt").err(),
             Some(TokenError::Invalid)
         );
+    }
+
+    #[test]
+    fn ended_sessions_are_forgotten_once_their_tokens_have_expired() {
+        let authority = Authority::new(
+            b"0123456789abcdef0123456789abcdef",
+            Duration::ZERO,
+            Duration::from_secs(600),
+        );
+        authority.revoke("a");
+        assert!(authority.is_revoked("a"));
+        std::thread::sleep(Duration::from_millis(2100));
+        authority.revoke("b");
+        assert!(!authority.is_revoked("a"), "a's tokens have all expired");
+        assert!(authority.is_revoked("b"));
+        assert_eq!(authority.revoked_count(), 1);
+    }
+
+    #[test]
+    fn password_hashing_is_bounded_and_says_busy() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let passwords =
+                std::sync::Arc::new(Passwords::new(1, Duration::from_millis(20)).expect("threads"));
+            let hash = passwords
+                .hash("correct horse".into())
+                .await
+                .expect("not busy")
+                .expect("hash");
+            assert!(passwords
+                .verify("correct horse".into(), Some(hash.clone()))
+                .await
+                .expect("not busy"));
+            // One thread: while it works, a second caller waits 20 ms, then hears busy.
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let (started, running) = tokio::sync::oneshot::channel::<()>();
+            let first = tokio::spawn({
+                let passwords = passwords.clone();
+                async move {
+                    passwords
+                        .run(move || {
+                            let _ = started.send(());
+                            held.recv().is_ok()
+                        })
+                        .await
+                }
+            });
+            running.await.expect("the thread took the first job");
+            let second = passwords.hash("another one".into()).await;
+            assert_eq!(second, Err(Busy(Duration::from_secs(1))));
+            release.send(()).expect("release");
+            assert_eq!(first.await.expect("task"), Ok(true));
+            assert!(
+                passwords.hash("and again".into()).await.is_ok(),
+                "free again"
+            );
+        });
     }
 
     #[test]

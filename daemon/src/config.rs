@@ -242,6 +242,12 @@ impl ChatConfig {
 pub struct AuthConfig {
     pub access_token_seconds: u64,
     pub refresh_token_days: u64,
+    /// Password hashes (argon2id, 19 MiB each) computed at once, at most.
+    pub password_hash_threads: usize,
+    /// How long a login or sign-up waits for a hashing thread before `503 busy`.
+    pub password_hash_wait_seconds: f64,
+    /// Live sessions (logins) one account may hold; a new login ends the oldest past this.
+    pub sessions_per_user: usize,
 }
 
 impl Default for AuthConfig {
@@ -249,6 +255,9 @@ impl Default for AuthConfig {
         AuthConfig {
             access_token_seconds: 900,
             refresh_token_days: 30,
+            password_hash_threads: 2,
+            password_hash_wait_seconds: 3.0,
+            sessions_per_user: 10,
         }
     }
 }
@@ -260,6 +269,10 @@ impl AuthConfig {
 
     pub fn refresh_ttl(&self) -> Duration {
         Duration::from_secs(self.refresh_token_days * 86_400)
+    }
+
+    pub fn password_hash_wait(&self) -> Duration {
+        Duration::from_secs_f64(self.password_hash_wait_seconds)
     }
 }
 
@@ -393,6 +406,30 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "auth.refresh_token_days",
                 message: format!("{} is outside 1..=365", self.auth.refresh_token_days),
+            });
+        }
+        if !(1..=64).contains(&self.auth.password_hash_threads) {
+            return Err(ConfigError::Invalid {
+                key: "auth.password_hash_threads",
+                message: format!(
+                    "{} is outside 1..=64 (each one may hold 19 MiB)",
+                    self.auth.password_hash_threads
+                ),
+            });
+        }
+        if !(0.1..=60.0).contains(&self.auth.password_hash_wait_seconds) {
+            return Err(ConfigError::Invalid {
+                key: "auth.password_hash_wait_seconds",
+                message: format!(
+                    "{} is outside 0.1..=60",
+                    self.auth.password_hash_wait_seconds
+                ),
+            });
+        }
+        if !(1..=1000).contains(&self.auth.sessions_per_user) {
+            return Err(ConfigError::Invalid {
+                key: "auth.sessions_per_user",
+                message: format!("{} is outside 1..=1000", self.auth.sessions_per_user),
             });
         }
         let chat = &self.chat;

@@ -78,8 +78,8 @@ pub async fn run(
         store: store.clone(),
         broadcasts: broadcasts.clone(),
         hls: config.hls.clone(),
-        // Wrong stream keys: a typo costs a streamer a quarter second.
-        throttle: throttle::Throttle::new(Duration::from_millis(250), Duration::from_secs(10)),
+        // Wrong stream keys: a typo costs a streamer a second (OBS takes longer to retry).
+        throttle: throttle::Throttle::new(Duration::from_secs(1), Duration::from_secs(60)),
         connections: Arc::new(tokio::sync::Semaphore::new(config.rtmp.max_connections)),
         health: health.clone(),
         tracker: tracker.clone(),
@@ -131,6 +131,16 @@ pub async fn run(
             Duration::from_secs(1),
             Duration::from_secs(300),
         )),
+        // New accounts: the first is free, then 10 s doubling to 10 min between them.
+        signup_by_address: Arc::new(throttle::Throttle::new(
+            Duration::from_secs(10),
+            Duration::from_secs(600),
+        )),
+        passwords: Arc::new(auth::Passwords::new(
+            config.auth.password_hash_threads,
+            config.auth.password_hash_wait(),
+        )?),
+        sessions_per_user: config.auth.sessions_per_user,
         rtmp_port,
         rtmp_host: cli::public_rtmp_host(&config),
         segment_seconds: config.hls.target_duration,

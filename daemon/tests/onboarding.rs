@@ -91,7 +91,24 @@ fn visitors_racing_to_onboard_make_exactly_one_admin() {
         let racers: Vec<_> = (0..8)
             .map(|n| {
                 let daemon = &daemon;
-                scope.spawn(move || onboard(daemon, CODE, "Club Neko", &format!("racer{n}")).status)
+                // Each from its own phone: one address has one attempt in flight at a time.
+                scope.spawn(move || {
+                    let body = json!({
+                        "setup_code": CODE,
+                        "venue_name": "Club Neko",
+                        "username": format!("racer{n}"),
+                        "password": "correct horse battery",
+                    });
+                    common::request_from(
+                        std::net::Ipv4Addr::new(127, 0, 3, 1 + n),
+                        daemon.http,
+                        "POST",
+                        "/api/onboarding",
+                        body.to_string().as_bytes(),
+                    )
+                    .expect("an answer")
+                    .status
+                })
             })
             .collect();
         racers

@@ -288,7 +288,18 @@ fn the_units_verify_and_the_service_is_locked_down() {
         .output()
         .expect("systemd-analyze verify");
     let said = String::from_utf8_lossy(&verify.stderr);
+    // Silence means every value parsed, the memory limits too (a bad one is reported).
     assert!(verify.status.success() && said.trim().is_empty(), "{said}");
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/commeowd.service"),
+    )
+    .expect("unit");
+    for limit in ["MemoryHigh=40%", "MemoryMax=50%"] {
+        assert!(
+            unit.lines().any(|l| l == limit),
+            "the service caps its memory: {limit}"
+        );
+    }
 
     let security = Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--no-pager", &root_arg])

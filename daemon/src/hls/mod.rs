@@ -123,10 +123,10 @@ impl Rendition {
         let rest = rest.strip_suffix(self.extension())?.strip_suffix('.')?;
         match rest.split_once('.') {
             Some((sequence, part)) if self.extension() == "m4s" => {
-                Some((sequence.parse().ok()?, Some(part.parse().ok()?)))
+                Some((canonical_number(sequence)?, Some(canonical_number(part)?)))
             }
             Some(_) => None,
-            None => Some((rest.parse().ok()?, None)),
+            None => Some((canonical_number(rest)?, None)),
         }
     }
 
@@ -517,6 +517,15 @@ impl Broadcasts {
     }
 }
 
+/// A number as we write it in names and queries: decimal digits, no sign, no leading
+/// zero. `str::parse` also takes `+1` and `01`, which would give one segment several names.
+pub fn canonical_number<T: std::str::FromStr>(text: &str) -> Option<T> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -644,6 +653,19 @@ mod tests {
             b.ll.parse_media_name(&name),
             None,
             "a TS name is not an LL name"
+        );
+        // One name per segment: no sign, no leading zeros.
+        for alias in ["+42", "042", "42 ", "", "-1"] {
+            assert_eq!(
+                b.ll.parse_media_name(&format!("{}-{alias}.m4s", b.id)),
+                None,
+                "{alias:?}"
+            );
+        }
+        assert_eq!(b.ll.parse_media_name(&format!("{}-+1.+0.m4s", b.id)), None);
+        assert_eq!(
+            b.ll.parse_media_name(&format!("{}-0.0.m4s", b.id)),
+            Some((0, Some(0)))
         );
     }
 }

@@ -3,7 +3,7 @@
 
 use super::{body, ApiError, AppState};
 use crate::auth::{self, TokenError, TokenPair};
-use crate::store::{RefreshRefused, Role, StoreError, User};
+use crate::store::{normalize_username, validate_nickname, RefreshRefused, Role, StoreError, User};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -79,15 +79,17 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
-/// Checks a new account's password and hashes it (argon2id, slow by design: on the
-/// blocking pool, never on the runtime or the store thread).
-pub async fn password_hash(password: String) -> Result<String, ApiError> {
+/// Checks a new account's password and hashes it (argon2id, slow and memory-hungry by
+/// design: on the bounded hashing threads, never on the runtime or the store thread).
+pub async fn password_hash(state: &AppState, password: String) -> Result<String, ApiError> {
     auth::validate_password(&password)
         .map_err(|reason| ApiError::bad_request(format!("invalid password: {reason}")))?;
-    tokio::task::spawn_blocking(move || auth::hash_password(&password))
+    state
+        .passwords
+        .hash(password)
         .await
-        .map_err(|_| ApiError::internal())?
-        .map_err(|_| ApiError::internal())
+        .map_err(ApiError::busy)?
+        .ok_or_else(ApiError::internal)
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,17 +101,40 @@ pub struct SignupRequest {
 
 pub async fn signup(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     payload: Result<Json<SignupRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
     let request = body(payload)?;
-    let hash = password_hash(request.password).await?;
-    let user = state
+    // What costs nothing is checked before what costs a hash.
+    let username = normalize_username(&request.username).map_err(invalid)?;
+    validate_nickname(&request.nickname).map_err(invalid)?;
+    auth::validate_password(&request.password)
+        .map_err(|reason| ApiError::bad_request(format!("invalid password: {reason}")))?;
+    // A taken name is answered from a read; the insert below still decides a race.
+    let name = username.clone();
+    if state
+        .store
+        .call(move |store| store.user_by_name(&name))
+        .await?
+        .is_some()
+    {
+        return Err(invalid(StoreError::UsernameTaken(username)));
+    }
+    // Every account made from an address counts against it: a phone makes one or two, a
+    // script making hundreds waits longer for each.
+    let attempt = state
+        .signup_by_address
+        .reserve(&peer.ip(), Instant::now())
+        .map_err(ApiError::too_many_attempts)?;
+    let hash = password_hash(&state, request.password).await?;
+    let created = state
         .store
         .call(move |store| {
             store.add_user(&request.username, &request.nickname, &hash, Role::Viewer)
         })
-        .await
-        .map_err(invalid)?;
+        .await;
+    attempt.count();
+    let user = created.map_err(invalid)?;
     tracing::info!(user = %user.username, "account created");
     Ok((StatusCode::CREATED, Json(user)))
 }
@@ -120,56 +145,80 @@ pub struct LoginRequest {
     password: String,
 }
 
+fn wrong_credentials() -> ApiError {
+    unauthorized("invalid_credentials", "wrong username or password")
+}
+
+/// Logs in. The throttle holds an attempt for the address and for this account at this
+/// address from before the store read until the verdict, so a burst of guesses gets one
+/// evaluation and the rest `429`. Failures slow the address (any account) and this account
+/// at this address; they never slow the account's owner at another address, so nobody can
+/// lock someone else out.
 pub async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     payload: Result<Json<LoginRequest>, JsonRejection>,
 ) -> Result<Json<TokenPair>, ApiError> {
     let request = body(payload)?;
-    let account = request.username.trim().to_lowercase();
+    // A name no account can have, or a password no account can have, is wrong without a
+    // store read or a hash, and never becomes a throttle key.
+    let (Ok(account), true) = (
+        normalize_username(&request.username),
+        request.password.chars().count() <= auth::MAX_PASSWORD_CHARS,
+    ) else {
+        return Err(wrong_credentials());
+    };
     let address = peer.ip();
     let now = Instant::now();
-    let wait = state
+    let pair = (account.clone(), address);
+    // Retry-After names the longer of the two waits, so a client that honours it is not
+    // refused again by the other key.
+    let by_address = state
         .login_by_address
-        .retry_after(&address, now)
-        .max(state.login_by_account.retry_after(&account, now));
-    if let Some(wait) = wait {
-        return Err(ApiError::too_many_attempts(wait));
-    }
+        .reserve(&address, now)
+        .map_err(|wait| {
+            let pair_wait = state.login_by_account.retry_after(&pair, now);
+            ApiError::too_many_attempts(pair_wait.map_or(wait, |w| w.max(wait)))
+        })?;
+    let by_account = state
+        .login_by_account
+        .reserve(&pair, now)
+        .map_err(ApiError::too_many_attempts)?;
     let name = account.clone();
     let found = state
         .store
         .call(move |store| store.credentials(&name))
         .await?;
-    let password = request.password;
     let stored = found.as_ref().map(|(_, hash)| hash.clone());
-    let matches =
-        tokio::task::spawn_blocking(move || auth::verify_password(&password, stored.as_deref()))
-            .await
-            .map_err(|_| ApiError::internal())?;
+    let matches = state
+        .passwords
+        .verify(request.password, stored)
+        .await
+        .map_err(ApiError::busy)?;
     let user = match found {
         Some((user, _)) if matches => user,
         _ => {
-            let failures = state.login_by_account.record_failure(&account, now);
-            state.login_by_address.record_failure(&address, now);
+            let failures = by_account.count();
+            by_address.count();
             tracing::warn!(%address, failures, "login refused: wrong username or password");
-            return Err(unauthorized(
-                "invalid_credentials",
-                "wrong username or password",
-            ));
+            return Err(wrong_credentials());
         }
     };
-    state.login_by_account.record_success(&account);
-    state.login_by_address.record_success(&address);
+    by_account.clear();
+    by_address.clear();
     let session = auth::new_session_id();
     let (refresh, hash) = auth::new_refresh_token();
     let expires = (auth::now_seconds() + state.auth.refresh_ttl.as_secs()) as i64;
     let (user_id, family) = (user.id, session.clone());
-    state
+    let keep = state.sessions_per_user;
+    let ended = state
         .store
-        .call(move |store| store.start_session(user_id, &family, &hash, expires))
+        .call(move |store| store.start_session(user_id, &family, &hash, expires, keep))
         .await?;
-    tracing::info!(user = %user.username, "logged in");
+    for family in &ended {
+        state.auth.revoke(family);
+    }
+    tracing::info!(user = %user.username, ended = ended.len(), "logged in");
     Ok(Json(
         state
             .auth

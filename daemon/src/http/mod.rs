@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tower_http::cors::{Any, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
 const TS_TYPE: &str = "video/mp2t";
@@ -43,9 +44,15 @@ pub struct AppState {
     pub store: StoreHandle,
     pub broadcasts: Arc<Broadcasts>,
     pub auth: Arc<crate::auth::Authority>,
-    /// Failed logins per client address and per account.
+    /// Failed logins (and setup codes) per client address, and per account at an address.
     pub login_by_address: Arc<Throttle<IpAddr>>,
-    pub login_by_account: Arc<Throttle<String>>,
+    pub login_by_account: Arc<Throttle<(String, IpAddr)>>,
+    /// Accounts made per client address.
+    pub signup_by_address: Arc<Throttle<IpAddr>>,
+    /// Password hashing, bounded in threads and so in memory.
+    pub passwords: Arc<crate::auth::Passwords>,
+    /// Live sessions one account may keep.
+    pub sessions_per_user: usize,
     /// Where OBS connects: the RTMP port, and the host to name when the request's own
     /// `Host` does not say.
     pub rtmp_port: u16,
@@ -106,8 +113,27 @@ pub fn app(state: AppState) -> Router {
         .route("/assets/{name}", get(web::asset))
         .merge(hls)
         .fallback(fallback)
+        // Every request body the API takes is a small JSON object; a larger one is refused
+        // (413) before it is read into memory.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        // Whatever a response is, a browser must not guess another type for it, and an
+        // answer that is not a page (JSON, media) may run nothing and be framed nowhere.
+        // Pages set their own policy (see `web`), which these leave in place.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(NO_CONTENT_POLICY),
+        ))
         .with_state(state)
 }
+
+/// Largest request body, in bytes: a donation message or a sign-up is well under 2 KiB.
+const MAX_BODY: usize = 16 * 1024;
+/// The policy of every response that is not a page of the web app.
+const NO_CONTENT_POLICY: &str = "default-src 'none'; frame-ancestors 'none'";
 
 /// An API error: status, stable code, human message.
 #[derive(Debug)]
@@ -146,14 +172,23 @@ impl ApiError {
     }
 
     fn too_many_attempts(wait: Duration) -> ApiError {
-        let seconds = wait.as_secs() + 1;
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let seconds = seconds.max(1);
         ApiError {
             retry_after: Some(seconds),
             ..ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_attempts",
-                format!("too many failed attempts; try again in {seconds} s"),
+                format!("too many attempts from here; try again in {seconds} s"),
             )
+        }
+    }
+
+    /// The password hashing threads are all taken: a `503` with `Retry-After`.
+    fn busy(busy: crate::auth::Busy) -> ApiError {
+        ApiError {
+            retry_after: Some(busy.0.as_secs().max(1)),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", busy.to_string())
         }
     }
 }
@@ -162,9 +197,17 @@ impl ApiError {
 fn body<T>(
     payload: Result<Json<T>, axum::extract::rejection::JsonRejection>,
 ) -> Result<T, ApiError> {
-    payload
-        .map(|Json(v)| v)
-        .map_err(|e| ApiError::bad_request(e.body_text()))
+    payload.map(|Json(v)| v).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("request bodies are at most {MAX_BODY} bytes"),
+            )
+        } else {
+            ApiError::bad_request(e.body_text())
+        }
+    })
 }
 
 impl From<StoreError> for ApiError {
@@ -358,8 +401,8 @@ async fn media_playlist(
         query
             .get(key)
             .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| ApiError::bad_request(format!("{key} must be a whole number")))
+                crate::hls::canonical_number::<u64>(v)
+                    .ok_or_else(|| ApiError::bad_request(format!("{key} must be a whole number")))
             })
             .transpose()
     };

@@ -101,12 +101,12 @@ pub async fn onboard(
         ));
     };
     let address = peer.ip();
-    let now = Instant::now();
-    if let Some(wait) = state.login_by_address.retry_after(&address, now) {
-        return Err(ApiError::too_many_attempts(wait));
-    }
+    let attempt = state
+        .login_by_address
+        .reserve(&address, Instant::now())
+        .map_err(ApiError::too_many_attempts)?;
     if !code.matches(&request.setup_code) {
-        state.login_by_address.record_failure(&address, now);
+        attempt.count();
         tracing::warn!(%address, "onboarding refused: wrong setup code");
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -114,12 +114,13 @@ pub async fn onboard(
             "that is not this box's setup code (see commeow-setup.txt on the card, or the console)",
         ));
     }
-    let hash = super::auth::password_hash(request.password).await?;
+    let hash = super::auth::password_hash(&state, request.password).await?;
     let (venue_name, username) = (request.venue_name, request.username);
     let session = auth::new_session_id();
     let (refresh, refresh_hash) = auth::new_refresh_token();
     let expires = (auth::now_seconds() + state.auth.refresh_ttl.as_secs()) as i64;
     let family = session.clone();
+    let keep = state.sessions_per_user;
     let onboarded = state
         .store
         .write(move |store| {
@@ -128,7 +129,7 @@ pub async fn onboard(
                 Err(OnboardingRefused::Store(e)) => return Err(e),
                 Err(OnboardingRefused::AlreadyDone) => return Ok(None),
             };
-            store.start_session(admin.id, &family, &refresh_hash, expires)?;
+            store.start_session(admin.id, &family, &refresh_hash, expires, keep)?;
             Ok(Some((venue, admin)))
         })
         .await
@@ -143,7 +144,7 @@ pub async fn onboard(
             "this box is already set up; log in instead",
         ));
     };
-    state.login_by_address.record_success(&address);
+    attempt.clear();
     tracing::info!(venue = %venue.name, admin = %admin.username, "onboarding done");
     let pair = state
         .auth

@@ -162,13 +162,6 @@ impl Connection {
     }
 
     async fn serve(&mut self) -> Result<(), IngestError> {
-        let penalty = self
-            .ingest
-            .throttle
-            .penalty(&self.peer.ip(), Instant::now());
-        if !penalty.is_zero() {
-            tokio::time::sleep(penalty).await;
-        }
         let mut buffer = vec![0u8; READ_BUFFER];
         let leftover = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut buffer))
             .await
@@ -367,6 +360,19 @@ impl Connection {
         if self.publishing.is_some() {
             return Err("this connection is already publishing".into());
         }
+        // Reserved before the key is looked up, like a login: parallel connections from one
+        // address get one key checked at a time, and wrong keys cost a growing wait.
+        let ingest = self.ingest.clone();
+        let attempt = ingest
+            .throttle
+            .reserve(&self.peer.ip(), Instant::now())
+            .map_err(|wait| {
+                tracing::warn!("publish refused: too many wrong stream keys from this address");
+                format!(
+                    "too many wrong stream keys from this address; try again in {} s",
+                    wait.as_secs().max(1)
+                )
+            })?;
         let key = StreamKey::from_publish(stream_key);
         let channel = self
             .ingest
@@ -378,26 +384,17 @@ impl Connection {
                 "server error".to_string()
             })?;
         let Some(channel) = channel else {
-            let failures = self
-                .ingest
-                .throttle
-                .record_failure(&self.peer.ip(), Instant::now());
+            let failures = attempt.count();
             // Never log the key itself: a typo of a real key is most of a real key.
             tracing::warn!(failures, "publish refused: unknown stream key");
-            tokio::time::sleep(
-                self.ingest
-                    .throttle
-                    .penalty(&self.peer.ip(), Instant::now()),
-            )
-            .await;
             return Err("unknown stream key".into());
         };
+        attempt.clear();
         tracing::Span::current().record("channel", channel.slug.as_str());
         let broadcast = self.ingest.broadcasts.begin(&channel.slug).map_err(|e| {
             tracing::warn!("publish refused: channel is already live from another connection");
             e.to_string()
         })?;
-        self.ingest.throttle.record_success(&self.peer.ip());
         let (media, inbox) = mpsc::channel(media::MEDIA_QUEUE);
         let pipeline = media::spawn(
             broadcast.clone(),

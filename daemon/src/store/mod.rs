@@ -17,7 +17,7 @@ pub use channels::{Channel, StreamKey};
 pub use chat::{ChatRoomRecord, Restriction};
 pub use ledger::{Donation, DonationRefused, DonationRequest, Entry, ReceivedDonation, Wallet};
 pub use payments::{Order, OrderState, Verdict};
-pub use users::{RefreshRefused, Role, Session, User};
+pub use users::{normalize_username, validate_nickname, RefreshRefused, Role, Session, User};
 pub use venue::{OnboardingRefused, Venue};
 
 use rusqlite::Connection;
@@ -35,6 +35,11 @@ pub enum StoreError {
     Migration(#[from] rusqlite_migration::Error),
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create the database {path}: {source}")]
+    DatabaseFile {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
@@ -235,10 +240,15 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) `<data_dir>/commeow.db`.
     pub fn open_in(data_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
-            path: data_dir.to_path_buf(),
-            source,
-        })?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(|source| StoreError::DataDir {
+                path: data_dir.to_path_buf(),
+                source,
+            })?;
         Store::open(&data_dir.join("commeow.db"))
     }
 
@@ -252,6 +262,27 @@ impl Store {
     }
 
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        // The file holds the token signing key and password hashes: readable by the daemon's
+        // user only, under systemd or not (SQLite gives its -wal and -shm files the same
+        // mode). An existing file keeps whatever mode the operator gave it.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(StoreError::DatabaseFile {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                }
+            }
+        }
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -89,6 +89,11 @@ fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
     })
 }
 
+/// Spent refresh tokens remembered per session, newest first. Presenting one of them
+/// revokes the session (it was stolen); one older than that is merely unknown. With
+/// 15-minute access tokens this covers the last 16 hours of a session's rotations.
+const SPENT_KEPT: i64 = 64;
+
 /// Why a refresh token was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshRefused {
@@ -172,19 +177,55 @@ impl Store {
         Ok(user)
     }
 
-    /// Starts a session (a new family) with its first refresh token.
+    /// Starts a session (a new family) with its first refresh token. The account keeps at
+    /// most `keep` live sessions: the ones used longest ago beyond that are ended, and
+    /// returned so their access tokens can be refused at once.
     pub fn start_session(
         &mut self,
         user_id: i64,
         family: &str,
         token_hash: &[u8],
         expires_at: i64,
-    ) -> Result<(), StoreError> {
-        self.conn().execute(
+        keep: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        // A savepoint: onboarding starts a session inside its own write.
+        let tx = self.conn_mut().savepoint()?;
+        tx.execute(
             "INSERT INTO refresh_tokens (token_hash, family, user_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
             params![token_hash, family, user_id, expires_at],
         )?;
-        Ok(())
+        // A live session has exactly one unused, unrevoked, unexpired token: its newest.
+        let now = chrono::Utc::now().timestamp();
+        let ended: Vec<String> = tx
+            .prepare(
+                "SELECT family FROM refresh_tokens
+                 WHERE user_id = ?1 AND used_at IS NULL AND revoked = 0 AND expires_at > ?2
+                 ORDER BY id DESC LIMIT -1 OFFSET ?3",
+            )?
+            .query_map(params![user_id, now, keep as i64], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        for family in &ended {
+            tx.execute(
+                "UPDATE refresh_tokens SET revoked = 1 WHERE family = ?1",
+                params![family],
+            )?;
+        }
+        tx.commit()?;
+        Ok(ended)
+    }
+
+    /// Deletes refresh-token rows nobody can present any more: expired longer ago than an
+    /// access token lives (so a revoked family no longer needs remembering either).
+    /// Returns how many went.
+    pub fn forget_expired_sessions(
+        &mut self,
+        access_ttl_seconds: i64,
+    ) -> Result<usize, StoreError> {
+        let horizon = chrono::Utc::now().timestamp() - access_ttl_seconds;
+        Ok(self.conn().execute(
+            "DELETE FROM refresh_tokens WHERE expires_at <= ?1",
+            params![horizon],
+        )?)
     }
 
     /// Trades a refresh token for a new one in the same family, in one transaction. A token
@@ -243,6 +284,14 @@ impl Store {
         tx.execute(
             "INSERT INTO refresh_tokens (token_hash, family, user_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
             params![new_hash, family, user_id, expires_at],
+        )?;
+        // Spent tokens are kept to catch a stolen one presented later, but only the family's
+        // newest SPENT_KEPT: a client refreshing in a loop cannot grow the table.
+        tx.execute(
+            "DELETE FROM refresh_tokens WHERE family = ?1 AND used_at IS NOT NULL AND id NOT IN
+             (SELECT id FROM refresh_tokens WHERE family = ?1 AND used_at IS NOT NULL
+              ORDER BY id DESC LIMIT ?2)",
+            params![family, SPENT_KEPT],
         )?;
         let user = tx
             .query_row(
@@ -362,7 +411,7 @@ mod tests {
             .add_user("alice", "A", "hash", Role::Viewer)
             .expect("add");
         store
-            .start_session(user.id, "fam", b"t1", 1_000)
+            .start_session(user.id, "fam", b"t1", 1_000, 10)
             .expect("start");
         let first = store
             .rotate_refresh_token(b"t1", b"t2", 10, 1_000)
@@ -404,7 +453,7 @@ mod tests {
             .add_user("alice", "A", "hash", Role::Viewer)
             .expect("add");
         store
-            .start_session(user.id, "fam", b"t1", 100)
+            .start_session(user.id, "fam", b"t1", 100, 10)
             .expect("start");
         assert_eq!(
             store

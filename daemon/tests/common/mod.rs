@@ -964,3 +964,104 @@ pub enum ChatEvent {
     /// Close code and reason, if the server sent a close frame.
     Closed(Option<(u16, String)>),
 }
+
+/// One HTTP/1.1 request on a new connection from `source` (any 127.x.y.z address is this
+/// machine, so tests can play many clients on the venue network); `None` if the
+/// connection was refused or cut before a whole answer.
+pub fn request_from(
+    source: std::net::Ipv4Addr,
+    to: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Option<Response> {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let SocketAddr::V4(to) = to else {
+        return None;
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .ok()?;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(source, 0)),
+    )
+    .ok()?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to)).ok()?;
+    let mut stream = std::net::TcpStream::from(fd);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {to}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).ok()?;
+    // The body goes from another thread while this one reads: a server that refuses a body
+    // answers before reading it, and its answer still counts.
+    let mut writer = stream.try_clone().ok()?;
+    let body = body.to_vec();
+    let sending = std::thread::spawn(move || {
+        let _ = writer.write_all(&body);
+    });
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = sending.join();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some(Response {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    })
+}
+
+/// Runs `work(i)` for `i` in `0..n` on `n` threads released at the same instant (a
+/// check-then-act race shows only then); returns the results in order of `i`.
+pub fn all_at_once<T: Send + 'static>(
+    n: usize,
+    work: impl Fn(usize) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let work = Arc::new(work);
+    let start = Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let (work, start) = (work.clone(), start.clone());
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    start.wait();
+                    work(i)
+                })
+                .expect("thread")
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect()
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmHWM`, `VmRSS`).
+pub fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("memory field")
+}

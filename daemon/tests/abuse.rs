@@ -1,0 +1,356 @@
+//! One phone (or one script) on the open venue Wi-Fi against the real daemon: bursts of
+//! logins and sign-ups, oversized fields, and strangers trying to lock accounts.
+//! Many clients are played from distinct loopback addresses (127.0.x.y).
+
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::expect_used)]
+
+mod common;
+
+use common::{all_at_once, memory_kib, request_from, Daemon, Response};
+use serde_json::json;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+const PASSWORD: &str = "correct horse battery";
+
+fn client(n: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 1 + (n / 250) as u8, 1 + (n % 250) as u8)
+}
+
+fn login_from(daemon: &Daemon, from: Ipv4Addr, username: &str, password: &str) -> Response {
+    let body = json!({"username": username, "password": password}).to_string();
+    request_from(
+        from,
+        daemon.http,
+        "POST",
+        "/api/auth/login",
+        body.as_bytes(),
+    )
+    .expect("an answer")
+}
+
+fn statuses(responses: &[Response]) -> std::collections::BTreeMap<u16, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for r in responses {
+        *counts.entry(r.status).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Finding 1: 300 logins at once for unknown users took a fresh box to 1.7 GB. Now hashing
+/// runs on two threads: from one address the burst gets one evaluation; from 300 addresses
+/// the rest wait their turn or hear `503 busy`, and memory stays bounded either way.
+#[test]
+fn bursts_of_logins_keep_memory_bounded() {
+    let daemon = Daemon::start("[auth]\npassword_hash_wait_seconds = 1.0\n");
+    let pid = daemon.child.id();
+    let before = memory_kib(pid, "VmHWM");
+
+    let http = daemon.http;
+    let one_address = all_at_once(300, move |i| {
+        let body = json!({"username": format!("nobody{i}"), "password": "guess12345"});
+        request_from(
+            client(0),
+            http,
+            "POST",
+            "/api/auth/login",
+            body.to_string().as_bytes(),
+        )
+        .expect("an answer")
+    });
+    let counts = statuses(&one_address);
+    // One evaluation, or two if the burst outlasts the first one-second penalty.
+    let evaluated = counts.get(&401).copied().unwrap_or(0);
+    assert!(
+        (1..=2).contains(&evaluated),
+        "one address, one evaluation at a time: {counts:?}"
+    );
+    assert_eq!(counts.get(&429), Some(&(300 - evaluated)), "{counts:?}");
+    assert!(one_address
+        .iter()
+        .filter(|r| r.status == 429)
+        .all(|r| r.header("retry-after").is_some()));
+
+    let many_addresses = all_at_once(300, move |i| {
+        let body = json!({"username": format!("nobody{i}"), "password": "guess12345"});
+        request_from(
+            client(i + 1),
+            http,
+            "POST",
+            "/api/auth/login",
+            body.to_string().as_bytes(),
+        )
+        .expect("an answer")
+    });
+    let counts = statuses(&many_addresses);
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        if counts.contains_key(&503) {
+            vec![401, 503]
+        } else {
+            vec![401]
+        },
+        "wrong or busy, nothing else: {counts:?}"
+    );
+    for busy in many_addresses.iter().filter(|r| r.status == 503) {
+        assert_eq!(busy.error_code(), "busy");
+        assert!(busy.header("retry-after").is_some());
+    }
+    let peak = memory_kib(pid, "VmHWM");
+    eprintln!(
+        "VmHWM before {} MB, after 600 logins {} MB; answers {counts:?}",
+        before / 1024,
+        peak / 1024
+    );
+    assert!(
+        peak < 250 * 1024,
+        "peak RSS {} MB (limit 250 MB)",
+        peak / 1024
+    );
+    // The box still answers, and a real user still logs in.
+    daemon.add_user("minji", "viewer");
+    assert_eq!(
+        login_from(&daemon, client(900), "minji", PASSWORD).status,
+        200
+    );
+}
+
+/// Finding 2: after one wrong guess, a burst of 150 (the right password last) must get no
+/// 200 and at most two evaluations.
+#[test]
+fn a_burst_of_guesses_gets_one_evaluation() {
+    let daemon = Daemon::start("");
+    daemon.add_user("minji", "viewer");
+    let phone = client(7);
+    assert_eq!(
+        login_from(&daemon, phone, "minji", "wrong guess 0").status,
+        401
+    );
+    // The scenario: the first penalty (1 s) has just run out when the burst comes.
+    std::thread::sleep(Duration::from_millis(1200));
+    let http = daemon.http;
+    let burst = all_at_once(150, move |i| {
+        let password = if i == 149 {
+            PASSWORD.to_string()
+        } else {
+            format!("wrong guess {i}")
+        };
+        if i == 149 {
+            // Sent last.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let body = json!({"username": "minji", "password": password});
+        request_from(
+            phone,
+            http,
+            "POST",
+            "/api/auth/login",
+            body.to_string().as_bytes(),
+        )
+        .expect("an answer")
+    });
+    let counts = statuses(&burst);
+    assert_eq!(
+        counts.get(&200),
+        None,
+        "no guess in a burst gets in: {counts:?}"
+    );
+    let evaluated = counts.get(&401).copied().unwrap_or(0);
+    assert!(
+        evaluated <= 2,
+        "{evaluated} guesses were evaluated: {counts:?}"
+    );
+    assert_eq!(
+        counts.get(&429).copied().unwrap_or(0) + evaluated,
+        150,
+        "{counts:?}"
+    );
+}
+
+/// Finding 3: 2 MB usernames became throttle keys of 2 MB each, and RSS grew by 450 MB.
+/// A body past 16 KiB is refused before it is read; a username of a shape no account has is
+/// refused before it is a key.
+#[test]
+fn huge_usernames_cost_nothing() {
+    let daemon = Daemon::start("");
+    let pid = daemon.child.id();
+    // Warm up the paths first, so the baseline includes what any first request allocates.
+    assert_eq!(
+        login_from(&daemon, client(1), "someone", "guess12345").status,
+        401
+    );
+    let before = memory_kib(pid, "VmRSS");
+    let http = daemon.http;
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let answers = all_at_once(200, move |i| {
+        let body = json!({"username": format!("{huge}{i}"), "password": "guess12345"});
+        request_from(
+            client(i + 10),
+            http,
+            "POST",
+            "/api/auth/login",
+            body.to_string().as_bytes(),
+        )
+        .map(|r| (r.status, r.error_code()))
+    });
+    for answer in &answers {
+        assert_eq!(
+            answer.as_ref().map(|(s, c)| (*s, c.as_str())),
+            Some((413, "too_large"))
+        );
+    }
+    // Under the body limit but no username: a plain 401, nothing remembered.
+    let long = "y".repeat(10_000);
+    for i in 0..200 {
+        let r = login_from(
+            &daemon,
+            client(300 + i),
+            &format!("{long}{i}"),
+            "guess12345",
+        );
+        assert_eq!(r.status, 401);
+    }
+    let after = memory_kib(pid, "VmRSS");
+    eprintln!(
+        "VmRSS before {} MB, after {} MB",
+        before / 1024,
+        after / 1024
+    );
+    assert!(
+        after < before + 20 * 1024,
+        "RSS grew from {} to {} MB",
+        before / 1024,
+        after / 1024
+    );
+}
+
+/// Finding 4: failures from one address locked the account for every address. Now a
+/// stranger only slows themselves.
+#[test]
+fn a_stranger_cannot_lock_someone_out() {
+    let daemon = Daemon::start("");
+    daemon.add_user("bob", "viewer");
+    let stranger = client(66);
+    assert_eq!(
+        login_from(&daemon, stranger, "bob", "wrong guess").status,
+        401
+    );
+    let again = login_from(&daemon, stranger, "bob", "wrong guess 2");
+    assert_eq!(
+        (again.status, again.error_code().as_str()),
+        (429, "too_many_attempts")
+    );
+    // Bob, on his own phone, is not kept out.
+    assert_eq!(login_from(&daemon, client(67), "bob", PASSWORD).status, 200);
+    // And the stranger logging into their own account does not reset bob's count there.
+    daemon.add_user("mallory", "viewer");
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        login_from(&daemon, stranger, "mallory", PASSWORD).status == 200
+    }));
+    // bob's count at this address carried on: his second failure there doubles the wait.
+    assert_eq!(
+        login_from(&daemon, stranger, "bob", "wrong guess 3").status,
+        401
+    );
+    let after = login_from(&daemon, stranger, "bob", "wrong guess 4");
+    assert_eq!(after.status, 429, "{after:?}");
+    assert_eq!(after.header("retry-after"), Some("2"), "{after:?}");
+}
+
+/// 100 sign-ups at once from one phone took the box to 1.2 GB. Now one account is made,
+/// the rest are told to wait, and each further account from that address waits longer.
+#[test]
+fn sign_ups_are_limited_per_address() {
+    let daemon = Daemon::start("");
+    let http = daemon.http;
+    let phone = client(5);
+    let burst = all_at_once(100, move |i| {
+        let body = json!({"username": format!("user{i}"), "password": PASSWORD, "nickname": "n"});
+        request_from(
+            phone,
+            http,
+            "POST",
+            "/api/auth/signup",
+            body.to_string().as_bytes(),
+        )
+        .expect("an answer")
+    });
+    let counts = statuses(&burst);
+    assert_eq!(counts.get(&201), Some(&1), "{counts:?}");
+    assert_eq!(counts.get(&429), Some(&99), "{counts:?}");
+    let next = {
+        let body = json!({"username": "late", "password": PASSWORD, "nickname": "n"});
+        request_from(
+            phone,
+            http,
+            "POST",
+            "/api/auth/signup",
+            body.to_string().as_bytes(),
+        )
+        .expect("an answer")
+    };
+    assert_eq!(next.status, 429);
+    let wait: u64 = next
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!(
+        (5..=10).contains(&wait),
+        "the second account waits ~10 s: {wait}"
+    );
+    // Another phone signs up at once.
+    let body = json!({"username": "other", "password": PASSWORD, "nickname": "n"});
+    let other = request_from(
+        client(6),
+        http,
+        "POST",
+        "/api/auth/signup",
+        body.to_string().as_bytes(),
+    )
+    .expect("an answer");
+    assert_eq!(other.status, 201, "{other:?}");
+    // A malformed sign-up costs no hash and no wait.
+    let body = json!({"username": "x", "password": PASSWORD, "nickname": "n"});
+    let bad = request_from(
+        client(6),
+        http,
+        "POST",
+        "/api/auth/signup",
+        body.to_string().as_bytes(),
+    )
+    .expect("an answer");
+    assert_eq!(bad.status, 400);
+}
+
+/// With one hashing thread and a short wait, logins from many addresses at once are
+/// answered `503 busy` with `Retry-After` rather than queued without bound.
+#[test]
+fn a_busy_box_says_so() {
+    let daemon =
+        Daemon::start("[auth]\npassword_hash_threads = 1\npassword_hash_wait_seconds = 0.1\n");
+    let http = daemon.http;
+    let answers = all_at_once(40, move |i| {
+        let body = json!({"username": format!("nobody{i}"), "password": "guess12345"});
+        request_from(
+            client(i + 1),
+            http,
+            "POST",
+            "/api/auth/login",
+            body.to_string().as_bytes(),
+        )
+        .expect("an answer")
+    });
+    let counts = statuses(&answers);
+    assert!(counts.get(&503).is_some_and(|n| *n > 0), "{counts:?}");
+    let busy = answers
+        .iter()
+        .find(|r| r.status == 503)
+        .expect("a busy answer");
+    assert_eq!(busy.error_code(), "busy");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    // Busy is not a failed guess: that address may try again at once.
+    let again = answers.iter().position(|r| r.status == 503).expect("busy");
+    let retry = login_from(&daemon, client(again + 1), "nobody", "guess12345");
+    assert_ne!(retry.status, 429, "{retry:?}");
+}
