@@ -25,6 +25,9 @@ pub struct Claims {
     pub sid: String,
     pub role: Role,
     pub nick: String,
+    /// Username: unique, unlike the nickname (tokens issued before it was added lack it).
+    #[serde(default)]
+    pub name: String,
     pub iat: u64,
     pub exp: u64,
     /// Random: no two tokens are alike, even issued in the same second.
@@ -129,6 +132,7 @@ impl Authority {
             sid: session.to_string(),
             role: user.role,
             nick: user.nickname.clone(),
+            name: user.username.clone(),
             iat,
             exp: iat + self.access_ttl.as_secs(),
             jti: new_session_id(),

@@ -202,6 +202,8 @@ pub struct ChatConfig {
     pub write_timeout_seconds: f64,
     /// Sockets are pinged this often; one silent for two intervals is closed.
     pub ping_seconds: f64,
+    /// Chat sockets one client address may hold open, on all channels together.
+    pub sockets_per_address: usize,
 }
 
 impl Default for ChatConfig {
@@ -215,6 +217,7 @@ impl Default for ChatConfig {
             socket_queue: 256,
             write_timeout_seconds: 10.0,
             ping_seconds: 30.0,
+            sockets_per_address: 8,
         }
     }
 }
@@ -433,7 +436,7 @@ impl Config {
             });
         }
         let chat = &self.chat;
-        let checks: [(&'static str, bool, &str); 8] = [
+        let checks: [(&'static str, bool, &str); 9] = [
             ("chat.history", chat.history <= 1000, "at most 1000"),
             (
                 "chat.max_chars",
@@ -465,6 +468,11 @@ impl Config {
                 "chat.ping_seconds",
                 (0.5..=600.0).contains(&chat.ping_seconds),
                 "within 0.5..=600",
+            ),
+            (
+                "chat.sockets_per_address",
+                (1..=10_000).contains(&chat.sockets_per_address),
+                "within 1..=10000",
             ),
         ];
         let points = &self.points;

@@ -20,6 +20,7 @@ pub mod media;
 pub mod payments;
 pub mod store;
 pub mod system;
+pub mod text;
 pub mod throttle;
 
 use config::Config;
@@ -114,6 +115,11 @@ pub async fn run(
             .sweep(config.kakao_pay.recheck_interval(), shutdown.clone()),
     );
     tokio::spawn(chat.clone().run_ticker(shutdown.clone()));
+    tracker.spawn(forget_expired_sessions(
+        store.clone(),
+        access_ttl,
+        shutdown.clone(),
+    ));
     let status = {
         let (broadcasts, chat) = (broadcasts.clone(), chat.clone());
         Box::new(move || status_line(broadcasts.live_count(), chat.total_viewers()))
@@ -200,6 +206,25 @@ pub async fn run(
     drop(notifier);
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Deletes refresh tokens nobody can present any more, at startup and then hourly.
+async fn forget_expired_sessions(store: StoreHandle, access_ttl: i64, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match store
+            .call(move |store| store.forget_expired_sessions(access_ttl))
+            .await
+        {
+            Ok(0) => {}
+            Ok(gone) => tracing::info!(gone, "expired refresh tokens deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot delete expired refresh tokens"),
+        }
+    }
 }
 
 /// systemd's one-line status: "2 live channels, 31 viewers".

@@ -319,3 +319,92 @@ fn the_operator_creates_accounts_and_sets_roles_from_the_cli() {
         "a password must come from stdin"
     );
 }
+
+/// Finding 8 of the security review, server side: a page's parallel calls (or two tabs)
+/// refreshing with the same token moments apart are one client racing itself, not a
+/// thief: every one of them gets tokens and the session lives on. A copy presented after
+/// the session has moved on still ends it.
+#[test]
+fn a_client_racing_itself_with_one_refresh_token_stays_logged_in() {
+    let daemon = Daemon::start("");
+    daemon.add_user("minji", "viewer");
+    let first = login(&daemon, "minji", "correct horse battery");
+    let token = first["refresh_token"]
+        .as_str()
+        .expect("refresh")
+        .to_string();
+    let url = daemon.url("/api/auth/refresh");
+    let answers = common::all_at_once(6, move |_| {
+        send_json("POST", &url, Some(&json!({"refresh_token": token})), None)
+    });
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    for answer in &answers {
+        let access = answer.json()["access_token"]
+            .as_str()
+            .expect("access")
+            .to_string();
+        assert_eq!(me(&daemon, &access).status, 200);
+    }
+    // One of the new tokens is used: the session has moved on, and the first token
+    // presented now is a stolen copy.
+    let next = answers[0].json()["refresh_token"].clone();
+    let moved_on = daemon.post("/api/auth/refresh", json!({"refresh_token": next}), None);
+    assert_eq!(moved_on.status, 200);
+    let stolen = daemon.post(
+        "/api/auth/refresh",
+        json!({"refresh_token": first["refresh_token"]}),
+        None,
+    );
+    assert_eq!(
+        (stolen.status, stolen.error_code().as_str()),
+        (401, "refresh_token_reused")
+    );
+}
+
+/// Finding 9: one user made 3,000 refresh-token rows in 5 s. A session keeps its newest
+/// spent tokens only, and an account its newest sessions only.
+#[test]
+fn refresh_tokens_and_sessions_are_bounded() {
+    let daemon = Daemon::start("[auth]\nsessions_per_user = 3\n");
+    daemon.add_user("minji", "viewer");
+    let mut pair = login(&daemon, "minji", "correct horse battery");
+    for _ in 0..300 {
+        let next = daemon.post(
+            "/api/auth/refresh",
+            json!({"refresh_token": pair["refresh_token"]}),
+            None,
+        );
+        assert_eq!(next.status, 200);
+        pair = next.json();
+    }
+    let rows = || -> i64 {
+        let db = rusqlite::Connection::open_with_flags(
+            daemon.data_dir().join("commeow.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open the database");
+        db.query_row("SELECT COUNT(*) FROM refresh_tokens", [], |r| r.get(0))
+            .expect("count")
+    };
+    let after_refreshes = rows();
+    // The session's 64 newest spent tokens and its live one, and add_user's session.
+    assert!(
+        after_refreshes <= 66,
+        "{after_refreshes} rows after 300 refreshes"
+    );
+    // Three more logins: the account keeps three sessions, and the oldest (the one
+    // refreshed above) ends, its access token at once.
+    let access = pair["access_token"].as_str().expect("access").to_string();
+    for _ in 0..3 {
+        login(&daemon, "minji", "correct horse battery");
+    }
+    assert_eq!(me(&daemon, &access).error_code(), "session_revoked");
+    let refused = daemon.post(
+        "/api/auth/refresh",
+        json!({"refresh_token": pair["refresh_token"]}),
+        None,
+    );
+    assert_eq!(refused.status, 401);
+}

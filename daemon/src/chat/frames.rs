@@ -38,12 +38,23 @@ pub enum Inbound {
     },
 }
 
-/// Who said something, as every client sees it.
+/// Who said something, as every client sees it. Nicknames are not unique, so the username
+/// comes along, and the badge says, from the server's own knowledge, who speaks for the
+/// channel: `streamer` (its owner) or `admin`. A client shows it; no client can claim it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Speaker<'a> {
     pub id: i64,
     pub nickname: &'a str,
+    pub username: &'a str,
     pub role: Role,
+    pub badge: Option<Badge>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Badge {
+    Streamer,
+    Admin,
 }
 
 /// A frame to clients.
@@ -157,7 +168,9 @@ mod tests {
             user: Speaker {
                 id: 2,
                 nickname: "\"Q\"",
+                username: "q",
                 role: Role::Viewer,
+                badge: None,
             },
             text: "<script>alert(1)</script>\"",
             at: "2026-01-01T00:00:00.000Z",

@@ -12,13 +12,13 @@
 pub mod frames;
 mod room;
 
-pub use room::{clean_text, Membership, Refusal, Room, DEFAULT_TIMEOUT, MAX_TIMEOUT};
+pub use room::{clean_text, Membership, Refusal, Room, Viewer, DEFAULT_TIMEOUT, MAX_TIMEOUT};
 
 use crate::auth::Claims;
 use crate::config::ChatConfig;
 use crate::store::{Role, StoreError, StoreHandle};
-use frames::Speaker;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Author {
     pub id: i64,
+    pub username: String,
     pub nickname: String,
     pub role: Role,
 }
@@ -36,17 +37,10 @@ impl Author {
     pub fn from_claims(claims: &Claims) -> Option<Author> {
         Some(Author {
             id: claims.user_id()?,
+            username: claims.name.clone(),
             nickname: claims.nick.clone(),
             role: claims.role,
         })
-    }
-
-    pub fn speaker(&self) -> Speaker<'_> {
-        Speaker {
-            id: self.id,
-            nickname: &self.nickname,
-            role: self.role,
-        }
     }
 }
 
@@ -57,6 +51,26 @@ pub struct Chat {
     /// Message ids, shared by all rooms. Seeded with the Unix time in microseconds so ids
     /// keep increasing across restarts, and stay below 2^53 (exact in JavaScript).
     ids: Arc<AtomicU64>,
+    /// Chat sockets open per client address, on every channel.
+    sockets: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A chat socket's place among its address's sockets; frees it when dropped.
+pub struct SocketSlot {
+    chat: Arc<Chat>,
+    address: IpAddr,
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut sockets = self.chat.sockets();
+        if let Some(open) = sockets.get_mut(&self.address) {
+            *open -= 1;
+            if *open == 0 {
+                sockets.remove(&self.address);
+            }
+        }
+    }
 }
 
 impl Chat {
@@ -68,19 +82,41 @@ impl Chat {
             limits: Arc::new(limits),
             rooms: Mutex::new(HashMap::new()),
             ids: Arc::new(AtomicU64::new(seed)),
+            sockets: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn sockets(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.sockets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lets one more chat socket in from `address`, up to `chat.sockets_per_address` (a
+    /// phone with a few tabs; not a script holding thousands to inflate the count).
+    pub fn admit(self: &Arc<Self>, address: IpAddr) -> Result<SocketSlot, Refusal> {
+        let limit = self.limits.sockets_per_address;
+        let mut sockets = self.sockets();
+        let open = sockets.entry(address).or_insert(0);
+        if *open >= limit {
+            return Err(Refusal::TooManySockets(limit));
+        }
+        *open += 1;
+        Ok(SocketSlot {
+            chat: self.clone(),
+            address,
+        })
     }
 
     fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Room>>> {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sockets open on channel `slug`'s chat (0 if nobody opened it yet).
+    /// Viewers of channel `slug`'s chat: accounts and anonymous devices with a socket open
+    /// (0 if nobody opened it yet).
     pub fn viewers(&self, slug: &str) -> usize {
         self.rooms().get(slug).map_or(0, |room| room.viewers())
     }
 
-    /// Sockets open on every channel's chat: the box's viewers.
+    /// Viewers on every channel's chat, summed.
     pub fn total_viewers(&self) -> usize {
         self.rooms().values().map(|room| room.viewers()).sum()
     }

@@ -4,12 +4,13 @@
 //! an `.await`), and a message enters the history and the ring under that same lock, so a
 //! joiner's history snapshot and its subscription meet without a gap or a duplicate.
 
-use super::frames::{timestamp, Outbound};
+use super::frames::{timestamp, Badge, Outbound, Speaker};
 use super::Author;
 use crate::config::ChatConfig;
 use crate::store::{Restriction, User};
 use axum::extract::ws::Utf8Bytes;
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -29,6 +30,8 @@ pub enum Refusal {
     Empty,
     #[error("messages are at most {0} characters")]
     TooLong(usize),
+    #[error("messages may not contain invisible formatting characters (direction overrides, zero-width spaces)")]
+    Invisible,
     #[error("slow down: you can chat again in {} s", whole_seconds(*.0))]
     RateLimited(Duration),
     #[error("you are timed out in this chat for {} more s", whole_seconds(*.0))]
@@ -43,6 +46,8 @@ pub enum Refusal {
     NoSuchUser,
     #[error("a timeout lasts 1 s to 7 days; use a ban for longer")]
     BadDuration,
+    #[error("at most {0} chat connections from one device")]
+    TooManySockets(usize),
 }
 
 /// Seconds, rounded up: "try again in 0 s" would be a lie.
@@ -56,6 +61,7 @@ impl Refusal {
             Refusal::Unauthenticated => "unauthenticated",
             Refusal::Empty => "empty",
             Refusal::TooLong(_) => "too_long",
+            Refusal::Invisible => "invisible_characters",
             Refusal::RateLimited(_) => "rate_limited",
             Refusal::TimedOut(_) => "timed_out",
             Refusal::Banned => "banned",
@@ -63,6 +69,7 @@ impl Refusal {
             Refusal::Protected => "protected",
             Refusal::NoSuchUser => "no_such_user",
             Refusal::BadDuration => "bad_duration",
+            Refusal::TooManySockets(_) => "too_many_sockets",
         }
     }
 
@@ -75,8 +82,13 @@ impl Refusal {
 }
 
 /// Makes a message fit to show: line breaks and tabs become spaces, other control
-/// characters go, the ends are trimmed; then the length is checked in characters.
+/// characters go, the ends are trimmed; then the length is checked in characters. Invisible
+/// formatting (a direction override, zero-width spaces) is refused, not stripped: the
+/// sender learns their text would not show as they wrote it.
 pub fn clean_text(text: &str, max_chars: usize) -> Result<String, Refusal> {
+    if text.chars().any(crate::text::is_invisible_format) {
+        return Err(Refusal::Invisible);
+    }
     let cleaned: String = text
         .chars()
         .filter_map(|c| match c {
@@ -117,6 +129,18 @@ struct RoomState {
     restrictions: HashMap<i64, Option<i64>>,
     /// The viewer count last announced.
     announced: usize,
+    /// Open sockets per viewer: one phone opening many sockets is still one viewer.
+    present: HashMap<Viewer, usize>,
+}
+
+/// Who a socket counts as. The viewer count is of people the box can tell apart: an
+/// account (on however many devices), or an anonymous device (by address, however many
+/// sockets it opens). Anonymous sockets cannot inflate it past one per address, and
+/// accounts cost a sign-up, which is throttled per address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Viewer {
+    Device(IpAddr),
+    Account(i64),
 }
 
 pub struct Room {
@@ -129,20 +153,38 @@ pub struct Room {
     /// that far behind gets `Lagged` and is dropped by its transport; the room never waits.
     feed: broadcast::Sender<Utf8Bytes>,
     state: Mutex<RoomState>,
-    sockets: AtomicUsize,
+    /// Distinct viewers with a socket open here (`present.len()`, readable without the
+    /// lock).
+    viewers: AtomicUsize,
 }
 
-/// A socket's place in a room: its feed, and the viewer count it holds up while alive.
+/// A socket's place in a room: its feed, and the viewer it counts as while alive.
 pub struct Membership {
     pub room: Arc<Room>,
     pub feed: broadcast::Receiver<Utf8Bytes>,
     /// The history at the moment of joining, oldest first.
     pub history: Vec<Utf8Bytes>,
+    viewer: Viewer,
+}
+
+impl Membership {
+    /// The socket logged in: it now counts as that account, not as its device.
+    pub fn identify(&mut self, user: i64) {
+        let now = Viewer::Account(user);
+        if self.viewer == now {
+            return;
+        }
+        let mut state = self.room.state();
+        self.room.leave(&mut state, self.viewer);
+        self.room.enter(&mut state, now);
+        self.viewer = now;
+    }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        self.room.sockets.fetch_sub(1, Ordering::Relaxed);
+        let mut state = self.room.state();
+        self.room.leave(&mut state, self.viewer);
     }
 }
 
@@ -168,7 +210,7 @@ impl Room {
             ids,
             feed,
             state: Mutex::new(state),
-            sockets: AtomicUsize::new(0),
+            viewers: AtomicUsize::new(0),
         }
     }
 
@@ -178,9 +220,9 @@ impl Room {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sockets open in this room.
+    /// Viewers in this room: distinct accounts and anonymous devices with a socket open.
     pub fn viewers(&self) -> usize {
-        self.sockets.load(Ordering::Relaxed)
+        self.viewers.load(Ordering::Relaxed)
     }
 
     /// The channel's streamer, if it has one.
@@ -193,14 +235,71 @@ impl Room {
         who.role == crate::store::Role::Admin || self.owner == Some(who.id)
     }
 
-    pub fn join(self: &Arc<Self>) -> Membership {
-        let state = self.state();
-        self.sockets.fetch_add(1, Ordering::Relaxed);
+    /// How `who` is shown in this room: their badge comes from the room's owner and their
+    /// role, never from anything a client sent.
+    pub fn speaker<'a>(&self, who: &'a Author) -> Speaker<'a> {
+        let badge = if self.owner == Some(who.id) {
+            Some(Badge::Streamer)
+        } else if who.role == crate::store::Role::Admin {
+            Some(Badge::Admin)
+        } else {
+            None
+        };
+        Speaker {
+            id: who.id,
+            nickname: &who.nickname,
+            username: &who.username,
+            role: who.role,
+            badge,
+        }
+    }
+
+    /// Whether `who` may put words before this room now: not banned, not timed out. The
+    /// one rule for chat messages and donation messages alike.
+    pub fn may_speak(&self, who: &Author) -> Result<(), Refusal> {
+        let mut state = self.state();
+        Self::check_restriction(&mut state, who.id)
+    }
+
+    fn check_restriction(state: &mut RoomState, user: i64) -> Result<(), Refusal> {
+        match state.restrictions.get(&user).copied() {
+            None => Ok(()),
+            Some(None) => Err(Refusal::Banned),
+            Some(Some(until)) => {
+                let left = until - chrono::Utc::now().timestamp();
+                if left > 0 {
+                    return Err(Refusal::TimedOut(Duration::from_secs(left.unsigned_abs())));
+                }
+                state.restrictions.remove(&user);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn join(self: &Arc<Self>, viewer: Viewer) -> Membership {
+        let mut state = self.state();
+        self.enter(&mut state, viewer);
         Membership {
             room: self.clone(),
             feed: self.feed.subscribe(),
             history: state.history.iter().map(|p| p.frame.clone()).collect(),
+            viewer,
         }
+    }
+
+    fn enter(&self, state: &mut RoomState, viewer: Viewer) {
+        *state.present.entry(viewer).or_insert(0) += 1;
+        self.viewers.store(state.present.len(), Ordering::Relaxed);
+    }
+
+    fn leave(&self, state: &mut RoomState, viewer: Viewer) {
+        if let Some(open) = state.present.get_mut(&viewer) {
+            *open -= 1;
+            if *open == 0 {
+                state.present.remove(&viewer);
+            }
+        }
+        self.viewers.store(state.present.len(), Ordering::Relaxed);
     }
 
     fn next_id(&self) -> u64 {
@@ -239,17 +338,7 @@ impl Room {
         let text = clean_text(text, self.limits.max_chars)?;
         let wall = chrono::Utc::now();
         let mut state = self.state();
-        match state.restrictions.get(&author.id).copied() {
-            None => {}
-            Some(None) => return Err(Refusal::Banned),
-            Some(Some(until)) => {
-                let left = until - wall.timestamp();
-                if left > 0 {
-                    return Err(Refusal::TimedOut(Duration::from_secs(left.unsigned_abs())));
-                }
-                state.restrictions.remove(&author.id);
-            }
-        }
+        Self::check_restriction(&mut state, author.id)?;
         // Moderators are not rate limited in their own room.
         if !self.may_moderate(author) {
             let pace = state.pace.entry(author.id).or_default();
@@ -279,7 +368,7 @@ impl Room {
         let at = timestamp(wall);
         let frame = Outbound::Chat {
             id,
-            user: author.speaker(),
+            user: self.speaker(author),
             text: &text,
             at: &at,
         }
@@ -296,18 +385,24 @@ impl Room {
     }
 
     /// Shows a committed donation to the room. Call only after the commit: the room must
-    /// never announce points that could still be rolled back.
-    pub fn donation(&self, donor: &Author, amount: i64, message: &str, at: &str) {
+    /// never announce points that could still be rolled back. A donor who may not speak
+    /// here (banned, timed out) is not announced at all: their points still reach the
+    /// streamer (the ledger and the dashboard show it), their name and words do not reach
+    /// the room. Returns whether it was announced.
+    pub fn donation(&self, donor: &Author, amount: i64, message: &str, at: &str) -> bool {
+        let mut state = self.state();
+        if Self::check_restriction(&mut state, donor.id).is_err() {
+            return false;
+        }
         let id = self.next_id();
         let frame = Outbound::Donation {
             id,
-            user: donor.speaker(),
+            user: self.speaker(donor),
             amount,
             message,
             at,
         }
         .encode();
-        let mut state = self.state();
         self.publish(
             &mut state,
             Posted {
@@ -316,6 +411,7 @@ impl Room {
                 frame,
             },
         );
+        true
     }
 
     /// Sends a frame that is not part of the conversation (not kept in the history).
@@ -411,10 +507,13 @@ mod tests {
     fn author(id: i64, role: Role) -> Author {
         Author {
             id,
+            username: format!("user{id}"),
             nickname: format!("user{id}"),
             role,
         }
     }
+
+    const PHONE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
 
     fn frames(membership: &mut Membership) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
@@ -444,7 +543,7 @@ mod tests {
             room.post(&author(1, Role::Viewer), &format!("m{n}"), now)
                 .expect("post");
         }
-        let joined = room.join();
+        let joined = room.join(Viewer::Device(PHONE));
         let texts: Vec<String> = joined
             .history
             .iter()
@@ -457,6 +556,97 @@ mod tests {
         assert_eq!(room.viewers(), 1);
         drop(joined);
         assert_eq!(room.viewers(), 0);
+    }
+
+    #[test]
+    fn viewers_are_addresses_not_sockets() {
+        let room = room(ChatConfig::default());
+        let tabs: Vec<_> = (0..3).map(|_| room.join(Viewer::Device(PHONE))).collect();
+        let other = room.join(Viewer::Device(IpAddr::V4(std::net::Ipv4Addr::new(
+            10, 0, 0, 2,
+        ))));
+        assert_eq!(room.viewers(), 2);
+        drop(other);
+        assert_eq!(room.viewers(), 1);
+        drop(tabs);
+        assert_eq!(room.viewers(), 0);
+        // A logged-in socket counts as its account: on two devices, still one viewer; an
+        // anonymous tab beside it on the same phone is another.
+        let mut phone = room.join(Viewer::Device(PHONE));
+        let mut laptop = room.join(Viewer::Device(IpAddr::V4(std::net::Ipv4Addr::new(
+            10, 0, 0, 3,
+        ))));
+        let _anonymous = room.join(Viewer::Device(PHONE));
+        assert_eq!(room.viewers(), 2);
+        phone.identify(7);
+        laptop.identify(7);
+        assert_eq!(room.viewers(), 2, "account 7 and the anonymous tab");
+        drop(phone);
+        assert_eq!(room.viewers(), 2);
+        drop(laptop);
+        assert_eq!(room.viewers(), 1);
+    }
+
+    #[test]
+    fn the_streamer_wears_a_badge_a_lookalike_does_not() {
+        let room = room(ChatConfig::default()); // owner: user 10
+        let mut watcher = room.join(Viewer::Device(PHONE));
+        let streamer = Author {
+            id: 10,
+            username: "alice".into(),
+            nickname: "Alice".into(),
+            role: Role::Streamer,
+        };
+        let lookalike = Author {
+            id: 11,
+            username: "alice2".into(),
+            nickname: "Alice".into(),
+            role: Role::Viewer,
+        };
+        let admin = author(12, Role::Admin);
+        let now = Instant::now();
+        for who in [&streamer, &lookalike, &admin] {
+            room.post(who, "hi", now).expect("post");
+        }
+        let users: Vec<_> = frames(&mut watcher)
+            .into_iter()
+            .map(|f| (f["user"]["username"].clone(), f["user"]["badge"].clone()))
+            .collect();
+        assert_eq!(
+            users,
+            [
+                (serde_json::json!("alice"), serde_json::json!("streamer")),
+                (serde_json::json!("alice2"), serde_json::Value::Null),
+                (serde_json::json!("user12"), serde_json::json!("admin")),
+            ]
+        );
+        assert_eq!(
+            room.post(&lookalike, "Alice\u{202E}ecilA", now),
+            Err(Refusal::Invisible)
+        );
+    }
+
+    #[test]
+    fn a_restricted_donor_is_not_announced() {
+        let room = room(ChatConfig::default());
+        let mut watcher = room.join(Viewer::Device(PHONE));
+        let donor = author(1, Role::Viewer);
+        assert_eq!(room.may_speak(&donor), Ok(()));
+        assert!(room.donation(&donor, 100, "hello", "2026-01-01T00:00:00.000Z"));
+        room.restrict(
+            &crate::store::User {
+                id: 1,
+                username: "user1".into(),
+                nickname: "user1".into(),
+                role: Role::Viewer,
+            },
+            None,
+            None,
+        );
+        assert_eq!(room.may_speak(&donor), Err(Refusal::Banned));
+        frames(&mut watcher);
+        assert!(!room.donation(&donor, 100, "spam", "2026-01-01T00:00:01.000Z"));
+        assert!(frames(&mut watcher).is_empty(), "nothing reached the room");
     }
 
     #[test]
@@ -490,7 +680,7 @@ mod tests {
     #[test]
     fn restrictions_stop_posting_and_clear_the_users_messages() {
         let room = room(ChatConfig::default());
-        let mut watcher = room.join();
+        let mut watcher = room.join(Viewer::Device(PHONE));
         let troll = author(2, Role::Viewer);
         let now = Instant::now();
         let troll_message = room.post(&troll, "spam", now).expect("post");
@@ -514,7 +704,11 @@ mod tests {
             room.post(&troll, "again", now),
             Err(Refusal::TimedOut(_))
         ));
-        assert_eq!(room.join().history.len(), 2, "hello and the notice remain");
+        assert_eq!(
+            room.join(Viewer::Device(PHONE)).history.len(),
+            2,
+            "hello and the notice remain"
+        );
         room.restrict(&user, None, None);
         assert_eq!(room.post(&troll, "again", now), Err(Refusal::Banned));
         room.lift(2);
@@ -527,11 +721,13 @@ mod tests {
     #[test]
     fn viewer_count_is_announced_only_on_change() {
         let room = room(ChatConfig::default());
-        let mut first = room.join();
+        let mut first = room.join(Viewer::Device(PHONE));
         let now = Instant::now();
         room.tick(now);
         room.tick(now);
-        let second = room.join();
+        let second = room.join(Viewer::Device(IpAddr::V4(std::net::Ipv4Addr::new(
+            10, 0, 0, 2,
+        ))));
         room.tick(now);
         drop(second);
         room.tick(now);

@@ -15,15 +15,16 @@
 use super::auth::{authenticate, bearer, invalid_token};
 use super::{ApiError, AppState};
 use crate::chat::frames::{Inbound, Outbound};
-use crate::chat::{self, Author, Membership, Moderation, ModerationError, Refusal, Room};
+use crate::chat::{self, Author, Membership, Moderation, ModerationError, Refusal, Room, Viewer};
 use axum::extract::ws::{
     close_code, rejection::WebSocketUpgradeRejection, CloseFrame, Message, Utf8Bytes, WebSocket,
     WebSocketUpgrade,
 };
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::SinkExt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -39,6 +40,7 @@ const MAX_WRITE_BUFFER: usize = 256 * 1024;
 
 pub async fn connect(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(slug): Path<String>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -53,6 +55,13 @@ pub async fn connect(
             StatusCode::UPGRADE_REQUIRED,
             "websocket_required",
             format!("chat is a WebSocket endpoint: {e}"),
+        )
+    })?;
+    let slot = state.chat.admit(peer.ip()).map_err(|refusal| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            refusal.code(),
+            refusal.to_string(),
         )
     })?;
     // A bad header token is refused before the upgrade, with the same JSON as the API.
@@ -73,7 +82,11 @@ pub async fn connect(
             // Counted by the daemon's task tracker, so shutdown waits for the goodbye.
             let task = state.tracker.token();
             async move {
-                let membership = room.join();
+                let viewer = match &author {
+                    Some(identity) => Viewer::Account(identity.author.id),
+                    None => Viewer::Device(peer.ip()),
+                };
+                let membership = room.join(viewer);
                 ChatSocket {
                     socket,
                     membership,
@@ -83,6 +96,7 @@ pub async fn connect(
                 }
                 .run()
                 .await;
+                drop(slot);
                 drop(task);
             }
         }))
@@ -212,7 +226,10 @@ impl ChatSocket {
 
     async fn serve(&mut self) -> End {
         let hello = {
-            let user = self.identity.as_ref().map(|i| i.author.speaker());
+            let user = self
+                .identity
+                .as_ref()
+                .map(|i| self.room().speaker(&i.author));
             let moderator = self
                 .identity
                 .as_ref()
@@ -390,10 +407,11 @@ impl ChatSocket {
             Ok(identity) => {
                 let moderator = self.room().may_moderate(&identity.author);
                 let frame = Outbound::Authenticated {
-                    user: identity.author.speaker(),
+                    user: self.room().speaker(&identity.author),
                     moderator,
                 }
                 .encode();
+                self.membership.identify(identity.author.id);
                 self.identity = Some(identity);
                 frame
             }

@@ -83,6 +83,22 @@ pub async fn donate(
         Err(Refusal::Empty) => String::new(),
         Err(refusal) => return Err(ApiError::bad_request(format!("message: {refusal}"))),
     };
+    // The message follows the chat's rules: a donor who may not speak in this channel's
+    // chat may still donate, but without words. Refused before any points move.
+    if !message.is_empty() {
+        if let Some(room) = state.chat.room(&slug, &state.store).await? {
+            if let Err(refusal) = room.may_speak(&donor) {
+                return Err(ApiError {
+                    retry_after: refusal.retry_after(),
+                    ..ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        refusal.code(),
+                        format!("{refusal}: donate without a message"),
+                    )
+                });
+            }
+        }
+    }
     let donation = DonationRequest {
         channel: slug,
         donor_id: donor.id,
@@ -117,13 +133,17 @@ pub async fn donate(
             "donation"
         );
         // The commit is on disk: now the room may hear of it.
+        // (A donor banned meanwhile is not announced: the room applies its rule again.)
         if let Ok(Some(room)) = state.chat.room(&donation.channel, &state.store).await {
-            room.donation(
+            let announced = room.donation(
                 &donor,
                 donation.amount,
                 &donation.message,
                 &donation.created_at,
             );
+            if !announced {
+                tracing::info!(channel = %donation.channel, "donation from a restricted donor: not shown in chat");
+            }
         }
     }
     let mut response = (StatusCode::CREATED, Json(&donation)).into_response();

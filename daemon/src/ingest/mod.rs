@@ -43,6 +43,8 @@ pub const MAX_BYTES_BEFORE_PUBLISH: usize = 64 * 1024;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const APP_NAME: &str = "live";
 const READ_BUFFER: usize = 64 * 1024;
+/// A stream-key penalty this short is waited out by the connection instead of refused.
+const WAIT_OUT_PENALTY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -361,18 +363,27 @@ impl Connection {
             return Err("this connection is already publishing".into());
         }
         // Reserved before the key is looked up, like a login: parallel connections from one
-        // address get one key checked at a time, and wrong keys cost a growing wait.
+        // address get one key checked at a time, and wrong keys cost a growing wait. A short
+        // wait is waited out rather than refused, so a streamer who fixes a typo at once
+        // still goes live; a connection told to wait a second time is refused.
         let ingest = self.ingest.clone();
-        let attempt = ingest
-            .throttle
-            .reserve(&self.peer.ip(), Instant::now())
-            .map_err(|wait| {
-                tracing::warn!("publish refused: too many wrong stream keys from this address");
-                format!(
-                    "too many wrong stream keys from this address; try again in {} s",
-                    wait.as_secs().max(1)
-                )
-            })?;
+        let mut waited = false;
+        let attempt = loop {
+            match ingest.throttle.reserve(&self.peer.ip(), Instant::now()) {
+                Ok(attempt) => break attempt,
+                Err(wait) if !waited && wait <= WAIT_OUT_PENALTY => {
+                    waited = true;
+                    tokio::time::sleep(wait).await;
+                }
+                Err(wait) => {
+                    tracing::warn!("publish refused: too many wrong stream keys from this address");
+                    return Err(format!(
+                        "too many wrong stream keys from this address; try again in {} s",
+                        wait.as_secs().max(1)
+                    ));
+                }
+            }
+        };
         let key = StreamKey::from_publish(stream_key);
         let channel = self
             .ingest

@@ -84,10 +84,7 @@ fn validate_title(title: &str) -> Result<(), StoreError> {
     if title.chars().count() > 100 {
         return Err(StoreError::InvalidTitle("longer than 100 characters"));
     }
-    if title.chars().any(char::is_control) {
-        return Err(StoreError::InvalidTitle("contains control characters"));
-    }
-    Ok(())
+    crate::text::check_name(title).map_err(|unfit| StoreError::InvalidTitle(unfit.reason()))
 }
 
 impl Store {

@@ -71,12 +71,16 @@ pub fn normalize_username(username: &str) -> Result<String, StoreError> {
 pub fn validate_nickname(nickname: &str) -> Result<String, StoreError> {
     let nick = nickname.trim();
     let count = nick.chars().count();
-    if count == 0 || count > 32 || nick.chars().any(char::is_control) {
+    if count == 0 || count > 32 {
         return Err(StoreError::Invalid {
             field: "nickname",
-            reason: "use 1-32 characters, no control characters",
+            reason: "use 1-32 characters",
         });
     }
+    crate::text::check_name(nick).map_err(|unfit| StoreError::Invalid {
+        field: "nickname",
+        reason: unfit.reason(),
+    })?;
     Ok(nick.to_string())
 }
 
@@ -93,6 +97,10 @@ fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
 /// revokes the session (it was stolen); one older than that is merely unknown. With
 /// 15-minute access tokens this covers the last 16 hours of a session's rotations.
 const SPENT_KEPT: i64 = 64;
+
+/// Seconds after a rotation during which the old token presented again is taken for the
+/// same client racing itself, not for a thief (see `rotate_refresh_token`).
+pub const REUSE_GRACE_SECONDS: i64 = 10;
 
 /// Why a refresh token was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,44 +250,64 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let row = tx
             .query_row(
-                "SELECT family, user_id, expires_at, used_at IS NOT NULL, revoked FROM refresh_tokens WHERE token_hash = ?1",
+                "SELECT id, family, user_id, expires_at, used_at, revoked FROM refresh_tokens WHERE token_hash = ?1",
                 params![old_hash],
                 |row| {
                     Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
                         row.get::<_, i64>(2)?,
-                        row.get::<_, bool>(3)?,
-                        row.get::<_, bool>(4)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, Option<i64>>(4)?,
+                        row.get::<_, bool>(5)?,
                     ))
                 },
             )
             .optional()?;
-        let Some((family, user_id, expires, used, revoked)) = row else {
+        let Some((id, family, user_id, expires, used_at, revoked)) = row else {
             return Ok(Err(RefreshRefused::Unknown));
+        };
+        // Two requests of one client racing with the same token (a page's parallel calls,
+        // two tabs): the second arrives moments after the first rotated it, and nothing
+        // newer in the family has been used yet. That is not theft; it gets a token of its
+        // own in the same family, as identity providers' reuse intervals allow.
+        let racing = |used_at: i64| -> Result<bool, StoreError> {
+            if now - used_at > REUSE_GRACE_SECONDS {
+                return Ok(false);
+            }
+            let newer_used: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM refresh_tokens WHERE family = ?1 AND id > ?2 AND used_at IS NOT NULL)",
+                params![family, id],
+                |row| row.get(0),
+            )?;
+            Ok(!newer_used)
         };
         let refused = if revoked {
             Some(RefreshRefused::Revoked)
-        } else if used {
-            tx.execute(
-                "UPDATE refresh_tokens SET revoked = 1 WHERE family = ?1",
-                params![family],
-            )?;
-            Some(RefreshRefused::Reused {
-                family: family.clone(),
-            })
         } else if expires <= now {
             Some(RefreshRefused::Expired)
         } else {
-            None
+            match used_at {
+                None => None,
+                Some(used_at) if racing(used_at)? => None,
+                Some(_) => {
+                    tx.execute(
+                        "UPDATE refresh_tokens SET revoked = 1 WHERE family = ?1",
+                        params![family],
+                    )?;
+                    Some(RefreshRefused::Reused {
+                        family: family.clone(),
+                    })
+                }
+            }
         };
         if let Some(refused) = refused {
             tx.commit()?;
             return Ok(Err(refused));
         }
         tx.execute(
-            "UPDATE refresh_tokens SET used_at = ?1 WHERE token_hash = ?2",
-            params![now, old_hash],
+            "UPDATE refresh_tokens SET used_at = ?1 WHERE id = ?2 AND used_at IS NULL",
+            params![now, id],
         )?;
         tx.execute(
             "INSERT INTO refresh_tokens (token_hash, family, user_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
@@ -444,6 +472,56 @@ mod tests {
                 .expect("db"),
             Err(RefreshRefused::Unknown)
         );
+    }
+
+    #[test]
+    fn a_token_presented_again_right_after_its_rotation_is_a_race_not_a_theft() {
+        let (_dir, mut store) = Store::temporary();
+        let user = store
+            .add_user("alice", "A", "hash", Role::Viewer)
+            .expect("add");
+        store
+            .start_session(user.id, "fam", b"t1", 1_000, 10)
+            .expect("start");
+        assert!(store
+            .rotate_refresh_token(b"t1", b"t2", 10, 1_000)
+            .expect("db")
+            .is_ok());
+        // The same client's second request, moments later, before t2 was ever used.
+        assert!(store
+            .rotate_refresh_token(b"t1", b"t2b", 12, 1_000)
+            .expect("db")
+            .is_ok());
+        assert!(!store.session_revoked("fam").expect("db"));
+        // Past the grace, it is a copy.
+        assert!(matches!(
+            store
+                .rotate_refresh_token(b"t1", b"t9", 10 + REUSE_GRACE_SECONDS + 1, 1_000)
+                .expect("db"),
+            Err(RefreshRefused::Reused { .. })
+        ));
+    }
+
+    #[test]
+    fn expired_sessions_are_deleted() {
+        let (_dir, mut store) = Store::temporary();
+        let user = store
+            .add_user("alice", "A", "hash", Role::Viewer)
+            .expect("add");
+        let now = chrono::Utc::now().timestamp();
+        store
+            .start_session(user.id, "old", b"t1", now - 1_000, 10)
+            .expect("start");
+        store
+            .start_session(user.id, "new", b"t2", now + 1_000, 10)
+            .expect("start");
+        // Expired 1,000 s ago: gone once no access token (900 s) can name it.
+        assert_eq!(store.forget_expired_sessions(900).expect("db"), 1);
+        assert_eq!(store.forget_expired_sessions(900).expect("db"), 0);
+        assert!(store
+            .rotate_refresh_token(b"t2", b"t3", now, now + 1_000)
+            .expect("db")
+            .is_ok());
     }
 
     #[test]

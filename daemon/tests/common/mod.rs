@@ -851,7 +851,9 @@ impl ChatClient {
                 format!("Bearer {token}").parse().expect("header"),
             );
         }
-        let stream = std::net::TcpStream::connect(http).expect("connect");
+        // Each chat client is its own device, as phones are: the box counts viewers by
+        // address and caps sockets per address.
+        let stream = connect_from(new_device(), http).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
@@ -965,18 +967,9 @@ pub enum ChatEvent {
     Closed(Option<(u16, String)>),
 }
 
-/// One HTTP/1.1 request on a new connection from `source` (any 127.x.y.z address is this
-/// machine, so tests can play many clients on the venue network); `None` if the
-/// connection was refused or cut before a whole answer.
-pub fn request_from(
-    source: std::net::Ipv4Addr,
-    to: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> Option<Response> {
+/// A TCP connection to `to` (IPv4) from `source`; `None` if it cannot be made.
+pub fn connect_from(source: std::net::Ipv4Addr, to: SocketAddr) -> Option<std::net::TcpStream> {
     use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
-    use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
     let SocketAddr::V4(to) = to else {
         return None;
@@ -994,7 +987,34 @@ pub fn request_from(
     )
     .ok()?;
     connect(fd.as_raw_fd(), &SockaddrIn::from(to)).ok()?;
-    let mut stream = std::net::TcpStream::from(fd);
+    Some(std::net::TcpStream::from(fd))
+}
+
+/// A loopback address no other caller in this test process got: one more device on the
+/// venue network (127.0.100.1, 127.0.100.2, …).
+pub fn new_device() -> std::net::Ipv4Addr {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::net::Ipv4Addr::new(
+        127,
+        100 + (n / 62_500) as u8,
+        (n / 250 % 250) as u8,
+        1 + (n % 250) as u8,
+    )
+}
+
+/// One HTTP/1.1 request on a new connection from `source` (any 127.x.y.z address is this
+/// machine, so tests can play many clients on the venue network); `None` if the
+/// connection was refused or cut before a whole answer.
+pub fn request_from(
+    source: std::net::Ipv4Addr,
+    to: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Option<Response> {
+    use std::io::{Read, Write};
+    let mut stream = connect_from(source, to)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .ok()?;

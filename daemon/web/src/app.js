@@ -21,7 +21,7 @@ const TEXT = {
     copy: "복사", copied: "복사됨", obs: "OBS 설정", server: "서버", streamKey: "스트림 키",
     keyframes: "키프레임 간격", bitrate: "비트레이트", recent: "최근 후원", none: "아직 없어요.",
     streamersOnly: "방송 관리는 스트리머 계정으로 로그인해야 해요.", notFound: "찾을 수 없어요.",
-    anonymous: "익명", deleted: "삭제된 메시지",
+    anonymous: "익명", deleted: "삭제된 메시지", streamer: "스트리머", admin: "관리자",
     setupTitle: "처음 설정", setupIntro: "카드의 commeow-setup.txt 파일(또는 박스 화면)에 적힌 설정 코드를 입력하고, 장소 이름과 관리자 계정을 만드세요.",
     setupCode: "설정 코드", venueName: "장소 이름", setupDone: "설정 완료",
   },
@@ -41,7 +41,7 @@ const TEXT = {
     copy: "Copy", copied: "Copied", obs: "OBS settings", server: "Server", streamKey: "Stream key",
     keyframes: "Keyframe interval", bitrate: "Bitrate", recent: "Recent donations", none: "None yet.",
     streamersOnly: "Log in with a streamer account to manage channels.", notFound: "Not found.",
-    anonymous: "anonymous", deleted: "message deleted",
+    anonymous: "anonymous", deleted: "message deleted", streamer: "streamer", admin: "admin",
     setupTitle: "Set up this box", setupIntro: "Type the setup code from commeow-setup.txt on the card (or the box's screen), name the venue and create the admin account.",
     setupCode: "Setup code", venueName: "Venue name", setupDone: "Set up",
   },
@@ -101,10 +101,12 @@ async function api(method, path, body, headers = {}) {
     },
     body: body ? JSON.stringify(body) : undefined,
   });
+  const sentWith = session.access;
   let response = await send();
   if (response.status === 401 && session.refresh) {
     const error = await response.clone().json().catch(() => ({}));
-    if (error?.error?.code === "token_expired" && await refreshTokens()) response = await send();
+    // Another call may have refreshed while this one was out: then just send again.
+    if (error?.error?.code === "token_expired" && (session.access !== sentWith || await refreshTokens())) response = await send();
   }
   const data = await response.json().catch(() => null);
   if (!response.ok) {
@@ -113,14 +115,30 @@ async function api(method, path, body, headers = {}) {
   return data;
 }
 
-async function refreshTokens() {
-  const response = await fetch("/api/auth/refresh", {
-    method: "POST", headers: { "content-type": "application/json" },
-    body: JSON.stringify({ refresh_token: session.refresh }),
-  });
-  if (!response.ok) { session.clear(); return false; }
-  session.save(await response.json());
-  return true;
+// One refresh at a time: the calls that find the access token expired together (the
+// dashboard makes several at once) all wait for the same one. Refresh tokens rotate, so a
+// second refresh with the same token would be taken for a stolen copy.
+let refreshing = null;
+function refreshTokens() {
+  refreshing ??= (async () => {
+    const sent = session.refresh;
+    try {
+      const response = await fetch("/api/auth/refresh", {
+        method: "POST", headers: { "content-type": "application/json" },
+        body: JSON.stringify({ refresh_token: sent }),
+      });
+      if (response.ok) { session.save(await response.json()); return true; }
+      // Another tab refreshed meanwhile: its tokens are already in storage.
+      if (session.refresh && session.refresh !== sent) return true;
+      session.clear();
+      return false;
+    } catch {
+      return false;
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
 }
 
 async function whoAmI() {
@@ -218,6 +236,16 @@ function loadHls() {
   return hlsLoaded;
 }
 
+// Who said it: the nickname, the badge the server gave (the channel's streamer, an admin),
+// and the username when the nickname differs from it, since nicknames are not unique.
+function who(user) {
+  if (!user) return h("span", { class: "who" }, t("anonymous"));
+  const parts = [user.nickname];
+  if (user.badge) parts.push(h("span", { class: `badge role ${user.badge}`, title: t(user.badge) }, t(user.badge)));
+  if (user.username && user.nickname.toLowerCase() !== user.username) parts.push(h("span", { class: "handle" }, `@${user.username}`));
+  return h("span", { class: "who", "data-badge": user.badge ?? "" }, ...parts);
+}
+
 async function watch(slug) {
   const video = h("video", { id: "video", muted: true, autoplay: true, playsinline: true });
   video.muted = true;
@@ -306,8 +334,8 @@ function chatPanel(slug, viewers) {
       try { frame = JSON.parse(event.data); } catch { return; }
       if (frame.type === "hello") { lines.replaceChildren(); viewers.textContent = `${frame.viewers}${t("viewers")}`; }
       else if (frame.type === "viewers") viewers.textContent = `${frame.count}${t("viewers")}`;
-      else if (frame.type === "chat") add(h("li", { "data-id": frame.id }, h("span", { class: "who" }, frame.user?.nickname ?? t("anonymous")), h("span", { class: "text" }, frame.text)));
-      else if (frame.type === "donation") add(h("li", { class: "donation" }, h("span", { class: "who" }, frame.user?.nickname ?? ""), `💝 ${frame.amount.toLocaleString()} ${t("points")} `, h("span", { class: "text" }, frame.message ?? "")));
+      else if (frame.type === "chat") add(h("li", { "data-id": frame.id }, who(frame.user), h("span", { class: "text" }, frame.text)));
+      else if (frame.type === "donation") add(h("li", { class: "donation" }, who(frame.user), `💝 ${frame.amount.toLocaleString()} ${t("points")} `, h("span", { class: "text" }, frame.message ?? "")));
       else if (frame.type === "system") add(h("li", { class: "system" }, frame.text ?? ""));
       else if (frame.type === "deleted") lines.querySelector(`[data-id="${Number(frame.id)}"]`)?.replaceChildren(h("span", { class: "muted" }, t("deleted")));
       else if (frame.type === "error") {

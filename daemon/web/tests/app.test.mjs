@@ -249,3 +249,84 @@ test("a fresh box's first visitor types the setup code, names the venue and land
     rmSync(secrets, { recursive: true, force: true });
   }
 });
+
+test("a streamer whose access token expired stays logged in when the dashboard makes several calls at once", async () => {
+  const daemon = await Daemon.start("[auth]\naccess_token_seconds = 3\n");
+  const djay = await daemon.user("djay", "streamer");
+  // Three channels: the dashboard asks for each one's donations at once, with the token.
+  for (const slug of ["stage", "lounge", "patio"]) await daemon.api("POST", "/api/channels", { slug, title: slug }, djay.access_token);
+  const streamer = await phone(chromium, daemon, djay);
+  const refreshes = [];
+  streamer.page.on("request", (request) => {
+    if (request.url().endsWith("/api/auth/refresh")) refreshes.push(JSON.parse(request.postData()).refresh_token);
+  });
+  const refused = [];
+  streamer.page.on("response", (response) => {
+    if (response.url().endsWith("/api/auth/refresh") && response.status() !== 200) refused.push(response.status());
+  });
+  try {
+    await streamer.page.goto(`${daemon.base}/dashboard`);
+    await streamer.page.locator("#my-channels .card").first().waitFor();
+    for (let round = 0; round < 2; round++) {
+      // Until the page's access token has expired (the dashboard's own polling may renew it
+      // meanwhile; the wait follows whichever token the page holds).
+      await streamer.page.waitForFunction(() => {
+        const token = localStorage.getItem("access_token");
+        // The box counts whole seconds: past exp by more than one.
+        return token && JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).exp * 1000 + 1100 < Date.now();
+      }, null, { timeout: 15000, polling: 50 });
+      const expired = await streamer.page.evaluate(() => localStorage.getItem("access_token"));
+      // Opening the dashboard again fires its calls together, all with the expired token.
+      await streamer.page.click('nav a[href="/dashboard"]');
+      await streamer.page.waitForFunction((old) => localStorage.getItem("access_token") !== old, expired, { timeout: 10000 })
+        .catch((e) => { throw new Error(`${e.message}; refreshes ${refreshes.length}, refused ${refused}, errors ${streamer.page.errors}`); });
+      await streamer.page.locator("#my-channels .card").first().waitFor();
+    }
+    assert.equal(streamer.page.url(), `${daemon.base}/dashboard`);
+    assert.equal(await streamer.page.locator("#me").innerText(), "djay", "still logged in");
+    assert.ok(refreshes.length >= 2, `the page refreshed its tokens: ${refreshes.length}`);
+    assert.equal(new Set(refreshes).size, refreshes.length, "each refresh token was sent once");
+    assert.deepEqual(refused, []);
+    // The expired token's 401s are logged by Chromium as failed loads; nothing else may be.
+    assert.deepEqual(streamer.page.errors.filter((e) => !e.includes("status of 401")), []);
+  } finally {
+    await streamer.context.close();
+    await daemon.close();
+  }
+});
+
+test("in the chat the streamer wears a badge, and a viewer nicknamed like the streamer does not", async () => {
+  const { daemon, djay } = await venue();
+  await daemon.cli(["user", "add", "mallory", "--role", "viewer", "--password-stdin", "--nickname", "djay"], `${PASSWORD}\n`);
+  const lookalike = await daemon.api("POST", "/api/auth/login", { username: "mallory", password: PASSWORD });
+  const streamer = await phone(chromium, daemon, djay);
+  const impostor = await phone(chromium, daemon, lookalike);
+  const watcher = await phone(chromium, daemon);
+  try {
+    for (const p of [streamer, impostor, watcher]) await p.page.goto(`${daemon.base}/c/stage`);
+    for (const [p, text] of [[streamer, "from the real djay"], [impostor, "from the fake djay"]]) {
+      await p.page.locator("#chat-input").waitFor();
+      await p.page.fill("#chat-input", text);
+      await p.page.click("#chat-send");
+    }
+    const real = watcher.page.locator("#chat-lines li", { hasText: "from the real djay" });
+    const fake = watcher.page.locator("#chat-lines li", { hasText: "from the fake djay" });
+    await real.waitFor();
+    await fake.waitFor();
+    assert.equal(await real.locator(".who .badge.streamer").count(), 1, "the streamer's badge");
+    assert.equal(await fake.locator(".who .badge").count(), 0, "no badge for the lookalike");
+    assert.match(await fake.locator(".who").innerText(), /@mallory/, "the lookalike's username shows");
+    assert.doesNotMatch(await real.locator(".who").innerText(), /@/);
+    await watcher.page.screenshot({ path: join(ARTIFACTS, "chat-badges.png") });
+    // A nickname that turns text around is refused at sign-up.
+    const refused = await fetch(`${daemon.base}/api/auth/signup`, {
+      method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ username: "trick", password: PASSWORD, nickname: "djay\u202Eyajd" }),
+    });
+    assert.equal(refused.status, 400);
+    assert.deepEqual([...streamer.page.errors, ...impostor.page.errors, ...watcher.page.errors], []);
+  } finally {
+    for (const p of [streamer, impostor, watcher]) await p.context.close();
+    await daemon.close();
+  }
+});
