@@ -34,6 +34,7 @@ pub struct Config {
     pub rtmp: RtmpConfig,
     pub hls: HlsConfig,
     pub auth: AuthConfig,
+    pub channels: ChannelsConfig,
     pub chat: ChatConfig,
     pub points: PointsConfig,
     pub kakao_pay: KakaoPayConfig,
@@ -162,6 +163,19 @@ impl KakaoPayConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsConfig {
+    /// Channels one streamer may create (admins are not bound).
+    pub per_streamer: usize,
+}
+
+impl Default for ChannelsConfig {
+    fn default() -> Self {
+        ChannelsConfig { per_streamer: 5 }
     }
 }
 
@@ -433,6 +447,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "auth.sessions_per_user",
                 message: format!("{} is outside 1..=1000", self.auth.sessions_per_user),
+            });
+        }
+        if !(1..=1000).contains(&self.channels.per_streamer) {
+            return Err(ConfigError::Invalid {
+                key: "channels.per_streamer",
+                message: format!("{} is outside 1..=1000", self.channels.per_streamer),
             });
         }
         let chat = &self.chat;

@@ -2,7 +2,9 @@
 //!
 //! The modules follow the data: [`ingest`] (RTMP from OBS) → [`media`] (libav, one thread
 //! per broadcast) → [`hls`] (segments in memory, playlists) → [`http`] (players, API, chat
-//! sockets). [`chat`] keeps each channel's room; [`auth`] issues and checks tokens. The
+//! sockets). [`chat`] keeps each channel's room; [`auth`] issues and checks tokens and
+//! hashes passwords on bounded threads; [`throttle`] slows whoever keeps failing (logins,
+//! sign-ups, setup codes, stream keys); [`text`] says what names and messages may hold. The
 //! [`store`] holds accounts, channels and the points ledger in SQLite, behind one writer
 //! thread; [`config`] and [`cli`] are the operator's side; [`system`] talks to systemd
 //! (sockets, readiness, status, a watchdog that checks every thread makes progress).
@@ -147,6 +149,7 @@ pub async fn run(
             config.auth.password_hash_wait(),
         )?),
         sessions_per_user: config.auth.sessions_per_user,
+        channels_per_streamer: config.channels.per_streamer,
         rtmp_port,
         rtmp_host: cli::public_rtmp_host(&config),
         segment_seconds: config.hls.target_duration,

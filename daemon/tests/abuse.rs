@@ -354,3 +354,117 @@ fn a_busy_box_says_so() {
     let retry = login_from(&daemon, client(again + 1), "nobody", "guess12345");
     assert_ne!(retry.status, 429, "{retry:?}");
 }
+
+/// Finding 10: 500 channels in a second, and a 97 KB list every open page fetched every
+/// few seconds. A streamer now has at most `channels.per_streamer` (5), even when asking
+/// all at once, and an unchanged list costs a 304 with no body.
+#[test]
+fn channels_are_bounded_per_streamer_and_the_list_is_cheap_to_poll() {
+    let daemon = Daemon::start("");
+    let streamer = daemon.add_user_token("djay", "streamer");
+    let url = daemon.url("/api/channels");
+    let answers = all_at_once(50, move |i| {
+        common::send_json(
+            "POST",
+            &url,
+            Some(&json!({"slug": format!("room-{i}")})),
+            Some(&streamer),
+        )
+    });
+    let counts = statuses(&answers);
+    assert_eq!(counts.get(&201), Some(&5), "{counts:?}");
+    assert_eq!(counts.get(&409), Some(&45), "{counts:?}");
+    assert!(answers
+        .iter()
+        .filter(|r| r.status == 409)
+        .all(|r| r.error_code() == "too_many_channels"));
+    // The venue's admin is not bound.
+    let admin = daemon.add_user_token("boss", "admin");
+    for i in 0..6 {
+        let made = daemon.post(
+            "/api/channels",
+            json!({"slug": format!("hall-{i}")}),
+            Some(&admin),
+        );
+        assert_eq!(made.status, 201);
+    }
+
+    let first = daemon.get("/api/channels");
+    assert_eq!(first.status, 200);
+    assert_eq!(first.json().as_array().map(Vec::len), Some(11));
+    let tag = first.header("etag").expect("an ETag").to_string();
+    let again = common::get_with(&daemon.url("/api/channels"), &[("if-none-match", &tag)]);
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+    daemon.post("/api/channels", json!({"slug": "hall-new"}), Some(&admin));
+    let changed = common::get_with(&daemon.url("/api/channels"), &[("if-none-match", &tag)]);
+    assert_eq!(changed.status, 200);
+    assert_ne!(changed.header("etag"), Some(tag.as_str()));
+}
+
+/// Finding 7: 2,000 anonymous chat sockets from one address showed 2,000 viewers. Now one
+/// address holds at most `chat.sockets_per_address` (8) and counts as one viewer, and a
+/// second address still gets in.
+#[test]
+fn one_address_cannot_inflate_the_viewer_count() {
+    let daemon = Daemon::start("");
+    daemon.add_channel("stage");
+    let phone = client(40);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..2_000 {
+        let stream = common::connect_from(phone, daemon.http).expect("connect");
+        match tungstenite::client(
+            format!("ws://{}/api/channels/stage/chat", daemon.http),
+            stream,
+        ) {
+            Ok((socket, _)) => held.push(socket),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                assert_eq!(response.status().as_u16(), 429);
+                refused += 1;
+            }
+            Err(e) => panic!("handshake: {e}"),
+        }
+    }
+    assert_eq!((held.len(), refused), (8, 1_992));
+    let list = daemon.get("/api/channels").json();
+    assert_eq!(list[0]["viewers"], 1, "{list}");
+    // Another phone joins and is counted.
+    let mut other = daemon
+        .chat("stage", None)
+        .expect("a second address gets in");
+    other.hello();
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        daemon.get("/api/channels").json()[0]["viewers"] == 2
+    }));
+}
+
+/// Smaller points: API answers carry `nosniff` and a CSP that runs nothing; `+1` and `01`
+/// are not segment numbers; the database is readable by the daemon's user only.
+#[test]
+fn small_points_from_the_review() {
+    let daemon = Daemon::start("");
+    for path in ["/api/channels", "/api/nope", "/healthz"] {
+        let answer = daemon.get(path);
+        assert_eq!(
+            answer.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+        assert_eq!(
+            answer.header("content-security-policy"),
+            Some("default-src 'none'; frame-ancestors 'none'"),
+            "{path}"
+        );
+    }
+    let page = daemon.get("/");
+    assert!(page
+        .header("content-security-policy")
+        .is_some_and(|p| p.contains("script-src 'self'")));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(daemon.data_dir().join("commeow.db"))
+        .expect("database")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+}

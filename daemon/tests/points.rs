@@ -256,3 +256,46 @@ fn a_streamer_sees_their_channels_donations_and_nobody_else_does() {
         404
     );
 }
+
+/// Finding 5 of the security review: a banned viewer still reached every screen through
+/// donation messages. Now the message follows the chat's rules: refused before any points
+/// move; a donation without one still goes through, and is not announced.
+#[test]
+fn a_banned_donor_s_words_never_reach_the_room() {
+    let (daemon, streamer, fan) = venue("", 1_000);
+    let fan_id = send_json("GET", &daemon.url("/api/me"), None, Some(&fan)).json()["id"].clone();
+    let mut watcher = daemon.chat("stage", None).expect("connect");
+    watcher.hello();
+    let mut owner = daemon.chat("stage", Some(&streamer)).expect("connect");
+    owner.hello();
+    owner.send(json!({"type": "ban", "user_id": fan_id}));
+    let notice = watcher.next_of("system", WAIT);
+    assert!(
+        notice["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("banned")),
+        "{notice}"
+    );
+
+    let with_words = donate(&daemon, &fan, 200, "banned-1");
+    assert_eq!(
+        (with_words.status, with_words.error_code().as_str()),
+        (403, "banned"),
+        "{}",
+        with_words.text()
+    );
+    assert_eq!(wallet(&daemon, &fan)["balance"], 1_000, "no points moved");
+
+    let silent = send_json_with(
+        "POST",
+        &daemon.url("/api/channels/stage/donations"),
+        Some(&json!({"amount": 200})),
+        Some(&fan),
+        &[("idempotency-key", "banned-2")],
+    );
+    assert_eq!(silent.status, 201, "{}", silent.text());
+    assert_eq!(wallet(&daemon, &fan)["balance"], 800);
+    assert_eq!(wallet(&daemon, &streamer)["earnings"], 200);
+    watcher.assert_no("donation", Duration::from_millis(500));
+    daemon.assert_ledger_balances();
+}

@@ -6,8 +6,10 @@ use crate::store::{Role, StoreError, StreamKey};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 #[derive(Debug, Serialize)]
 pub struct ChannelView {
@@ -26,7 +28,9 @@ struct Streamer {
     nickname: String,
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ChannelView>>, ApiError> {
+/// `GET /api/channels`. Every open page polls it, so it carries an `ETag`: the browser's
+/// cache revalidates with `If-None-Match` and an unchanged list costs a `304` and no body.
+pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let channels = state.store.call(|store| store.channel_listing()).await?;
     let mut views: Vec<ChannelView> = channels
         .into_iter()
@@ -40,7 +44,27 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ChannelView>
         .collect();
     // Live channels first, then by slug (the store's order, kept by a stable sort).
     views.sort_by_key(|v| !v.live);
-    Ok(Json(views))
+    let body = serde_json::to_vec(&views).map_err(|_| ApiError::internal())?;
+    let tag = format!("\"{}\"", hex::encode(&sha2::Sha256::digest(&body)[..12]));
+    let unchanged = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().trim_start_matches("W/") == tag);
+    let cache = [
+        (header::ETAG, tag),
+        (header::CACHE_CONTROL, "no-cache".to_string()),
+    ];
+    if unchanged {
+        return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
+    }
+    Ok((
+        cache,
+        [(header::CONTENT_TYPE, "application/json".to_string())],
+        body,
+    )
+        .into_response())
 }
 
 /// A stream key, shown once, with where to use it.
@@ -104,6 +128,9 @@ fn channel_error(error: StoreError) -> ApiError {
         StoreError::ChannelExists(_) => {
             ApiError::new(StatusCode::CONFLICT, "channel_exists", error.to_string())
         }
+        StoreError::TooManyChannels(_) => {
+            ApiError::new(StatusCode::CONFLICT, "too_many_channels", error.to_string())
+        }
         StoreError::NoSuchChannel(_) => ApiError::not_found(error.to_string()),
         other => other.into(),
     }
@@ -128,9 +155,11 @@ pub async fn create(
     }
     let request = body(payload)?;
     let owner = claims.user_id();
+    // Admins run the venue and may make as many as it needs; a streamer has a bound.
+    let limit = (claims.role == Role::Streamer).then_some(state.channels_per_streamer);
     let (channel, key) = state
         .store
-        .call(move |store| store.add_channel_owned(&request.slug, &request.title, owner))
+        .call(move |store| store.add_channel_owned(&request.slug, &request.title, owner, limit))
         .await
         .map_err(channel_error)?;
     tracing::info!(channel = %channel.slug, by = %claims.nick, "channel created");

@@ -53,6 +53,8 @@ pub struct AppState {
     pub passwords: Arc<crate::auth::Passwords>,
     /// Live sessions one account may keep.
     pub sessions_per_user: usize,
+    /// Channels one streamer may own.
+    pub channels_per_streamer: usize,
     /// Where OBS connects: the RTMP port, and the host to name when the request's own
     /// `Host` does not say.
     pub rtmp_port: u16,

@@ -95,27 +95,38 @@ impl Store {
         slug: &str,
         title: &str,
     ) -> Result<(Channel, StreamKey), StoreError> {
-        self.add_channel_owned(slug, title, None)
+        self.add_channel_owned(slug, title, None, None)
     }
 
-    /// Creates a channel owned by `owner` (a user id), or by nobody.
+    /// Creates a channel owned by `owner` (a user id), or by nobody. With `limit`, an owner
+    /// who already has that many channels gets [`StoreError::TooManyChannels`]; the count
+    /// and the insert are one statement, so racing requests cannot pass it together.
     pub fn add_channel_owned(
         &mut self,
         slug: &str,
         title: &str,
         owner: Option<i64>,
+        limit: Option<usize>,
     ) -> Result<(Channel, StreamKey), StoreError> {
         validate_slug(slug)?;
         validate_title(title)?;
         let key = StreamKey::generate();
         let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let limit = limit.map_or(i64::MAX, |l| l as i64);
         let inserted = self.conn().execute(
-            "INSERT INTO channels (slug, title, stream_key_hash, created_at, owner_id) VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO channels (slug, title, stream_key_hash, created_at, owner_id)
+             SELECT ?1, ?2, ?3, ?4, ?5
+             WHERE ?5 IS NULL OR (SELECT COUNT(*) FROM channels WHERE owner_id = ?5) < ?6
              ON CONFLICT (slug) DO NOTHING",
-            params![slug, title, key.hash(), created_at, owner],
+            params![slug, title, key.hash(), created_at, owner, limit],
         )?;
         if inserted == 0 {
-            return Err(StoreError::ChannelExists(slug.to_string()));
+            if self.channel_id_and_owner(slug)?.is_some() {
+                return Err(StoreError::ChannelExists(slug.to_string()));
+            }
+            return Err(StoreError::TooManyChannels(
+                limit.try_into().unwrap_or(usize::MAX),
+            ));
         }
         let channel = Channel {
             slug: slug.to_string(),

@@ -549,7 +549,7 @@ mod tests {
             .add_user("fan", "Fan", "hash", Role::Viewer)
             .expect("fan");
         store
-            .add_channel_owned("stage", "", Some(streamer.id))
+            .add_channel_owned("stage", "", Some(streamer.id), None)
             .expect("channel");
         (dir, store, streamer.id, fan.id)
     }

@@ -45,6 +45,8 @@ pub enum StoreError {
     },
     #[error("channel `{0}` already exists")]
     ChannelExists(String),
+    #[error("a streamer may have at most {0} channels")]
+    TooManyChannels(usize),
     #[error("no channel `{0}`")]
     NoSuchChannel(String),
     #[error("invalid channel slug `{0}`: use 1-32 characters a-z, 0-9 and '-', starting with a letter or digit")]

@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut store = Store::open_in(&args.data_dir)?;
     let streamer = store.add_user("streamer", "Streamer", "-", Role::Streamer)?;
-    store.add_channel_owned("stage", "", Some(streamer.id))?;
+    store.add_channel_owned("stage", "", Some(streamer.id), None)?;
     let donors = store.write(|s| {
         let mut ids = Vec::new();
         for n in 0..args.donors {
