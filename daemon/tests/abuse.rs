@@ -43,7 +43,7 @@ fn statuses(responses: &[Response]) -> std::collections::BTreeMap<u16, usize> {
 /// the rest wait their turn or hear `503 busy`, and memory stays bounded either way.
 #[test]
 fn bursts_of_logins_keep_memory_bounded() {
-    let daemon = Daemon::start("[auth]\npassword_hash_wait_seconds = 1.0\n");
+    let daemon = Daemon::start("");
     let pid = daemon.child.id();
     let before = memory_kib(pid, "VmHWM");
 
