@@ -7,7 +7,7 @@ use crate::config::{Config, DEFAULT_CONFIG_TOML};
 use crate::store::{Channel, Role, Store, StreamKey};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
@@ -120,7 +120,7 @@ pub enum UserCommand {
     Add {
         /// Login name: 3-32 characters a-z, 0-9, '_', '.', '-' (case-insensitive).
         name: String,
-        #[arg(long, value_enum, default_value = "viewer")]
+        #[arg(long, default_value = "viewer", value_parser = role_parser())]
         role: Role,
         /// Read the password from standard input (one line).
         #[arg(long, required = true)]
@@ -132,9 +132,17 @@ pub enum UserCommand {
     /// Change an account's role; it reaches the account's tokens at their next refresh.
     SetRole {
         name: String,
-        #[arg(value_enum)]
+        #[arg(value_parser = role_parser())]
         role: Role,
     },
+}
+
+/// Roles by name, for clap (the store's `Role` knows nothing of the command line).
+fn role_parser() -> impl clap::builder::TypedValueParser<Value = Role> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Role::ALL.map(Role::as_str))
+        // clap has checked the name against the same list.
+        .map(|name| Role::from_name(&name).unwrap_or(Role::Viewer))
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,7 +244,13 @@ fn run_daemon(config: Config) -> anyhow::Result<()> {
 
         let shutdown = CancellationToken::new();
         tokio::spawn(shutdown_on_signal(shutdown.clone()));
-        crate::run(config, store, crate::Listeners { http, rtmp }, shutdown).await
+        crate::daemon::run(
+            config,
+            store,
+            crate::daemon::Listeners { http, rtmp },
+            shutdown,
+        )
+        .await
     })
 }
 
@@ -418,39 +432,8 @@ fn print_key(config: &Config, slug: &str, key: &StreamKey, json: bool, what: &st
 /// What OBS should connect to: the configured public host, else the listen address if it
 /// is a specific one, else this box's first LAN address.
 fn rtmp_url(config: &Config) -> String {
-    obs_server_url(&public_rtmp_host(config), config.rtmp.listen.port())
-}
-
-/// `rtmp://HOST:PORT/live`, bracketing an IPv6 host.
-pub fn obs_server_url(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("rtmp://[{host}]:{port}/live")
-    } else {
-        format!("rtmp://{host}:{port}/live")
-    }
-}
-
-/// The host OBS should use when nothing better is known: the configured public host, else
-/// the listen address if it is a specific one, else this box's first LAN address.
-pub fn public_rtmp_host(config: &Config) -> String {
-    if !config.rtmp.public_host.is_empty() {
-        config.rtmp.public_host.clone()
-    } else if !config.rtmp.listen.ip().is_unspecified() {
-        config.rtmp.listen.ip().to_string()
-    } else {
-        lan_address().map_or_else(|| "localhost".to_string(), |ip| ip.to_string())
-    }
-}
-
-/// The first IPv4 address of an interface that is up and not loopback.
-fn lan_address() -> Option<IpAddr> {
-    let interfaces = nix::ifaddrs::getifaddrs().ok()?;
-    interfaces
-        .filter(|i| {
-            i.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP)
-                && !i
-                    .flags
-                    .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
-        })
-        .find_map(|i| i.address?.as_sockaddr_in().map(|a| IpAddr::V4(a.ip())))
+    crate::obs::server_url(
+        &crate::obs::public_host(&config.rtmp),
+        config.rtmp.listen.port(),
+    )
 }

@@ -98,7 +98,7 @@ fn obs_server(state: &AppState, headers: &HeaderMap) -> String {
         .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
         .filter(|h| !h.is_empty())
         .unwrap_or(&state.rtmp_host);
-    crate::cli::obs_server_url(host, state.rtmp_port)
+    crate::obs::server_url(host, state.rtmp_port)
 }
 
 /// `GET /api/obs`: the OBS settings the dashboard shows (the key is shown only when made).

@@ -6,12 +6,12 @@
 //! the async runtime. When the queue closes (the publisher left), the open segment is
 //! closed and the playlist ended.
 
+pub mod codec;
 pub mod mux;
 
 use crate::hls::segmenter::Part;
 use crate::hls::segmenter::Segmenter;
 use crate::hls::{Broadcast, StreamInfo};
-use crate::ingest::flv;
 use crate::system::{Activity, Health};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -309,13 +309,13 @@ impl Pipeline {
             .audio_config
             .as_deref()
             .filter(|_| with_audio)
-            .and_then(flv::aac_codec_string);
+            .and_then(codec::aac_codec_string);
         StreamInfo {
-            codecs: flv::avc_codec_string(avcc)
+            codecs: codec::avc_codec_string(avcc)
                 .into_iter()
                 .chain(audio_codec)
                 .collect(),
-            resolution: self.resolution.or_else(|| flv::avc_dimensions(avcc)),
+            resolution: self.resolution.or_else(|| codec::avc_dimensions(avcc)),
             frame_rate: self.frame_rate,
         }
     }

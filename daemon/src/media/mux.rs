@@ -10,7 +10,7 @@
 //! ffmpeg-next has no safe form for (extradata, flushing, one muxer flag) are confined to
 //! this file.
 
-use crate::ingest::flv;
+use super::codec;
 use bytes::Bytes;
 use ffmpeg_next as ff;
 use std::io::Write;
@@ -135,7 +135,7 @@ impl Muxer {
         let mut output = ff::format::output_to_stream(io, None, Some(format))?;
 
         let mut video_params = parameters(ff::media::Type::Video, ff::codec::Id::H264, avcc)?;
-        let (width, height) = flv::avc_dimensions(avcc).ok_or(MuxError::BadVideoConfig)?;
+        let (width, height) = codec::avc_dimensions(avcc).ok_or(MuxError::BadVideoConfig)?;
         // SAFETY: `video_params` owns a valid AVCodecParameters; plain integer fields.
         unsafe {
             let raw = video_params.as_mut_ptr();
@@ -149,7 +149,7 @@ impl Muxer {
         let mut sample_rate = 0;
         let audio_index = match asc {
             Some(asc) => {
-                let config = flv::parse_aac_config(asc).ok_or(MuxError::BadAudioConfig)?;
+                let config = codec::parse_aac_config(asc).ok_or(MuxError::BadAudioConfig)?;
                 sample_rate = i64::from(config.sample_rate);
                 let mut params = parameters(ff::media::Type::Audio, ff::codec::Id::AAC, asc)?;
                 // SAFETY: `params` owns a valid AVCodecParameters; ch_layout is plain data

@@ -129,7 +129,9 @@ impl Payments {
             .ok_or_else(|| PaymentError::NoSuchProduct(product_id.to_string()))?;
         let order = self
             .store
-            .write(move |store| store.create_order(user_id, &product))
+            .write(move |store| {
+                store.create_order(user_id, &product.id, product.points, product.price_krw)
+            })
             .await?;
         let id = order.order_id.clone();
         let url = |step: &str| format!("{origin}/api/payments/kakao/{step}?order_id={id}");

@@ -9,7 +9,6 @@
 
 use super::ledger::{event_id, now, AccountKind};
 use super::{Store, StoreError};
-use crate::config::Product;
 use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
 
@@ -112,8 +111,15 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
 }
 
 impl Store {
-    /// A new pending order for `product` at its catalog price.
-    pub fn create_order(&self, user_id: i64, product: &Product) -> Result<Order, StoreError> {
+    /// A new pending order for a catalog product at its catalog price (the caller looks
+    /// them up in the configured catalog; nothing here trusts a browser's figures).
+    pub fn create_order(
+        &self,
+        user_id: i64,
+        product_id: &str,
+        points: i64,
+        price_krw: i64,
+    ) -> Result<Order, StoreError> {
         let id = order_id();
         let at = now();
         self.conn()
@@ -122,14 +128,7 @@ impl Store {
                    (id, user_id, product_id, points, price_krw, state, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)",
             )?
-            .execute(params![
-                id,
-                user_id,
-                product.id,
-                product.points,
-                product.price_krw,
-                at
-            ])?;
+            .execute(params![id, user_id, product_id, points, price_krw, at])?;
         self.order(&id)?
             .ok_or(StoreError::CommitFailed("the new order vanished".into()))
     }
@@ -279,18 +278,17 @@ mod tests {
         (dir, store, user.id)
     }
 
-    fn product() -> Product {
-        Product {
-            id: "points-1000".into(),
-            points: 1000,
-            price_krw: 1100,
-        }
+    /// A catalog product: id, points, price.
+    fn new_order(store: &Store, user: i64) -> Order {
+        store
+            .create_order(user, "points-1000", 1000, 1100)
+            .expect("order")
     }
 
     #[test]
     fn the_first_verdict_wins_and_credits_once() {
         let (_dir, mut store, user) = store_with_user();
-        let order = store.create_order(user, &product()).expect("order");
+        let order = new_order(&store, user);
         assert_eq!(order.state, OrderState::Pending);
         assert_eq!(order.price_krw, 1100);
         let approved = Verdict::Approved {
@@ -332,7 +330,7 @@ mod tests {
     #[test]
     fn an_ended_order_credits_nothing_and_leaves_an_event() {
         let (_dir, mut store, user) = store_with_user();
-        let order = store.create_order(user, &product()).expect("order");
+        let order = new_order(&store, user);
         let verdict = Verdict::Ended {
             state: OrderState::Rejected,
             detail: "amount mismatch".into(),

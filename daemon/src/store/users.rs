@@ -9,7 +9,7 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 /// What an account may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
@@ -24,6 +24,13 @@ impl Role {
             Role::Streamer => "streamer",
             Role::Admin => "admin",
         }
+    }
+
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Streamer, Role::Admin];
+
+    /// A role by its name, as the CLI and the API spell it.
+    pub fn from_name(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == text)
     }
 
     fn parse(text: &str) -> Role {
@@ -345,10 +352,14 @@ impl Store {
 
     /// Revoked sessions whose access tokens may still be unexpired (issued up to
     /// `access_ttl_seconds` ago): the ones the token checker must know about at startup.
-    pub fn revoked_sessions(&self, access_ttl_seconds: i64) -> Result<Vec<String>, StoreError> {
+    pub fn revoked_sessions(
+        &self,
+        now: i64,
+        access_ttl_seconds: i64,
+    ) -> Result<Vec<String>, StoreError> {
         // A family's last token was issued at most refresh_ttl before its expiry; a family
         // whose every token expired over an access-token lifetime ago has no live token.
-        let horizon = crate::auth::now_seconds() as i64 - access_ttl_seconds;
+        let horizon = now - access_ttl_seconds;
         let families = self
             .conn()
             .prepare(

@@ -1,0 +1,220 @@
+//! The daemon, wired: starts every subsystem on the listeners it is given, runs until
+//! `shutdown` is cancelled, then stops them in order. The top of the crate: it may use every
+//! module, and only the CLI (and tests) call it.
+
+use crate::config::Config;
+use crate::store::{Store, StoreHandle};
+use crate::{auth, chat, hls, http, ingest, obs, payments, system, throttle};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long each shutdown phase (ending publishes, draining HTTP) may take.
+const SHUTDOWN_PHASE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Sockets the daemon serves on, bound by the caller.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub rtmp: TcpListener,
+}
+
+/// Runs the daemon until `shutdown` is cancelled, then stops in order: stop accepting,
+/// end every publish (playlists get EXT-X-ENDLIST), drain HTTP, close the store.
+pub async fn run(
+    config: Config,
+    store: Store,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let kakao_pay = payments::Payments::client(&config.kakao_pay)?;
+    // A bad code file turns web onboarding off, loudly; it never keeps viewers from a stream.
+    let setup_code =
+        config
+            .onboarding
+            .code_file()
+            .and_then(|path| match http::SetupCode::read(&path) {
+                Ok(code) => Some(code),
+                Err(e) => {
+                    tracing::error!("{e:#}; web onboarding is off until it is fixed");
+                    None
+                }
+            });
+    ffmpeg_next::init()?;
+    // libav prints to stderr by itself; keep it to what an operator should see.
+    ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
+    let rtmp_port = listeners.rtmp.local_addr()?.port();
+    let (store, store_thread) = StoreHandle::spawn(store)?;
+    let health = system::Health::new();
+    health.watch(store.activity());
+    let broadcasts = Arc::new(hls::Broadcasts::new(
+        config.hls.window_segments,
+        config.hls.target(),
+        config.hls.part_target(),
+    ));
+    let tracker = TaskTracker::new();
+
+    let ingest = Arc::new(ingest::Ingest {
+        store: store.clone(),
+        broadcasts: broadcasts.clone(),
+        hls: config.hls.clone(),
+        // Wrong stream keys: a typo costs a streamer a second (OBS takes longer to retry).
+        throttle: throttle::Throttle::new(Duration::from_secs(1), Duration::from_secs(60)),
+        connections: Arc::new(tokio::sync::Semaphore::new(config.rtmp.max_connections)),
+        health: health.clone(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let rtmp = tokio::spawn(ingest::serve(listeners.rtmp, ingest));
+
+    let signing_key = store
+        .call(|store| store.secret("access_token_signing_key", auth::Authority::generate_key))
+        .await?;
+    let authority = auth::Authority::new(
+        &signing_key,
+        config.auth.access_ttl(),
+        config.auth.refresh_ttl(),
+    );
+    let access_ttl = config.auth.access_token_seconds as i64;
+    for session in store
+        .call(move |store| store.revoked_sessions(auth::now_seconds() as i64, access_ttl))
+        .await?
+    {
+        authority.revoke(&session);
+    }
+    let chat = Arc::new(chat::Chat::new(config.chat.clone()));
+    let payments = Arc::new(payments::Payments::new(
+        kakao_pay,
+        config.kakao_pay.products.clone(),
+        store.clone(),
+    ));
+    tokio::spawn(
+        payments
+            .clone()
+            .sweep(config.kakao_pay.recheck_interval(), shutdown.clone()),
+    );
+    tokio::spawn(chat.clone().run_ticker(shutdown.clone()));
+    tracker.spawn(forget_expired_sessions(
+        store.clone(),
+        access_ttl,
+        shutdown.clone(),
+    ));
+    let status = {
+        let (broadcasts, chat) = (broadcasts.clone(), chat.clone());
+        Box::new(move || status_line(broadcasts.live_count(), chat.total_viewers()))
+    };
+    let app = http::app(http::AppState {
+        store: store.clone(),
+        broadcasts,
+        auth: Arc::new(authority),
+        // Wrong passwords: 1 s doubling to 5 min, so guessing online is hopeless.
+        login_by_address: Arc::new(throttle::Throttle::new(
+            Duration::from_secs(1),
+            Duration::from_secs(300),
+        )),
+        login_by_account: Arc::new(throttle::Throttle::new(
+            Duration::from_secs(1),
+            Duration::from_secs(300),
+        )),
+        // New accounts: the first is free, then 10 s doubling to 10 min between them.
+        signup_by_address: Arc::new(throttle::Throttle::new(
+            Duration::from_secs(10),
+            Duration::from_secs(600),
+        )),
+        passwords: Arc::new(auth::Passwords::new(
+            config.auth.password_hash_threads,
+            config.auth.password_hash_wait(),
+        )?),
+        sessions_per_user: config.auth.sessions_per_user,
+        channels_per_streamer: config.channels.per_streamer,
+        rtmp_port,
+        rtmp_host: obs::public_host(&config.rtmp),
+        segment_seconds: config.hls.target_duration,
+        chat,
+        points: config.points.clone(),
+        payments,
+        setup_code,
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        use axum::serve::ListenerExt;
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        // Chat frames and playlist answers are small and wanted now: no Nagle delay.
+        let listener = listeners.http.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, app)
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await
+    });
+
+    // The listeners are listening and the store is open: connections made from now on are
+    // served, so systemd may start what depends on us.
+    let notifier = system::Notifier::ready(system::Watch {
+        health,
+        runtime: tokio::runtime::Handle::current(),
+        status,
+    });
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    notifier.stopping();
+    let _ = rtmp.await;
+    // Connection tasks end their publishes (closing segments, ending playlists); linger
+    // timers watch the same token and end at once.
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_PHASE_LIMIT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("publishes still ending after {SHUTDOWN_PHASE_LIMIT:?}; exiting anyway");
+    }
+    match tokio::time::timeout(SHUTDOWN_PHASE_LIMIT, http).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "http task failed"),
+        Err(_) => tracing::warn!(
+            "http connections still open after {SHUTDOWN_PHASE_LIMIT:?}; closing them"
+        ),
+    }
+    drop(store);
+    let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
+    drop(notifier);
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Deletes refresh tokens nobody can present any more, at startup and then hourly.
+async fn forget_expired_sessions(store: StoreHandle, access_ttl: i64, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match store
+            .call(move |store| store.forget_expired_sessions(access_ttl))
+            .await
+        {
+            Ok(0) => {}
+            Ok(gone) => tracing::info!(gone, "expired refresh tokens deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot delete expired refresh tokens"),
+        }
+    }
+}
+
+/// systemd's one-line status: "2 live channels, 31 viewers".
+fn status_line(live: usize, viewers: usize) -> String {
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    format!(
+        "{}, {}",
+        plural(live, "live channel", "live channels"),
+        plural(viewers, "viewer", "viewers")
+    )
+}
