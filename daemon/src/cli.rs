@@ -25,7 +25,8 @@ Settings come from, lowest first: embedded defaults, the --config file, environm
 variables, flags. `commeowd generate-config` prints the default file with every key.
 
 Streamers set OBS to rtmp://<box>:1935/live with the key `commeowd channel add` prints.
-Viewers open http://<box>:8080/hls/<channel>/master.m3u8 (the web app comes later).";
+Viewers open http://<box>:8080/ (the web app: channels, player, chat); any HLS player can
+use http://<box>:8080/hls/<channel>/master.m3u8.";
 
 #[derive(Debug, Parser)]
 #[command(name = "commeowd", version, about = ABOUT, long_about = LONG_ABOUT)]

@@ -89,12 +89,14 @@ pub async fn run(
         config.kakao_pay.products.clone(),
         store.clone(),
     ));
-    tokio::spawn(
+    // Background work runs under the same tracker and token as connections: shutdown
+    // cancels it and waits for it.
+    tracker.spawn(
         payments
             .clone()
             .sweep(config.kakao_pay.recheck_interval(), shutdown.clone()),
     );
-    tokio::spawn(chat.clone().run_ticker(shutdown.clone()));
+    tracker.spawn(chat.clone().run_ticker(shutdown.clone()));
     tracker.spawn(forget_expired_sessions(
         store.clone(),
         access_ttl,

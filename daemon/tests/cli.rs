@@ -4,6 +4,9 @@
 
 mod common;
 
+use common::Daemon;
+use std::time::Duration;
+
 fn commeowd(args: &[&str], dir: &std::path::Path) -> std::process::Output {
     common::commeowd()
         .args(args)
@@ -143,4 +146,26 @@ fn channel_add_prints_the_key_once_and_obs_settings() {
         text.contains("Server:") && text.contains("/live") && text.contains("Stream Key:"),
         "{text}"
     );
+}
+
+/// A key rotated by the operator's CLI (another process) ends the publish using it, as
+/// one rotated from the dashboard does: the daemon rechecks a live publish's key.
+#[test]
+fn rotating_a_key_from_the_cli_ends_the_live_push() {
+    let daemon = Daemon::start("");
+    let key = daemon.add_channel("stage");
+    let live = common::Push::start(&daemon.rtmp_url(&key), 60, "160x120");
+    assert!(common::wait_until(Duration::from_secs(20), || daemon.channel_live("stage")));
+    let rotated = daemon.cli(&["channel", "rotate-key", "stage"]);
+    assert!(rotated.status.success());
+    let cut = std::time::Instant::now();
+    assert!(
+        common::wait_until(Duration::from_secs(10), || daemon
+            .logged("publish ended: the stream key was rotated")),
+        "the publish on the old key goes on"
+    );
+    let (status, _) = live.finish(Duration::from_secs(15));
+    assert!(!status.success(), "ffmpeg was cut off");
+    assert!(cut.elapsed() < Duration::from_secs(15));
+    assert!(common::wait_until(Duration::from_secs(15), || !daemon.channel_live("stage")));
 }

@@ -85,6 +85,46 @@ pub struct Ingest {
     pub shutdown: CancellationToken,
 }
 
+/// How often a live publish checks that its stream key is still its channel's.
+const KEY_RECHECK: Duration = Duration::from_secs(2);
+
+/// The rule that a rotated key ends the publish using it, whoever rotated it: the
+/// dashboard (which also stops the publish at once), the operator's CLI in another process,
+/// or a fleet command. While the publish lives, this looks its key up every
+/// [`KEY_RECHECK`]; once the key no longer opens this channel, the broadcast is stopped and
+/// the connection ends. Dropping the returned guard (the publish ended) ends the watch.
+fn watch_key(
+    ingest: &Arc<Ingest>,
+    broadcast: Arc<Broadcast>,
+    key: StreamKey,
+    slug: String,
+) -> tokio_util::sync::DropGuard {
+    let done = ingest.shutdown.child_token();
+    let (store, ended) = (ingest.store.clone(), done.clone());
+    ingest.tracker.spawn(async move {
+        let mut every = tokio::time::interval(KEY_RECHECK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            tokio::select! {
+                () = ended.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let key = key.clone();
+            match store.call(move |store| store.channel_for_key(&key)).await {
+                Ok(Some(channel)) if channel.slug == slug => {}
+                Ok(_) => {
+                    broadcast.stop.cancel();
+                    return;
+                }
+                // The store being away for a moment is not a reason to cut a streamer.
+                Err(e) => tracing::warn!(error = %e, "cannot recheck the stream key"),
+            }
+        }
+    });
+    done.drop_guard()
+}
+
 /// Accepts RTMP connections until `shutdown`.
 pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>) {
     let shutdown = ingest.shutdown.clone();
@@ -135,6 +175,8 @@ struct Publishing {
     /// Set when the pipeline queue overflowed: drop media until the next keyframe.
     skipping: bool,
     dropped: u64,
+    /// Ends the stream-key watch when the publish ends.
+    _key_watch: tokio_util::sync::DropGuard,
 }
 
 struct Connection {
@@ -385,10 +427,11 @@ impl Connection {
             }
         };
         let key = StreamKey::from_publish(stream_key);
+        let lookup = key.clone();
         let channel = self
             .ingest
             .store
-            .call(move |store| store.channel_for_key(&key))
+            .call(move |store| store.channel_for_key(&lookup))
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "publish refused: store unavailable");
@@ -420,7 +463,9 @@ impl Connection {
             "server error".to_string()
         })?;
         tracing::info!(broadcast = %broadcast.id, "publish started");
+        let key_watch = watch_key(&self.ingest, broadcast.clone(), key, channel.slug.clone());
         self.publishing = Some(Publishing {
+            _key_watch: key_watch,
             broadcast,
             media,
             pipeline,

@@ -301,6 +301,9 @@ impl Payments {
                 }
             };
             for order in orders {
+                if shutdown.is_cancelled() {
+                    return;
+                }
                 let id = order.order_id.clone();
                 let outcome = if order.pg_token.is_some() {
                     self.recheck(order).await

@@ -1,10 +1,11 @@
 //! The store: one SQLite file in WAL mode, versioned migrations, and the thread that owns it.
 //!
 //! SQLite calls block, so the daemon never makes them on the async runtime: a single
-//! `store` thread owns the connection and runs closures sent to it over a bounded queue
-//! ([`StoreHandle::call`]). That thread is also the one writer the ledger will rely on:
-//! every write is serialised through it by construction. Operator commands (`commeowd
-//! channel …`) open the same file directly; WAL and the busy timeout let both coexist.
+//! `store` thread owns the connection and runs closures sent to it over a bounded queue.
+//! That thread is the one writer the ledger relies on: every write is serialised through
+//! it by construction, and writes waiting at the same moment are committed together, one
+//! fsync for all ([`StoreHandle::write`]). Operator commands (`commeowd channel …`) open
+//! the same file directly; WAL and the busy timeout let both coexist.
 
 mod channels;
 mod chat;
