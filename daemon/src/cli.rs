@@ -369,7 +369,7 @@ fn wallet_command(config: &Config, command: WalletCommand) -> anyhow::Result<()>
             points,
             reason,
         } => {
-            let wallet = store.write(|s| s.grant(&name, points, &reason))?;
+            let wallet = store.in_transaction(|s| s.grant(&name, points, &reason))?;
             println!("Granted {points} points to `{name}`.");
             (wallet, false)
         }

@@ -69,7 +69,7 @@ pub async fn run(
     let rtmp = tokio::spawn(ingest::serve(listeners.rtmp, ingest));
 
     let signing_key = store
-        .call(|store| store.secret("access_token_signing_key", auth::Authority::generate_key))
+        .write(|store| store.secret("access_token_signing_key", auth::Authority::generate_key))
         .await?;
     let authority = auth::Authority::new(
         &signing_key,
@@ -78,7 +78,7 @@ pub async fn run(
     );
     let access_ttl = config.auth.access_token_seconds as i64;
     for session in store
-        .call(move |store| store.revoked_sessions(auth::now_seconds() as i64, access_ttl))
+        .read(move |store| store.revoked_sessions(auth::now_seconds() as i64, access_ttl))
         .await?
     {
         authority.revoke(&session);
@@ -200,7 +200,7 @@ async fn forget_expired_sessions(store: StoreHandle, access_ttl: i64, shutdown: 
             _ = every.tick() => {}
         }
         match store
-            .call(move |store| store.forget_expired_sessions(access_ttl))
+            .write(move |store| store.forget_expired_sessions(access_ttl))
             .await
         {
             Ok(0) => {}

@@ -133,7 +133,7 @@ impl Chat {
         }
         let name = slug.to_string();
         let now = chrono::Utc::now().timestamp();
-        let Some(record) = store.call(move |s| s.chat_room(&name, now)).await? else {
+        let Some(record) = store.read(move |s| s.chat_room(&name, now)).await? else {
             return Ok(None);
         };
         // Two sockets may have raced to open it: the first one in wins.
@@ -210,7 +210,7 @@ pub async fn moderate(
         Moderation::Unban { user_id } => {
             let channel = room.channel_id;
             store
-                .call(move |s| s.lift_chat_restriction(channel, user_id))
+                .write(move |s| s.lift_chat_restriction(channel, user_id))
                 .await?;
             room.lift(user_id);
             return Ok(());
@@ -228,7 +228,7 @@ pub async fn moderate(
     let (channel, owner, moderator) = (room.channel_id, room.owner(), by.id);
     let restriction = crate::store::Restriction { user_id, until };
     let target = store
-        .call(move |s| {
+        .write(move |s| {
             let Some(user) = s.user_by_id(user_id)? else {
                 return Ok(Err(Refusal::NoSuchUser));
             };

@@ -114,7 +114,7 @@ pub async fn signup(
     let name = username.clone();
     if state
         .store
-        .call(move |store| store.user_by_name(&name))
+        .read(move |store| store.user_by_name(&name))
         .await?
         .is_some()
     {
@@ -129,7 +129,7 @@ pub async fn signup(
     let hash = password_hash(&state, request.password).await?;
     let created = state
         .store
-        .call(move |store| {
+        .write(move |store| {
             store.add_user(&request.username, &request.nickname, &hash, Role::Viewer)
         })
         .await;
@@ -187,7 +187,7 @@ pub async fn login(
     let name = account.clone();
     let found = state
         .store
-        .call(move |store| store.credentials(&name))
+        .read(move |store| store.credentials(&name))
         .await?;
     let stored = found.as_ref().map(|(_, hash)| hash.clone());
     let matches = state
@@ -213,7 +213,7 @@ pub async fn login(
     let keep = state.sessions_per_user;
     let ended = state
         .store
-        .call(move |store| store.start_session(user_id, &family, &hash, expires, keep))
+        .write(move |store| store.start_session(user_id, &family, &hash, expires, keep))
         .await?;
     for family in &ended {
         state.auth.revoke(family);
@@ -243,7 +243,7 @@ pub async fn refresh(
     let expires = now + state.auth.refresh_ttl.as_secs() as i64;
     let rotated = state
         .store
-        .call(move |store| store.rotate_refresh_token(&old, &new, now, expires))
+        .write(move |store| store.rotate_refresh_token(&old, &new, now, expires))
         .await?;
     let session = rotated.map_err(|refused| match refused {
         RefreshRefused::Reused { family } => {
@@ -279,7 +279,7 @@ pub async fn logout(
     let session = claims.sid.clone();
     state
         .store
-        .call(move |store| store.revoke_session(&session))
+        .write(move |store| store.revoke_session(&session))
         .await?;
     state.auth.revoke(&claims.sid);
     Ok(StatusCode::NO_CONTENT)
@@ -290,7 +290,7 @@ pub async fn me(
     CurrentUser(claims): CurrentUser,
 ) -> Result<Json<User>, ApiError> {
     let id = claims.user_id().ok_or_else(invalid_token)?;
-    let user = state.store.call(move |store| store.user_by_id(id)).await?;
+    let user = state.store.read(move |store| store.user_by_id(id)).await?;
     user.map(Json)
         .ok_or_else(|| unauthorized("invalid_token", "this account no longer exists"))
 }

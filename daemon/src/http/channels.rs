@@ -31,7 +31,7 @@ struct Streamer {
 /// `GET /api/channels`. Every open page polls it, so it carries an `ETag`: the browser's
 /// cache revalidates with `If-None-Match` and an unchanged list costs a `304` and no body.
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let channels = state.store.call(|store| store.channel_listing()).await?;
+    let channels = state.store.read(|store| store.channel_listing()).await?;
     let mut views: Vec<ChannelView> = channels
         .into_iter()
         .map(|(c, owner)| ChannelView {
@@ -159,7 +159,7 @@ pub async fn create(
     let limit = (claims.role == Role::Streamer).then_some(state.channels_per_streamer);
     let (channel, key) = state
         .store
-        .call(move |store| store.add_channel_owned(&request.slug, &request.title, owner, limit))
+        .write(move |store| store.add_channel_owned(&request.slug, &request.title, owner, limit))
         .await
         .map_err(channel_error)?;
     tracing::info!(channel = %channel.slug, by = %claims.nick, "channel created");
@@ -180,7 +180,7 @@ pub async fn rotate_key(
     let name = slug.clone();
     let owner = state
         .store
-        .call(move |store| store.channel_owner(&name))
+        .read(move |store| store.channel_owner(&name))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no channel `{slug}`")))?;
     let allowed = claims.role == Role::Admin || (owner.is_some() && owner == claims.user_id());
@@ -192,7 +192,7 @@ pub async fn rotate_key(
     let name = slug.clone();
     let key = state
         .store
-        .call(move |store| store.rotate_stream_key(&name))
+        .write(move |store| store.rotate_stream_key(&name))
         .await
         .map_err(channel_error)?;
     state.broadcasts.stop(&slug);

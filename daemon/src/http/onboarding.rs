@@ -70,7 +70,7 @@ pub struct Status {
 pub async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     let (open, venue) = state
         .store
-        .call(|store| Ok((store.onboarding_open()?, store.venue()?)))
+        .read(|store| Ok((store.onboarding_open()?, store.venue()?)))
         .await?;
     Ok(Json(Status {
         needed: open && state.setup_code.is_some(),

@@ -29,7 +29,7 @@ pub async fn wallet(
     let user = claims.user_id().ok_or_else(invalid_token)?;
     let wallet = state
         .store
-        .call(move |store| store.wallet(user, STATEMENT_LINES))
+        .read(move |store| store.wallet(user, STATEMENT_LINES))
         .await?;
     Ok(Json(wallet))
 }
@@ -165,7 +165,7 @@ pub async fn recent(
     let name = slug.clone();
     let owner = state
         .store
-        .call(move |store| store.channel_owner(&name))
+        .read(move |store| store.channel_owner(&name))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no channel `{slug}`")))?;
     if owner.is_none_or(|owner| Some(owner) != claims.user_id()) && claims.role != Role::Admin {
@@ -177,7 +177,7 @@ pub async fn recent(
     }
     let donations = state
         .store
-        .call(move |store| store.recent_donations(&slug, RECENT_DONATIONS))
+        .read(move |store| store.recent_donations(&slug, RECENT_DONATIONS))
         .await?;
     Ok(Json(donations))
 }

@@ -111,7 +111,7 @@ fn watch_key(
                 _ = every.tick() => {}
             }
             let key = key.clone();
-            match store.call(move |store| store.channel_for_key(&key)).await {
+            match store.read(move |store| store.channel_for_key(&key)).await {
                 Ok(Some(channel)) if channel.slug == slug => {}
                 Ok(_) => {
                     broadcast.stop.cancel();
@@ -431,7 +431,7 @@ impl Connection {
         let channel = self
             .ingest
             .store
-            .call(move |store| store.channel_for_key(&lookup))
+            .read(move |store| store.channel_for_key(&lookup))
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "publish refused: store unavailable");

@@ -188,7 +188,7 @@ impl Payments {
     pub async fn order(&self, order_id: &str) -> Result<Order, PaymentError> {
         let id = order_id.to_string();
         self.store
-            .call(move |store| store.order(&id))
+            .read(move |store| store.order(&id))
             .await?
             .ok_or(PaymentError::NoSuchOrder)
     }
@@ -291,7 +291,7 @@ impl Payments {
             }
             let stale = self
                 .store
-                .call(move |store| store.stale_orders(idle, 50))
+                .read(move |store| store.stale_orders(idle, 50))
                 .await;
             let orders = match stale {
                 Ok(orders) => orders,

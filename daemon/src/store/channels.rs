@@ -279,6 +279,6 @@ mod tests {
 
     #[test]
     fn migrations_are_valid() {
-        assert!(super::super::migrations().validate().is_ok());
+        assert!(super::super::schema::migrations().validate().is_ok());
     }
 }

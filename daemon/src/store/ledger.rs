@@ -127,9 +127,11 @@ pub(super) fn now() -> String {
 }
 
 impl Store {
-    /// Runs `work` in one immediate transaction: committed if it returns `Ok`, rolled back
-    /// otherwise. For callers outside the store thread (the operator CLI, tests).
-    pub fn write<R>(
+    /// Runs `work` in one immediate transaction of its own: committed if it returns `Ok`,
+    /// rolled back otherwise. Only for callers outside the daemon's store thread (the
+    /// operator's CLI, benchmarks, tests); in the daemon, every write goes through
+    /// [`super::StoreHandle::write`] and its group commit.
+    pub fn in_transaction<R>(
         &mut self,
         work: impl FnOnce(&mut Store) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
@@ -569,12 +571,12 @@ mod tests {
     fn grants_and_donations_move_points_and_balance_to_zero() {
         let (_dir, mut store, streamer, fan) = setup();
         let wallet = store
-            .write(|s| s.grant("fan", 500, "opening night"))
+            .in_transaction(|s| s.grant("fan", 500, "opening night"))
             .expect("grant");
         assert_eq!(wallet.balance, 500);
         assert_eq!(wallet.entries[0].memo, "opening night");
         let (donation, replay) = store
-            .write(|s| s.donate(&request(fan, 200, "k1")))
+            .in_transaction(|s| s.donate(&request(fan, 200, "k1")))
             .expect("store")
             .expect("donated");
         assert!(!replay);
@@ -588,26 +590,26 @@ mod tests {
         );
         // The same key again: the same donation, not a second one.
         let (again, replay) = store
-            .write(|s| s.donate(&request(fan, 200, "k1")))
+            .in_transaction(|s| s.donate(&request(fan, 200, "k1")))
             .expect("store")
             .expect("replayed");
         assert!(replay);
         assert_eq!(again.id, donation.id);
         assert_eq!(
             store
-                .write(|s| s.donate(&request(fan, 999, "k1")))
+                .in_transaction(|s| s.donate(&request(fan, 999, "k1")))
                 .expect("store"),
             Err(DonationRefused::KeyReused)
         );
         assert_eq!(
             store
-                .write(|s| s.donate(&request(fan, 301, "k2")))
+                .in_transaction(|s| s.donate(&request(fan, 301, "k2")))
                 .expect("store"),
             Err(DonationRefused::InsufficientFunds { balance: 300 })
         );
         assert_eq!(
             store
-                .write(|s| s.donate(&request(streamer, 1, "k3")))
+                .in_transaction(|s| s.donate(&request(streamer, 1, "k3")))
                 .expect("store"),
             Err(DonationRefused::OwnChannel)
         );
@@ -627,7 +629,9 @@ mod tests {
     #[test]
     fn the_check_finds_a_ledger_that_does_not_balance() {
         let (_dir, mut store, _streamer, fan) = setup();
-        store.write(|s| s.grant("fan", 500, "")).expect("grant");
+        store
+            .in_transaction(|s| s.grant("fan", 500, ""))
+            .expect("grant");
         assert!(store.ledger_problems().expect("check").is_empty());
         store
             .conn()
@@ -663,11 +667,11 @@ mod tests {
     fn a_refused_or_failed_write_leaves_nothing_behind() {
         let (_dir, mut store, _streamer, fan) = setup();
         assert!(matches!(
-            store.write(|s| s.grant("ghost", 10, "")),
+            store.in_transaction(|s| s.grant("ghost", 10, "")),
             Err(StoreError::NoSuchUser(_))
         ));
-        assert!(store.write(|s| s.grant("fan", 0, "")).is_err());
-        let outcome = store.write(|s| {
+        assert!(store.in_transaction(|s| s.grant("fan", 0, "")).is_err());
+        let outcome = store.in_transaction(|s| {
             s.grant("fan", 50, "")?;
             Err::<(), _>(StoreError::Closed)
         });
@@ -687,12 +691,12 @@ mod tests {
                 .add_user(&format!("donor{n}"), "Donor", "hash", Role::Viewer)
                 .expect("donor");
             store
-                .write(|s| s.grant(&donor.username, 100, "welcome"))
+                .in_transaction(|s| s.grant(&donor.username, 100, "welcome"))
                 .expect("grant");
             donors.push(donor.id);
         }
         store
-            .write(|s| s.grant("fan", 500, "welcome"))
+            .in_transaction(|s| s.grant("fan", 500, "welcome"))
             .expect("grant");
         let (handle, thread) = crate::store::StoreHandle::spawn(store).expect("spawn");
         let donate = |donor: i64, key: String| {
@@ -718,7 +722,7 @@ mod tests {
         }
         assert_eq!(succeeded, 5);
         let (earnings, balance, problems) = handle
-            .call(move |s| {
+            .read(move |s| {
                 Ok((
                     s.wallet(streamer, 1)?.earnings,
                     s.wallet(fan, 1)?.balance,

@@ -11,6 +11,7 @@ mod channels;
 mod chat;
 mod ledger;
 mod payments;
+mod schema;
 mod users;
 mod venue;
 
@@ -22,7 +23,6 @@ pub use users::{normalize_username, validate_nickname, RefreshRefused, Role, Ses
 pub use venue::{OnboardingRefused, Venue};
 
 use rusqlite::Connection;
-use rusqlite_migration::{Migrations, M};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,172 +67,6 @@ pub enum StoreError {
     Closed,
     #[error("the write could not be committed: {0}")]
     CommitFailed(String),
-}
-
-/// Schema history. Append only: a released migration is never edited.
-fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![
-        M::up(
-            "CREATE TABLE channels (
-            id              INTEGER PRIMARY KEY,
-            slug            TEXT NOT NULL UNIQUE,
-            title           TEXT NOT NULL,
-            -- SHA-256 of the stream key: a leaked database leaks no usable key.
-            stream_key_hash BLOB NOT NULL UNIQUE,
-            created_at      TEXT NOT NULL
-        ) STRICT;",
-        ),
-        M::up(
-            "CREATE TABLE users (
-            id            INTEGER PRIMARY KEY,
-            username      TEXT NOT NULL UNIQUE,     -- lower case
-            nickname      TEXT NOT NULL,
-            password_hash TEXT NOT NULL,            -- argon2id, PHC string
-            role          TEXT NOT NULL CHECK (role IN ('viewer', 'streamer', 'admin')),
-            created_at    TEXT NOT NULL
-        ) STRICT;
-        -- One row per refresh token. Rotation marks the old one used and adds a new one to
-        -- the same family; presenting a used one revokes the family (it was stolen).
-        CREATE TABLE refresh_tokens (
-            id         INTEGER PRIMARY KEY,
-            token_hash BLOB NOT NULL UNIQUE,        -- SHA-256: the token itself is never stored
-            family     TEXT NOT NULL,
-            user_id    INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-            expires_at INTEGER NOT NULL,            -- Unix seconds
-            used_at    INTEGER,
-            revoked    INTEGER NOT NULL DEFAULT 0
-        ) STRICT;
-        CREATE INDEX refresh_tokens_family ON refresh_tokens (family);
-        CREATE TABLE secrets (
-            name  TEXT PRIMARY KEY,
-            value BLOB NOT NULL
-        ) STRICT;",
-        ),
-        // Channels created over the API belong to a streamer; the operator's have no owner.
-        M::up(
-            "ALTER TABLE channels ADD COLUMN owner_id INTEGER REFERENCES users (id) ON DELETE SET NULL;",
-        ),
-        // Chat bans and timeouts: a moderator's decision must survive a restart.
-        M::up(
-            "CREATE TABLE chat_restrictions (
-            channel_id INTEGER NOT NULL REFERENCES channels (id) ON DELETE CASCADE,
-            user_id    INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-            until      INTEGER,                     -- Unix seconds; NULL: banned until lifted
-            by_user    INTEGER REFERENCES users (id) ON DELETE SET NULL,
-            created_at INTEGER NOT NULL,
-            PRIMARY KEY (channel_id, user_id)
-        ) STRICT;",
-        ),
-        // Points: a double-entry ledger (see ledger.rs), donations, and the outbox.
-        M::up(
-            "CREATE TABLE ledger_accounts (
-            id      INTEGER PRIMARY KEY,
-            kind    TEXT NOT NULL CHECK (kind IN ('wallet', 'earnings', 'promotions', 'kakao_pay')),
-            user_id INTEGER REFERENCES users (id),  -- NULL for the box's system accounts
-            balance INTEGER NOT NULL DEFAULT 0,
-            -- Users' points never go negative; system accounts are sources and do.
-            CHECK (user_id IS NULL OR balance >= 0),
-            UNIQUE (kind, user_id)
-        ) STRICT;
-        CREATE UNIQUE INDEX ledger_system_accounts ON ledger_accounts (kind) WHERE user_id IS NULL;
-        CREATE TABLE ledger_transactions (
-            id         INTEGER PRIMARY KEY,
-            kind       TEXT NOT NULL,               -- donation, grant, topup
-            memo       TEXT NOT NULL,
-            created_at TEXT NOT NULL
-        ) STRICT;
-        -- Entries of one transaction sum to zero; an account's balance is the sum of its
-        -- entries (kept in step by the same SQL transaction).
-        CREATE TABLE ledger_entries (
-            id             INTEGER PRIMARY KEY,
-            transaction_id INTEGER NOT NULL REFERENCES ledger_transactions (id),
-            account_id     INTEGER NOT NULL REFERENCES ledger_accounts (id),
-            amount         INTEGER NOT NULL
-        ) STRICT;
-        CREATE INDEX ledger_entries_account ON ledger_entries (account_id);
-        CREATE INDEX ledger_entries_transaction ON ledger_entries (transaction_id);
-        CREATE TABLE donations (
-            id              INTEGER PRIMARY KEY,
-            transaction_id  INTEGER NOT NULL UNIQUE REFERENCES ledger_transactions (id),
-            channel_id      INTEGER NOT NULL REFERENCES channels (id),
-            donor_id        INTEGER NOT NULL REFERENCES users (id),
-            amount          INTEGER NOT NULL CHECK (amount > 0),
-            message         TEXT NOT NULL,
-            idempotency_key TEXT NOT NULL,
-            created_at      TEXT NOT NULL,
-            UNIQUE (donor_id, idempotency_key)
-        ) STRICT;
-        -- Events for the central side, in the order they happened; deleted once it has
-        -- acknowledged them by event id.
-        CREATE TABLE outbox (
-            sequence   INTEGER PRIMARY KEY AUTOINCREMENT,  -- per box, never reused
-            event_id   TEXT NOT NULL UNIQUE,
-            type       TEXT NOT NULL,
-            payload    TEXT NOT NULL,                      -- JSON
-            created_at TEXT NOT NULL
-        ) STRICT;",
-        ),
-        // Kakao Pay top-ups: one row per order, from `ready` to its final state.
-        M::up(
-            "CREATE TABLE payment_orders (
-            id             TEXT PRIMARY KEY,        -- our partner_order_id
-            user_id        INTEGER NOT NULL REFERENCES users (id),
-            product_id     TEXT NOT NULL,
-            points         INTEGER NOT NULL CHECK (points > 0),
-            price_krw      INTEGER NOT NULL CHECK (price_krw > 0),  -- the catalog price at ready
-            state          TEXT NOT NULL
-                           CHECK (state IN ('pending', 'approved', 'rejected', 'canceled', 'failed')),
-            tid            TEXT UNIQUE,             -- Kakao Pay's, once ready answered
-            pg_token       TEXT,                    -- from the payer's return, kept to retry approve
-            aid            TEXT,
-            transaction_id INTEGER UNIQUE REFERENCES ledger_transactions (id),
-            detail         TEXT NOT NULL DEFAULT '',
-            created_at     TEXT NOT NULL,
-            updated_at     TEXT NOT NULL
-        ) STRICT;
-        CREATE INDEX payment_orders_user ON payment_orders (user_id, created_at);",
-        ),
-        // Each account's entries as a chain (newest on the account, each entry naming the
-        // one before) instead of an index by account: a donation then changes no page at
-        // a place picked by its donor, which was a third of the write path's disk pages.
-        M::up(
-            "ALTER TABLE ledger_entries ADD COLUMN prev_entry_id INTEGER REFERENCES ledger_entries (id);
-        ALTER TABLE ledger_accounts ADD COLUMN last_entry_id INTEGER REFERENCES ledger_entries (id);
-        UPDATE ledger_entries SET prev_entry_id =
-            (SELECT MAX(p.id) FROM ledger_entries p
-             WHERE p.account_id = ledger_entries.account_id AND p.id < ledger_entries.id);
-        UPDATE ledger_accounts SET last_entry_id =
-            (SELECT MAX(e.id) FROM ledger_entries e WHERE e.account_id = ledger_accounts.id);
-        DROP INDEX ledger_entries_account;",
-        ),
-        // Idempotency keys indexed key first: keys that grow with time (our page makes
-        // them so, like UUIDv7) then land at the end of the index, where every donation's
-        // page is the same page, instead of one page per donor. Random keys work as well.
-        M::up(
-            "CREATE TABLE donations_by_key (
-            id              INTEGER PRIMARY KEY,
-            transaction_id  INTEGER NOT NULL UNIQUE REFERENCES ledger_transactions (id),
-            channel_id      INTEGER NOT NULL REFERENCES channels (id),
-            donor_id        INTEGER NOT NULL REFERENCES users (id),
-            amount          INTEGER NOT NULL CHECK (amount > 0),
-            message         TEXT NOT NULL,
-            idempotency_key TEXT NOT NULL,
-            created_at      TEXT NOT NULL,
-            UNIQUE (idempotency_key, donor_id)
-        ) STRICT;
-        INSERT INTO donations_by_key SELECT * FROM donations;
-        DROP TABLE donations;
-        ALTER TABLE donations_by_key RENAME TO donations;",
-        ),
-        // The venue's name, set once by onboarding (the image's first visitor).
-        M::up(
-            "CREATE TABLE venue (
-            id           INTEGER PRIMARY KEY CHECK (id = 1),
-            name         TEXT NOT NULL,
-            onboarded_at TEXT NOT NULL
-        ) STRICT;",
-        ),
-    ])
 }
 
 /// An open database, migrated to the current schema.
@@ -304,7 +138,18 @@ impl Store {
         // scattered places (one leaf per donor), and a page found in the cache is a page
         // not read back from the OS before every change.
         conn.pragma_update(None, "cache_size", -32 * 1024)?;
-        migrations().to_latest(&mut conn)?;
+        schema::migrations().to_latest(&mut conn)?;
+        Ok(Store { conn })
+    }
+
+    /// A read-only connection to the same file, for the store thread's reads.
+    fn open_reader(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "cache_size", -8 * 1024)?;
         Ok(Store { conn })
     }
 
@@ -319,8 +164,8 @@ impl Store {
 
 /// Work for the store thread.
 enum Job {
-    /// Runs on its own (reads, and writes that manage their own transaction).
-    Alone(Box<dyn FnOnce(&mut Store) + Send>),
+    /// A read, on the thread's read-only connection: it cannot write, by SQLite's word.
+    Read(Box<dyn FnOnce(&Store) + Send>),
     /// Runs inside the thread's current group-commit transaction, in a savepoint of its own;
     /// returns how to answer once the commit is known. Given `None` when the group's
     /// transaction is already lost: then it must write nothing and answer with an error.
@@ -407,10 +252,14 @@ impl StoreHandle {
         let (jobs, mut inbox) = mpsc::channel::<Job>(STORE_QUEUE);
         let activity = crate::system::Activity::new("store");
         let busy = activity.clone();
-        let checkpointer = match store.conn().path().filter(|p| !p.is_empty()) {
-            Some(path) => Some(Checkpointer::spawn(Path::new(path))?),
-            None => None,
-        };
+        let path = store
+            .conn()
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(Path::new)
+            .ok_or_else(|| std::io::Error::other("the store thread needs a database file"))?;
+        let checkpointer = Checkpointer::spawn(path)?;
+        let reader = Store::open_reader(path).map_err(std::io::Error::other)?;
         let thread = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
@@ -419,15 +268,16 @@ impl StoreHandle {
                 while let Some(job) = pending.pop_front().or_else(|| inbox.blocking_recv()) {
                     let _busy = busy.begin();
                     match job {
-                        Job::Alone(work) => work(&mut store),
+                        Job::Read(work) => work(&reader),
                         Job::Grouped(first) => {
                             pending.extend(group_commit(&mut store, first, &mut inbox));
                         }
                     }
                 }
-                // The checkpointer first, so the writer's connection is the last one and
-                // its close checkpoints what is left.
+                // The checkpointer and the reader first, so the writer's connection is the
+                // last one and its close checkpoints what is left.
                 drop(checkpointer);
+                drop(reader);
                 drop(store);
                 tracing::debug!("store closed");
             })?;
@@ -439,14 +289,16 @@ impl StoreHandle {
         &self.activity
     }
 
-    /// Runs `work` on the store thread and returns its result.
-    pub async fn call<R, F>(&self, work: F) -> Result<R, StoreError>
+    /// Runs `work`, a read, on the store thread and returns its result. It gets a
+    /// read-only connection: a write attempted here fails (SQLite refuses it). Writes go
+    /// through [`StoreHandle::write`].
+    pub async fn read<R, F>(&self, work: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job = Job::Alone(Box::new(move |store| {
+        let job = Job::Read(Box::new(move |store| {
             // The caller may have gone away (a dropped request); nothing to do then.
             let _ = reply.send(work(store));
         }));
@@ -566,7 +418,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("commeow.db");
         let mut conn = Connection::open(&path).expect("open");
-        migrations().to_version(&mut conn, 6).expect("schema 6");
+        schema::migrations()
+            .to_version(&mut conn, 6)
+            .expect("schema 6");
         conn.execute_batch(
             "INSERT INTO users (id, username, nickname, password_hash, role, created_at)
                  VALUES (1, 'fan', 'Fan', 'x', 'viewer', 'now');
@@ -585,6 +439,35 @@ mod tests {
         assert_eq!(wallet.balance, 300);
         let amounts: Vec<i64> = wallet.entries.iter().map(|e| e.amount).collect();
         assert_eq!(amounts, [200, 100], "newest first, the user's entries only");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_cannot_write() {
+        let (_dir, store) = Store::temporary();
+        let (handle, thread) = StoreHandle::spawn(store).expect("spawn");
+        // `&Store` already keeps out the `&mut self` writers; SQLite refuses the rest.
+        let sneaky = handle
+            .read(|store| Ok(store.conn().execute_batch("CREATE TABLE sneaky (x)")?))
+            .await;
+        assert!(
+            matches!(sneaky, Err(StoreError::Sqlite(_))),
+            "a write through read() must fail: {sneaky:?}"
+        );
+        handle
+            .write(|store| store.add_channel("stage", ""))
+            .await
+            .expect("a write through write()");
+        let listed = handle
+            .read(|store| store.list_channels())
+            .await
+            .expect("read");
+        assert_eq!(
+            listed.len(),
+            1,
+            "the read connection sees what was committed"
+        );
+        drop(handle);
+        thread.join().expect("join");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -620,7 +503,7 @@ mod tests {
         }
         assert_eq!(ok, 450);
         let listed = handle
-            .call(|store| store.list_channels())
+            .read(|store| store.list_channels())
             .await
             .expect("list");
         assert_eq!(listed.len(), 450);

@@ -297,7 +297,7 @@ mod tests {
         };
         for _ in 0..3 {
             let settled = store
-                .write(|s| s.settle_order(&order.order_id, &approved))
+                .in_transaction(|s| s.settle_order(&order.order_id, &approved))
                 .expect("settle");
             assert_eq!(settled.state, OrderState::Approved);
         }
@@ -307,7 +307,7 @@ mod tests {
             facts: serde_json::Value::Null,
         };
         let after = store
-            .write(|s| s.settle_order(&order.order_id, &rejected))
+            .in_transaction(|s| s.settle_order(&order.order_id, &rejected))
             .expect("settle");
         assert_eq!(
             after.state,
@@ -337,7 +337,7 @@ mod tests {
             facts: serde_json::json!({"amount": {"total": 1}}),
         };
         let settled = store
-            .write(|s| s.settle_order(&order.order_id, &verdict))
+            .in_transaction(|s| s.settle_order(&order.order_id, &verdict))
             .expect("settle");
         assert_eq!(settled.state, OrderState::Rejected);
         assert_eq!(store.wallet(user, 10).expect("wallet").balance, 0);

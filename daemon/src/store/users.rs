@@ -5,7 +5,7 @@
 //! never holds anything a thief could present.
 
 use super::{Store, StoreError};
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 /// What an account may do.
@@ -252,9 +252,9 @@ impl Store {
         now: i64,
         expires_at: i64,
     ) -> Result<Result<Session, RefreshRefused>, StoreError> {
-        let tx = self
-            .conn_mut()
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // A savepoint: inside the store thread's group transaction, or a transaction of its
+        // own when called alone.
+        let tx = self.conn_mut().savepoint()?;
         let row = tx
             .query_row(
                 "SELECT id, family, user_id, expires_at, used_at, revoked FROM refresh_tokens WHERE token_hash = ?1",
@@ -386,9 +386,7 @@ impl Store {
         name: &str,
         make: impl FnOnce() -> Vec<u8>,
     ) -> Result<Vec<u8>, StoreError> {
-        let tx = self
-            .conn_mut()
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn_mut().savepoint()?;
         let existing: Option<Vec<u8>> = tx
             .query_row(
                 "SELECT value FROM secrets WHERE name = ?1",

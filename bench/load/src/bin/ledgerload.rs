@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     let mut store = Store::open_in(&args.data_dir)?;
     let streamer = store.add_user("streamer", "Streamer", "-", Role::Streamer)?;
     store.add_channel_owned("stage", "", Some(streamer.id), None)?;
-    let donors = store.write(|s| {
+    let donors = store.in_transaction(|s| {
         let mut ids = Vec::new();
         for n in 0..args.donors {
             let donor = s.add_user(&format!("donor{n}"), "Donor", "-", Role::Viewer)?;
@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
         refused += r;
     }
     latencies.sort_unstable();
-    let problems = handle.call(|s| s.ledger_problems()).await?;
+    let problems = handle.read(|s| s.ledger_problems()).await?;
     drop(handle);
     let _ = thread.join();
     println!(
