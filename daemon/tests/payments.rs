@@ -205,7 +205,7 @@ fn a_top_up_credits_the_catalog_price_once_whatever_is_replayed() {
     assert_eq!(wallet["entries"][0]["amount"], 5000);
 
     // The verification went to the outbox with Kakao Pay's facts.
-    let events = outbox(&daemon, "topup");
+    let events = outbox(&daemon, "topup_approved");
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["order_id"], order_id);
     assert_eq!(events[0]["tid"], tid);
@@ -246,11 +246,11 @@ fn an_approval_for_another_amount_is_canceled_and_credits_nothing() {
     kakao.misbehave(Misbehaviour::default());
     assert_eq!(arrive(&approval, None).status, 409);
     assert_eq!(balance(&daemon, &fan), 0);
-    let events = outbox(&daemon, "payment");
+    let events = outbox(&daemon, "topup_rejected");
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0]["state"], "rejected");
+    assert_eq!(events[0]["type"], "topup_rejected");
     assert_eq!(events[0]["kakao_pay"]["amount"]["total"], 100_000);
-    assert!(outbox(&daemon, "topup").is_empty());
+    assert!(outbox(&daemon, "topup_approved").is_empty());
     daemon.assert_ledger_balances();
 }
 
@@ -405,7 +405,7 @@ fn a_lost_or_slow_approve_answer_is_confirmed_with_the_order_api() {
     );
     assert_eq!(balance(&daemon, &fan), 6000);
     assert_eq!(order(&daemon, &fan, &order_id).json()["state"], "approved");
-    assert_eq!(outbox(&daemon, "topup").len(), 2);
+    assert_eq!(outbox(&daemon, "topup_approved").len(), 2);
     daemon.assert_ledger_balances();
 }
 
@@ -424,7 +424,7 @@ fn a_declined_payment_credits_nothing() {
     assert!(declined.text().contains("-780"), "{declined:?}");
     assert_eq!(order(&daemon, &fan, &order_id).json()["state"], "failed");
     assert_eq!(balance(&daemon, &fan), 0);
-    assert_eq!(outbox(&daemon, "payment")[0]["state"], "failed");
+    assert_eq!(outbox(&daemon, "topup_failed")[0]["order_id"], order_id);
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Points: a double-entry ledger, donations, and the outbox that carries every ledger
-//! transaction to the central side.
+//! Points: a double-entry ledger and donations. Every ledger transaction writes its
+//! [`Event`] to the outbox (`outbox.rs`) in the same SQL transaction.
 //!
 //! Accounts: each user's `wallet` (spendable points) and `earnings` (points received as a
 //! streamer), and two system accounts: `promotions` (points a venue hands out) and
@@ -9,10 +9,11 @@
 //! accounts can never go below zero (checked by the debit's `WHERE` and again by a `CHECK`);
 //! system accounts are sources and go negative by design.
 //!
-//! Every function here runs inside the caller's transaction: [`Store::write`] for the
-//! operator CLI and tests, or the store thread's group commit (`StoreHandle::write`), which
+//! Every function here runs inside the caller's transaction: [`Store::in_transaction`] for
+//! the operator CLI and tests, or the store thread's group commit (`StoreHandle::write`), which
 //! is the one writer: no two ledger transactions ever interleave.
 
+use super::outbox::Event;
 use super::{Store, StoreError};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
@@ -110,16 +111,6 @@ pub struct DonationRequest {
     pub amount: i64,
     pub message: String,
     pub idempotency_key: String,
-}
-
-/// A time-ordered unique id: the time in microseconds, then 64 random bits, in hex. Unique
-/// without coordination, and increasing, so new ids land at the end of the index (random
-/// ids would dirty a different index page on every insert, and WAL writes whole pages).
-pub(super) fn event_id() -> String {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros());
-    format!("{micros:014x}{:016x}", rand::random::<u64>())
 }
 
 pub(super) fn now() -> String {
@@ -226,7 +217,7 @@ impl Store {
         to: (AccountKind, Option<i64>),
         amount: i64,
         memo: &str,
-        event: serde_json::Value,
+        event: impl FnOnce(i64, &str) -> Event,
     ) -> Result<Option<(i64, String, i64)>, StoreError> {
         let Some((source, balance)) = self.debit(from.0, from.1, amount)? else {
             return Ok(None);
@@ -251,28 +242,8 @@ impl Store {
             entry.execute(params![transaction, account, change])?;
             newest.execute(params![account, conn.last_insert_rowid()])?;
         }
-        let mut payload = event;
-        if let Some(object) = payload.as_object_mut() {
-            object.insert("transaction_id".into(), transaction.into());
-            object.insert("at".into(), at.clone().into());
-        }
-        self.add_outbox_event(kind, &payload)?;
+        self.add_event(&event(transaction, &at))?;
         Ok(Some((transaction, at, balance)))
-    }
-
-    /// Appends an event for the central side; the fleet relay delivers and deletes it.
-    pub fn add_outbox_event(
-        &self,
-        kind: &str,
-        payload: &serde_json::Value,
-    ) -> Result<(), StoreError> {
-        let event_id = event_id();
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO outbox (event_id, type, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![event_id, kind, payload.to_string(), now()])?;
-        Ok(())
     }
 
     /// Gives a user points from the venue's promotions account.
@@ -291,14 +262,19 @@ impl Store {
         let user = self
             .user_by_name(username)?
             .ok_or_else(|| StoreError::NoSuchUser(username.to_string()))?;
-        let event = serde_json::json!({"user_id": user.id, "points": points, "reason": reason});
         self.transfer(
             "grant",
             (AccountKind::Promotions, None),
             (AccountKind::Wallet, Some(user.id)),
             points,
             reason,
-            event,
+            |transaction_id, at| Event::Grant {
+                user_id: user.id,
+                points,
+                reason: reason.to_string(),
+                transaction_id,
+                at: at.to_string(),
+            },
         )?;
         self.wallet(user.id, 20)
     }
@@ -368,10 +344,6 @@ impl Store {
         if streamer == request.donor_id {
             return Ok(Err(DonationRefused::OwnChannel));
         }
-        let event = serde_json::json!({
-            "channel": request.channel, "donor_id": request.donor_id, "streamer_id": streamer,
-            "amount": request.amount, "message": request.message,
-        });
         let memo = format!("donation to {}", request.channel);
         let Some((transaction, at, balance)) = self.transfer(
             "donation",
@@ -379,7 +351,15 @@ impl Store {
             (AccountKind::Earnings, Some(streamer)),
             request.amount,
             &memo,
-            event,
+            |transaction_id, at| Event::Donation {
+                channel: request.channel.clone(),
+                donor_id: request.donor_id,
+                streamer_id: streamer,
+                amount: request.amount,
+                message: request.message.clone(),
+                transaction_id,
+                at: at.to_string(),
+            },
         )?
         else {
             let balance = self.balance(AccountKind::Wallet, request.donor_id)?;

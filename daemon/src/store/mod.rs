@@ -10,6 +10,7 @@
 mod channels;
 mod chat;
 mod ledger;
+pub mod outbox;
 mod payments;
 mod schema;
 mod users;
@@ -243,6 +244,8 @@ pub struct StoreHandle {
     jobs: mpsc::Sender<Job>,
     /// The store thread's current job, for the watchdog.
     activity: Arc<crate::system::Activity>,
+    /// Bumped after every group commit that wrote something: the outbox relay's wake-up.
+    commits: tokio::sync::watch::Receiver<u64>,
 }
 
 impl StoreHandle {
@@ -260,6 +263,7 @@ impl StoreHandle {
             .ok_or_else(|| std::io::Error::other("the store thread needs a database file"))?;
         let checkpointer = Checkpointer::spawn(path)?;
         let reader = Store::open_reader(path).map_err(std::io::Error::other)?;
+        let (committed, commits) = tokio::sync::watch::channel(0u64);
         let thread = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
@@ -270,7 +274,11 @@ impl StoreHandle {
                     match job {
                         Job::Read(work) => work(&reader),
                         Job::Grouped(first) => {
-                            pending.extend(group_commit(&mut store, first, &mut inbox));
+                            let (ok, deferred) = group_commit(&mut store, first, &mut inbox);
+                            if ok {
+                                committed.send_modify(|n| *n += 1);
+                            }
+                            pending.extend(deferred);
                         }
                     }
                 }
@@ -281,7 +289,20 @@ impl StoreHandle {
                 drop(store);
                 tracing::debug!("store closed");
             })?;
-        Ok((StoreHandle { jobs, activity }, thread))
+        Ok((
+            StoreHandle {
+                jobs,
+                activity,
+                commits,
+            },
+            thread,
+        ))
+    }
+
+    /// Changes after each group commit: wait on it to learn that new rows may be there
+    /// (the outbox relay does).
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.clone()
     }
 
     /// What the store thread is doing, for [`crate::system::Health`] to watch.
@@ -336,12 +357,12 @@ impl StoreHandle {
 /// Runs `first` and every grouped write already queued behind it (up to [`GROUP_LIMIT`])
 /// in one transaction, then answers them all. Other jobs found in the queue meanwhile
 /// (reads, mostly) do not cut the group short: they are returned, in order, to run right
-/// after the commit.
+/// after the commit. Returns whether the group committed, and those jobs.
 fn group_commit(
     store: &mut Store,
     first: GroupedWork,
     inbox: &mut mpsc::Receiver<Job>,
-) -> Vec<Job> {
+) -> (bool, Vec<Job>) {
     let mut answers = Vec::new();
     let mut deferred = Vec::new();
     let mut began = store
@@ -388,7 +409,7 @@ fn group_commit(
         };
         answer(outcome);
     }
-    deferred
+    (committed.is_ok(), deferred)
 }
 
 /// Runs one grouped write in a savepoint, undoing it alone if it failed. Returns its answer,

@@ -7,7 +7,8 @@
 //! settled and credits nothing. Every verdict writes an outbox event with what Kakao Pay
 //! said (tid, aid, amounts), for the central side's reconciliation.
 
-use super::ledger::{event_id, now, AccountKind};
+use super::ledger::{now, AccountKind};
+use super::outbox::{event_id, Event, OrderFacts, TopupEnded};
 use super::{Store, StoreError};
 use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
@@ -191,17 +192,16 @@ impl Store {
         if order.state != OrderState::Pending {
             return Ok(order);
         }
-        let mut event = serde_json::json!({
-            "order_id": order.order_id, "user_id": order.user_id,
-            "product_id": order.product_id, "points": order.points,
-            "price_krw": order.price_krw, "tid": order.tid,
-        });
+        let facts_of_order = OrderFacts {
+            order_id: order.order_id.clone(),
+            user_id: order.user_id,
+            product_id: order.product_id.clone(),
+            points: order.points,
+            price_krw: order.price_krw,
+            tid: order.tid.clone(),
+        };
         let (state, aid, transaction, detail) = match verdict {
             Verdict::Approved { aid, facts } => {
-                if let Some(object) = event.as_object_mut() {
-                    object.insert("aid".into(), aid.clone().into());
-                    object.insert("kakao_pay".into(), facts.clone());
-                }
                 let memo = format!("Kakao Pay top-up ({})", order.product_id);
                 let (transaction, _, _) = self
                     .transfer(
@@ -210,7 +210,13 @@ impl Store {
                         (AccountKind::Wallet, Some(order.user_id)),
                         order.points,
                         &memo,
-                        event,
+                        |transaction_id, at| Event::TopupApproved {
+                            order: facts_of_order,
+                            aid: aid.clone(),
+                            kakao_pay: facts.clone(),
+                            transaction_id,
+                            at: at.to_string(),
+                        },
                     )?
                     .ok_or(StoreError::CommitFailed(
                         "the kakao_pay account refused a debit".into(),
@@ -228,13 +234,19 @@ impl Store {
                 detail,
                 facts,
             } => {
-                if let Some(object) = event.as_object_mut() {
-                    object.insert("state".into(), state.as_str().into());
-                    object.insert("detail".into(), detail.clone().into());
-                    object.insert("kakao_pay".into(), facts.clone());
-                    object.insert("at".into(), now().into());
-                }
-                self.add_outbox_event("payment", &event)?;
+                let ended = TopupEnded {
+                    order: facts_of_order,
+                    detail: detail.clone(),
+                    kakao_pay: facts.clone(),
+                    at: now(),
+                };
+                self.add_event(&match state {
+                    OrderState::Canceled => Event::TopupCanceled(ended),
+                    OrderState::Failed => Event::TopupFailed(ended),
+                    // Pending or approved are not endings; a verdict naming them is a
+                    // rejection all the same (nothing was credited).
+                    _ => Event::TopupRejected(ended),
+                })?;
                 (*state, None, None, detail.clone())
             }
         };
@@ -259,9 +271,13 @@ impl Store {
         self.conn()
             .prepare_cached("UPDATE payment_orders SET detail = ?2, updated_at = ?3 WHERE id = ?1")?
             .execute(params![id, detail, now()])?;
-        let event = serde_json::json!({"order_id": id, "detail": detail, "kakao_pay": facts,
-                                       "at": now()});
-        self.add_outbox_event("payment_note", &event)
+        self.add_event(&Event::PaymentNote {
+            order_id: id.to_string(),
+            detail: detail.to_string(),
+            kakao_pay: facts,
+            at: now(),
+        })?;
+        Ok(())
     }
 }
 
@@ -319,7 +335,7 @@ mod tests {
         let events: i64 = store
             .conn()
             .query_row(
-                "SELECT COUNT(*) FROM outbox WHERE type = 'topup'",
+                "SELECT COUNT(*) FROM outbox WHERE type = 'topup_approved'",
                 [],
                 |r| r.get(0),
             )
@@ -344,12 +360,12 @@ mod tests {
         let payload: String = store
             .conn()
             .query_row(
-                "SELECT payload FROM outbox WHERE type = 'payment'",
+                "SELECT payload FROM outbox WHERE type = 'topup_rejected'",
                 [],
                 |r| r.get(0),
             )
             .expect("event");
-        assert!(payload.contains("\"state\":\"rejected\""), "{payload}");
+        assert!(payload.contains("\"type\":\"topup_rejected\""), "{payload}");
         assert!(payload.contains("\"total\":1"), "{payload}");
     }
 }

@@ -167,5 +167,13 @@ pub(super) fn migrations() -> Migrations<'static> {
             onboarded_at TEXT NOT NULL
         ) STRICT;",
         ),
+        // The outbox becomes typed and versioned (store/outbox.rs): a `v` per event, the
+        // `type` inside each payload too, and today's names for what was written before.
+        M::up(
+            "ALTER TABLE outbox ADD COLUMN v INTEGER NOT NULL DEFAULT 1;
+        UPDATE outbox SET type = 'topup_approved' WHERE type = 'topup';
+        UPDATE outbox SET type = 'topup_' || json_extract(payload, '$.state') WHERE type = 'payment';
+        UPDATE outbox SET payload = json_set(payload, '$.type', type);",
+        ),
     ])
 }
