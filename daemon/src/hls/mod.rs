@@ -1,7 +1,13 @@
-//! Live broadcasts as viewers see them: per channel, the renditions and the segments they
-//! hold in memory, and the playlists rendered from them.
+//! Live broadcasts as viewers see them: per channel, the variants (quality levels), each in
+//! its packagings, the segments they hold in memory, and the playlists rendered from them.
 //!
-//! Media never touches the disk (SD cards die from write load). Each rendition keeps a
+//! A [`Broadcast`] is a list of [`Variant`]s, as HLS means the word: one quality level
+//! (codec, resolution, bandwidth). Today there is one, `source`, the streamer's own stream
+//! remuxed; an encoder thread can add others ([`Broadcast::add_variant`]) and feed them
+//! through the same calls the remuxing pipeline uses. Each variant is [`Packaged`] twice:
+//! fMP4 parts for LL-HLS, and MPEG-TS segments for classic HLS.
+//!
+//! Media never touches the disk (SD cards die from write load). Each packaging keeps a
 //! bounded ring of segments: the playlist window, plus as many again that have slid out of
 //! the playlist but that a player holding an older playlist may still fetch (RFC 8216
 //! §6.2.2). The media pipeline thread writes here; HTTP handlers read. Locks are std
@@ -11,14 +17,14 @@ pub mod playlist;
 pub mod segmenter;
 
 use bytes::Bytes;
-use playlist::{LowLatencyPlaylist, MediaPlaylist, Rendered, Variant};
+use playlist::{LowLatencyPlaylist, MediaPlaylist, Rendered, StreamInf};
 use rand::Rng;
 use segmenter::{OpenSegment, Part, Segment, SegmentStart};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
-/// What the master playlist says about a rendition's stream.
+/// What the master playlist says about a variant's stream.
 #[derive(Debug, Clone, Default)]
 pub struct StreamInfo {
     pub codecs: Vec<String>,
@@ -26,7 +32,7 @@ pub struct StreamInfo {
     pub frame_rate: Option<f64>,
 }
 
-/// How a rendition is packaged.
+/// How a variant is packaged.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Packaging {
     /// MPEG-TS segments, classic HLS for every player.
@@ -55,10 +61,11 @@ struct RenditionState {
     delta: Rendered,
 }
 
-/// One rendition of a broadcast.
+/// One variant in one packaging: its segments, parts and media playlist.
 #[derive(Debug)]
-pub struct Rendition {
-    pub name: &'static str,
+pub struct Packaged {
+    /// Its directory under `/hls/<slug>/`: unique within the broadcast.
+    pub path: String,
     pub packaging: Packaging,
     window: usize,
     /// The broadcast's id: file names start with it.
@@ -69,16 +76,16 @@ pub struct Rendition {
     changes: watch::Sender<u64>,
 }
 
-impl Rendition {
+impl Packaged {
     fn new(
-        name: &'static str,
+        path: String,
         packaging: Packaging,
         window: usize,
         target_duration: u64,
         broadcast_id: String,
-    ) -> Rendition {
-        let rendition = Rendition {
-            name,
+    ) -> Packaged {
+        let rendition = Packaged {
+            path,
             packaging,
             window,
             broadcast_id,
@@ -114,7 +121,7 @@ impl Rendition {
         format!("{}-init.mp4", self.broadcast_id)
     }
 
-    /// Parses a media file name of this rendition: `(sequence, Some(part))` for a part,
+    /// Parses a media file name of this packaging: `(sequence, Some(part))` for a part,
     /// `(sequence, None)` for a whole segment.
     pub fn parse_media_name(&self, name: &str) -> Option<(u64, Option<usize>)> {
         let rest = name
@@ -334,13 +341,13 @@ impl Rendition {
         self.lock().delta.clone()
     }
 
-    fn variant(&self, uri: String) -> Variant {
+    fn stream_inf(&self, uri: String) -> StreamInf {
         let state = self.lock();
         let (bytes, micros) = state.segments.iter().fold((0u64, 0u128), |(b, d), s| {
             (b + s.len() as u64, d + s.duration.as_micros())
         });
         let average = (micros > 0).then(|| (bytes as u128 * 8 * 1_000_000 / micros) as u64);
-        Variant {
+        StreamInf {
             uri,
             bandwidth: state.peak_bitrate,
             average_bandwidth: average,
@@ -359,61 +366,193 @@ fn newest_part(state: &RenditionState) -> Option<(u64, usize)> {
     Some((last.sequence, last.parts.len().checked_sub(1)?))
 }
 
+/// A quality level of a broadcast, in both packagings. The media pipeline (or an
+/// encoder) writes to it through these few calls; players read its [`Packaged`] halves.
+#[derive(Debug)]
+pub struct Variant {
+    pub name: String,
+    /// fMP4 parts and segments: LL-HLS, what `master.m3u8` offers.
+    pub ll: Arc<Packaged>,
+    /// MPEG-TS segments: classic HLS, what `classic.m3u8` offers.
+    pub classic: Arc<Packaged>,
+}
+
+impl Variant {
+    pub fn packagings(&self) -> [&Arc<Packaged>; 2] {
+        [&self.ll, &self.classic]
+    }
+
+    /// What the master playlists say about it.
+    pub fn set_info(&self, info: StreamInfo) {
+        for packaged in self.packagings() {
+            packaged.set_info(info.clone());
+        }
+    }
+
+    /// The fMP4 initialization segment.
+    pub fn set_init(&self, init: Bytes) {
+        self.ll.set_init(init);
+    }
+
+    /// A new LL-HLS part of the segment starting at `start`; returns its index.
+    pub fn push_part(&self, start: SegmentStart, part: Part) -> usize {
+        self.ll.push_part(start, part)
+    }
+
+    /// A segment is complete: the LL-HLS one closes (its parts are the segment), and the
+    /// MPEG-TS one is published.
+    pub fn close_segment(&self, segment: Segment) {
+        self.ll.close_open(segment.duration);
+        self.classic.push(segment);
+    }
+
+    /// Ends both playlists.
+    pub fn end(&self) {
+        for packaged in self.packagings() {
+            packaged.end();
+        }
+    }
+
+    fn has_segments(&self) -> bool {
+        self.ll.segment_count() > 0 && self.classic.segment_count() > 0
+    }
+}
+
 /// One publish on one channel, from the accepted publish until its media is dropped.
 #[derive(Debug)]
 pub struct Broadcast {
     pub slug: String,
     /// Random per publish; part of every media file name.
     pub id: String,
-    /// The remuxed stream as MPEG-TS segments: classic HLS, for every player.
-    pub source: Rendition,
-    /// The same stream as fMP4 parts: LL-HLS, what `master.m3u8` offers.
-    pub ll: Rendition,
+    /// The quality levels, `source` first. Variants are added, never removed, during a
+    /// broadcast.
+    variants: Mutex<Vec<Arc<Variant>>>,
+    window: usize,
+    target_duration: u64,
+    part_target: f64,
     /// Cancelled to end the publish from outside (its stream key was rotated).
     pub stop: tokio_util::sync::CancellationToken,
 }
 
 impl Broadcast {
-    /// Publishing and with at least one segment a player can fetch.
-    pub fn is_live(&self) -> bool {
-        !self.source.is_ended() && self.source.segment_count() > 0 && self.ll.segment_count() > 0
+    fn variants_lock(&self) -> MutexGuard<'_, Vec<Arc<Variant>>> {
+        self.variants.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn renditions(&self) -> [&Rendition; 2] {
-        [&self.ll, &self.source]
+    /// Every variant, `source` first.
+    pub fn variants(&self) -> Vec<Arc<Variant>> {
+        self.variants_lock().clone()
     }
 
-    pub fn rendition(&self, name: &str) -> Option<&Rendition> {
-        self.renditions().into_iter().find(|r| r.name == name)
+    /// The streamer's own stream, remuxed.
+    pub fn source(&self) -> Arc<Variant> {
+        self.variant(SOURCE)
+            .unwrap_or_else(|| self.add_variant(SOURCE))
     }
 
-    /// A master playlist offering one rendition, once it has a segment to describe.
-    fn master_for(&self, rendition: &Rendition) -> Option<Rendered> {
-        if rendition.segment_count() == 0 {
-            return None;
+    pub fn variant(&self, name: &str) -> Option<Arc<Variant>> {
+        self.variants_lock()
+            .iter()
+            .find(|v| v.name == name)
+            .cloned()
+    }
+
+    /// Adds a quality level (or returns the one of that name). Its packagings live at
+    /// `/hls/<slug>/<name>/` (LL-HLS) and `/hls/<slug>/<name>-ts/` (MPEG-TS); `source`
+    /// keeps the paths it has always had, `ll/` and `source/`, so links keep working.
+    pub fn add_variant(&self, name: &str) -> Arc<Variant> {
+        let mut variants = self.variants_lock();
+        if let Some(existing) = variants.iter().find(|v| v.name == name) {
+            return existing.clone();
         }
-        let variant = rendition.variant(format!("{}/index.m3u8", rendition.name));
-        Some(Rendered::new(playlist::master(&[variant])))
+        let (ll_path, classic_path) = if name == SOURCE {
+            ("ll".to_string(), "source".to_string())
+        } else {
+            (name.to_string(), format!("{name}-ts"))
+        };
+        // LL-HLS delta updates skip what is older than six target durations; the LL
+        // playlist is kept a little longer than that, so they have something to skip.
+        let ll_window = self.window.max(8);
+        let variant = Arc::new(Variant {
+            name: name.to_string(),
+            ll: Arc::new(Packaged::new(
+                ll_path,
+                Packaging::LowLatency {
+                    part_target: self.part_target,
+                },
+                ll_window,
+                self.target_duration,
+                self.id.clone(),
+            )),
+            classic: Arc::new(Packaged::new(
+                classic_path,
+                Packaging::Classic,
+                self.window,
+                self.target_duration,
+                self.id.clone(),
+            )),
+        });
+        variants.push(variant.clone());
+        variant
     }
 
-    /// `master.m3u8`: the LL-HLS rendition (hls.js and Safari play it; players that do
-    /// not know LL-HLS tags ignore them and play its fMP4 segments).
+    /// A packaging by its path, for HTTP.
+    pub fn packaged(&self, path: &str) -> Option<Arc<Packaged>> {
+        self.variants_lock()
+            .iter()
+            .flat_map(|v| v.packagings())
+            .find(|p| p.path == path)
+            .cloned()
+    }
+
+    /// Publishing, with at least one segment a player can fetch.
+    pub fn is_live(&self) -> bool {
+        let source = self.source();
+        !source.classic.is_ended() && source.has_segments()
+    }
+
+    /// Whether the publish has ended (its media may still linger).
+    pub fn is_ended(&self) -> bool {
+        self.source().classic.is_ended()
+    }
+
+    /// A master playlist offering every variant's `pick`ed packaging that has a segment to
+    /// describe; `None` until the source has one.
+    fn master_for(&self, pick: impl Fn(&Variant) -> &Arc<Packaged>) -> Option<Rendered> {
+        let variants = self.variants();
+        let offered: Vec<StreamInf> = variants
+            .iter()
+            .map(|v| pick(v))
+            .filter(|p| p.segment_count() > 0)
+            .map(|p| p.stream_inf(format!("{}/index.m3u8", p.path)))
+            .collect();
+        let source_ready = variants
+            .first()
+            .is_some_and(|v| pick(v).segment_count() > 0);
+        source_ready.then(|| Rendered::new(playlist::master(&offered)))
+    }
+
+    /// `master.m3u8`: every variant's LL-HLS packaging (hls.js and Safari play it; players
+    /// that do not know LL-HLS tags ignore them and play its fMP4 segments).
     pub fn master_playlist(&self) -> Option<Rendered> {
-        self.master_for(&self.ll)
+        self.master_for(|v| &v.ll)
     }
 
     /// `classic.m3u8`: MPEG-TS segments, for old players without fMP4 support.
     pub fn classic_master_playlist(&self) -> Option<Rendered> {
-        self.master_for(&self.source)
+        self.master_for(|v| &v.classic)
     }
 
-    /// Ends both renditions' playlists.
+    /// Ends every variant's playlists.
     pub fn end(&self) {
-        for rendition in self.renditions() {
-            rendition.end();
+        for variant in self.variants() {
+            variant.end();
         }
     }
 }
+
+/// The name of the variant that is the streamer's own stream.
+pub const SOURCE: &str = "source";
 
 #[derive(Debug, thiserror::Error)]
 #[error("channel `{0}` is already live")]
@@ -451,36 +590,20 @@ impl Broadcasts {
     pub fn begin(&self, slug: &str) -> Result<Arc<Broadcast>, AlreadyLive> {
         let mut by_slug = self.lock();
         if let Some(current) = by_slug.get(slug) {
-            if !current.source.is_ended() {
+            if !current.is_ended() {
                 return Err(AlreadyLive(slug.to_string()));
             }
         }
-        let id = format!("{:08x}", rand::rng().random::<u32>());
-        // LL-HLS delta updates skip what is older than six target durations; the LL
-        // playlist is kept a little longer than that, so they have something to skip.
-        let ll_window = self.window.max(8);
-        let low_latency = Packaging::LowLatency {
-            part_target: self.part_target,
-        };
         let broadcast = Arc::new(Broadcast {
             slug: slug.to_string(),
-            source: Rendition::new(
-                "source",
-                Packaging::Classic,
-                self.window,
-                self.target_duration,
-                id.clone(),
-            ),
-            ll: Rendition::new(
-                "ll",
-                low_latency,
-                ll_window,
-                self.target_duration,
-                id.clone(),
-            ),
-            id,
+            id: format!("{:08x}", rand::rng().random::<u32>()),
+            variants: Mutex::new(Vec::new()),
+            window: self.window,
+            target_duration: self.target_duration,
+            part_target: self.part_target,
             stop: tokio_util::sync::CancellationToken::new(),
         });
+        broadcast.add_variant(SOURCE);
         by_slug.insert(slug.to_string(), broadcast.clone());
         Ok(broadcast)
     }
@@ -556,14 +679,15 @@ mod tests {
             broadcasts.begin("stage").is_err(),
             "second publisher refused"
         );
-        first.source.push(segment(0, 2.0));
-        first.source.end();
+        first.source().classic.push(segment(0, 2.0));
+        first.source().classic.end();
         let second = broadcasts.begin("stage").expect("after end");
         assert_ne!(first.id, second.id);
-        assert_eq!(second.source.segment_count(), 0);
+        assert_eq!(second.source().classic.segment_count(), 0);
         assert!(second
-            .source
-            .parse_media_name(&first.source.segment_name(0))
+            .source()
+            .classic
+            .parse_media_name(&first.source().classic.segment_name(0))
             .is_none());
         broadcasts.remove(&first);
         assert!(
@@ -577,15 +701,18 @@ mod tests {
         let broadcasts = Broadcasts::new(3, Duration::from_secs(2), Duration::from_millis(334));
         let b = broadcasts.begin("stage").expect("begin");
         for n in 0..10 {
-            b.source.push(segment(n, if n == 4 { 4.2 } else { 2.0 }));
+            b.source()
+                .classic
+                .push(segment(n, if n == 4 { 4.2 } else { 2.0 }));
         }
-        assert_eq!(b.source.segment_count(), 6);
-        assert!(b.source.segment(3).is_none());
+        assert_eq!(b.source().classic.segment_count(), 6);
+        assert!(b.source().classic.segment(3).is_none());
         assert!(
-            b.source.segment(4).is_some(),
+            b.source().classic.segment(4).is_some(),
             "slid out of the playlist but still served"
         );
-        let text = String::from_utf8(b.source.media_playlist().plain.to_vec()).expect("utf-8");
+        let text =
+            String::from_utf8(b.source().classic.media_playlist().plain.to_vec()).expect("utf-8");
         assert!(text.contains("#EXT-X-TARGETDURATION:4\n"), "{text}");
         assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:7\n"), "{text}");
         assert_eq!(text.matches("#EXTINF").count(), 3);
@@ -608,63 +735,141 @@ mod tests {
             program_date_time: chrono::Utc::now(),
             discontinuity: false,
         };
-        assert!(!b.ll.has(0, Some(0)));
-        assert_eq!(b.ll.next_part(), None);
+        assert!(!b.source().ll.has(0, Some(0)));
+        assert_eq!(b.source().ll.next_part(), None);
         for _ in 0..3 {
-            b.ll.push_part(start(0), part(false));
+            b.source().ll.push_part(start(0), part(false));
         }
-        assert!(b.ll.has(0, Some(2)) && !b.ll.has(0, Some(3)));
-        assert!(!b.ll.has(0, None), "segment 0 is not complete yet");
-        assert_eq!(b.ll.next_part(), Some((0, 3)));
-        b.ll.close_open(Duration::from_secs(1));
+        assert!(b.source().ll.has(0, Some(2)) && !b.source().ll.has(0, Some(3)));
+        assert!(!b.source().ll.has(0, None), "segment 0 is not complete yet");
+        assert_eq!(b.source().ll.next_part(), Some((0, 3)));
+        b.source().ll.close_open(Duration::from_secs(1));
         // Segment 0 ended with three parts: part 3 of it never comes; part 0 of segment 1
         // is "a later one".
-        assert!(b.ll.has(0, None));
-        assert!(!b.ll.has(0, Some(3)));
-        assert_eq!(b.ll.next_part(), Some((1, 0)));
-        b.ll.push_part(start(1), part(true));
-        assert!(b.ll.has(0, Some(3)) && b.ll.has(1, Some(0)) && !b.ll.has(1, Some(1)));
-        assert_eq!(b.ll.part(0, 2).as_deref(), Some(&b"moof"[..]));
-        assert_eq!(b.ll.part(0, 3), None);
+        assert!(b.source().ll.has(0, None));
+        assert!(!b.source().ll.has(0, Some(3)));
+        assert_eq!(b.source().ll.next_part(), Some((1, 0)));
+        b.source().ll.push_part(start(1), part(true));
+        assert!(
+            b.source().ll.has(0, Some(3))
+                && b.source().ll.has(1, Some(0))
+                && !b.source().ll.has(1, Some(1))
+        );
+        assert_eq!(b.source().ll.part(0, 2).as_deref(), Some(&b"moof"[..]));
+        assert_eq!(b.source().ll.part(0, 3), None);
+    }
+
+    #[test]
+    fn a_broadcast_is_a_list_of_variants_each_in_two_packagings() {
+        let broadcasts = Broadcasts::new(3, Duration::from_secs(2), Duration::from_millis(334));
+        let b = broadcasts.begin("stage").expect("begin");
+        assert_eq!(b.variants().len(), 1);
+        assert_eq!(b.source().name, SOURCE);
+        // The source keeps the paths players already use.
+        assert_eq!(
+            b.packaged("ll").map(|p| p.path.clone()).as_deref(),
+            Some("ll")
+        );
+        assert!(b.packaged("source").is_some());
+        assert!(b.master_playlist().is_none(), "nothing to offer yet");
+        // An encoder adds a rung and feeds it through the same calls as the remuxer.
+        let rung = b.add_variant("480p");
+        assert!(Arc::ptr_eq(&rung, &b.add_variant("480p")), "one per name");
+        for variant in [b.source(), rung.clone()] {
+            variant.set_info(StreamInfo {
+                codecs: vec!["avc1.64001f".into()],
+                ..StreamInfo::default()
+            });
+            variant.push_part(
+                SegmentStart {
+                    sequence: 0,
+                    program_date_time: chrono::Utc::now(),
+                    discontinuity: false,
+                },
+                Part {
+                    data: Bytes::from_static(b"moof"),
+                    duration: Duration::from_secs(2),
+                    independent: true,
+                },
+            );
+            variant.close_segment(segment(0, 2.0));
+        }
+        assert!(b.is_live());
+        let master =
+            String::from_utf8(b.master_playlist().expect("master").plain.to_vec()).expect("utf-8");
+        assert!(
+            master.contains("ll/index.m3u8") && master.contains("480p/index.m3u8"),
+            "{master}"
+        );
+        let classic =
+            String::from_utf8(b.classic_master_playlist().expect("classic").plain.to_vec())
+                .expect("utf-8");
+        assert!(
+            classic.contains("source/index.m3u8") && classic.contains("480p-ts/index.m3u8"),
+            "{classic}"
+        );
+        assert!(b
+            .packaged("480p-ts")
+            .is_some_and(|p| p.segment_count() == 1));
+        b.end();
+        assert!(rung.ll.is_ended() && rung.classic.is_ended() && b.is_ended());
     }
 
     #[test]
     fn segment_names_round_trip() {
         let broadcasts = Broadcasts::new(3, Duration::from_secs(2), Duration::from_millis(334));
         let b = broadcasts.begin("stage").expect("begin");
-        let name = b.source.segment_name(42);
-        assert_eq!(b.source.parse_media_name(&name), Some((42, None)));
-        assert_eq!(b.source.parse_media_name("nope-42.ts"), None);
-        assert_eq!(b.source.parse_media_name(&format!("{}-x.ts", b.id)), None);
+        let name = b.source().classic.segment_name(42);
+        assert_eq!(b.source().classic.parse_media_name(&name), Some((42, None)));
+        assert_eq!(b.source().classic.parse_media_name("nope-42.ts"), None);
         assert_eq!(
-            b.source.parse_media_name(&format!("{}-42.1.ts", b.id)),
+            b.source()
+                .classic
+                .parse_media_name(&format!("{}-x.ts", b.id)),
+            None
+        );
+        assert_eq!(
+            b.source()
+                .classic
+                .parse_media_name(&format!("{}-42.1.ts", b.id)),
             None,
             "TS has no parts"
         );
         assert_eq!(
-            b.ll.parse_media_name(&b.ll.part_name(42, 3)),
+            b.source()
+                .ll
+                .parse_media_name(&b.source().ll.part_name(42, 3)),
             Some((42, Some(3)))
         );
         assert_eq!(
-            b.ll.parse_media_name(&b.ll.segment_name(42)),
+            b.source()
+                .ll
+                .parse_media_name(&b.source().ll.segment_name(42)),
             Some((42, None))
         );
         assert_eq!(
-            b.ll.parse_media_name(&name),
+            b.source().ll.parse_media_name(&name),
             None,
             "a TS name is not an LL name"
         );
         // One name per segment: no sign, no leading zeros.
         for alias in ["+42", "042", "42 ", "", "-1"] {
             assert_eq!(
-                b.ll.parse_media_name(&format!("{}-{alias}.m4s", b.id)),
+                b.source()
+                    .ll
+                    .parse_media_name(&format!("{}-{alias}.m4s", b.id)),
                 None,
                 "{alias:?}"
             );
         }
-        assert_eq!(b.ll.parse_media_name(&format!("{}-+1.+0.m4s", b.id)), None);
         assert_eq!(
-            b.ll.parse_media_name(&format!("{}-0.0.m4s", b.id)),
+            b.source()
+                .ll
+                .parse_media_name(&format!("{}-+1.+0.m4s", b.id)),
+            None
+        );
+        assert_eq!(
+            b.source().ll.parse_media_name(&format!("{}-0.0.m4s", b.id)),
             Some((0, Some(0)))
         );
     }

@@ -34,7 +34,7 @@ impl Rendered {
 
 /// One variant stream of the master playlist.
 #[derive(Debug, Clone)]
-pub struct Variant {
+pub struct StreamInf {
     pub uri: String,
     /// Peak bits per second.
     pub bandwidth: u64,
@@ -45,7 +45,7 @@ pub struct Variant {
     pub frame_rate: Option<f64>,
 }
 
-pub fn master(variants: &[Variant]) -> String {
+pub fn master(variants: &[StreamInf]) -> String {
     let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n");
     for v in variants {
         let _ = write!(out, "#EXT-X-STREAM-INF:BANDWIDTH={}", v.bandwidth);
@@ -305,7 +305,7 @@ mod tests {
 
     #[test]
     fn master_playlist_names_codecs_and_resolution() {
-        let text = master(&[Variant {
+        let text = master(&[StreamInf {
             uri: "source/index.m3u8".into(),
             bandwidth: 6_200_000,
             average_bandwidth: Some(6_000_000),

@@ -1,36 +1,26 @@
-//! HTTP: playlists and segments for players, the JSON API, health.
+//! HTTP: the router, the error shape, and the handlers by area (`hls` for players, the JSON
+//! API, chat sockets, the web app).
 //!
 //! `app(state)` builds the router, so tests can drive it without a socket. Errors are JSON
 //! `{"error": {"code", "message"}}` with a fitting status, built in one place ([`ApiError`]).
 
-use crate::hls::playlist::Rendered;
-use crate::hls::{Broadcast, Broadcasts, Packaging, Rendition};
+use crate::hls::Broadcasts;
 use crate::store::{StoreError, StoreHandle};
 use crate::throttle::Throttle;
-use axum::body::Body;
-use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
-const TS_TYPE: &str = "video/mp2t";
-const FMP4_TYPE: &str = "video/mp4";
-/// Playlists change every segment: players must revalidate.
-const PLAYLIST_CACHE: &str = "no-cache";
-/// Segment and part names are unique per publish, so their bytes never change.
-const MEDIA_CACHE: &str = "public, max-age=86400, immutable";
-
 mod auth;
 mod channels;
 mod chat;
+mod hls;
 mod onboarding;
 mod payments;
 mod wallet;
@@ -76,8 +66,8 @@ pub fn app(state: AppState) -> Router {
     // Streams are public on the venue network: any page may play them (a venue's own
     // site, a signage screen), as with any HLS server.
     let hls = Router::new()
-        .route("/hls/{slug}/{master}", get(master_playlist))
-        .route("/hls/{slug}/{rendition}/{file}", get(rendition_file))
+        .route("/hls/{slug}/{master}", get(hls::master_playlist))
+        .route("/hls/{slug}/{packaging}/{file}", get(hls::media_file))
         .layer(
             CorsLayer::new()
                 .allow_origin(Any)
@@ -254,255 +244,4 @@ async fn fallback(method: Method, uri: axum::http::Uri, headers: HeaderMap) -> R
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
-}
-
-/// Whether the client takes gzip (`Accept-Encoding`, honouring `q=0`).
-fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|coding| {
-            let mut fields = coding.split(';').map(str::trim);
-            let name = fields.next().unwrap_or("");
-            let quality = fields
-                .find_map(|f| f.strip_prefix("q="))
-                .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
-            (name.eq_ignore_ascii_case("gzip") || name == "*") && quality > 0.0
-        })
-}
-
-/// A playlist, gzip-compressed when the client takes it. Playlists are compressed once
-/// when they change (see [`Rendered`]); media is never compressed (it would not shrink).
-fn playlist_response(playlist: Rendered, gzip: bool) -> Response {
-    let mut headers = vec![
-        (
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(PLAYLIST_TYPE),
-        ),
-        (
-            header::CACHE_CONTROL,
-            HeaderValue::from_static(PLAYLIST_CACHE),
-        ),
-        (header::VARY, HeaderValue::from_static("accept-encoding")),
-    ];
-    let body = if gzip && !playlist.gzip.is_empty() {
-        headers.push((header::CONTENT_ENCODING, HeaderValue::from_static("gzip")));
-        playlist.gzip
-    } else {
-        playlist.plain
-    };
-    let mut response = Body::from(body).into_response();
-    response.headers_mut().extend(headers);
-    response
-}
-
-fn media_response(content_type: &'static str, length: usize, body: Body) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-            (header::CACHE_CONTROL, HeaderValue::from_static(MEDIA_CACHE)),
-            (header::CONTENT_LENGTH, HeaderValue::from(length)),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-fn live_broadcast(state: &AppState, slug: &str) -> Result<Arc<Broadcast>, ApiError> {
-    state
-        .broadcasts
-        .get(slug)
-        .ok_or_else(|| ApiError::not_found(format!("channel `{slug}` is not live")))
-}
-
-fn starting(slug: &str) -> ApiError {
-    ApiError::not_found(format!(
-        "channel `{slug}` is starting; try again in a moment"
-    ))
-}
-
-/// `master.m3u8` (LL-HLS) or `classic.m3u8` (MPEG-TS).
-async fn master_playlist(
-    State(state): State<AppState>,
-    Path((slug, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let broadcast = live_broadcast(&state, &slug)?;
-    let playlist = match name.as_str() {
-        "master.m3u8" => broadcast.master_playlist(),
-        "classic.m3u8" => broadcast.classic_master_playlist(),
-        _ => return Err(ApiError::not_found(format!("no `{name}`: try master.m3u8"))),
-    };
-    let playlist = playlist.ok_or_else(|| starting(&slug))?;
-    Ok(playlist_response(playlist, accepts_gzip(&headers)))
-}
-
-async fn rendition_file(
-    State(state): State<AppState>,
-    Path((slug, rendition, file)): Path<(String, String, String)>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let broadcast = live_broadcast(&state, &slug)?;
-    let rendition = broadcast
-        .rendition(&rendition)
-        .ok_or_else(|| ApiError::not_found(format!("no rendition `{rendition}`")))?;
-    if file == "index.m3u8" {
-        return media_playlist(rendition, &query, accepts_gzip(&headers)).await;
-    }
-    if file == rendition.init_name() {
-        let init = rendition
-            .init()
-            .ok_or_else(|| ApiError::not_found("no initialization segment yet"))?;
-        return Ok(media_response(FMP4_TYPE, init.len(), Body::from(init)));
-    }
-    let gone = || ApiError::not_found("no such segment or part (it may have expired)");
-    let (sequence, part) = rendition.parse_media_name(&file).ok_or_else(gone)?;
-    let content_type = match rendition.packaging {
-        Packaging::Classic => TS_TYPE,
-        Packaging::LowLatency { .. } => FMP4_TYPE,
-    };
-    if let Some(index) = part {
-        // The part named by EXT-X-PRELOAD-HINT is requested before it exists: hold the
-        // request until it does. Anything further ahead is not coming soon: 404.
-        let hinted = rendition.next_part() == Some((sequence, index));
-        if hinted {
-            wait_for(rendition, sequence, Some(index)).await?;
-        }
-        let data = rendition.part(sequence, index).ok_or_else(gone)?;
-        return Ok(media_response(content_type, data.len(), Body::from(data)));
-    }
-    let segment = rendition.segment(sequence).ok_or_else(gone)?;
-    // The parts are sent as they are held: no copy of the media per request.
-    let length = segment.len();
-    let parts: Vec<_> = segment
-        .parts
-        .iter()
-        .map(|p| Ok::<_, std::convert::Infallible>(p.data.clone()))
-        .collect();
-    Ok(media_response(
-        content_type,
-        length,
-        Body::from_stream(futures_util::stream::iter(parts)),
-    ))
-}
-
-/// A media playlist; for LL-HLS with blocking reload (`_HLS_msn`, `_HLS_part`) and delta
-/// updates (`_HLS_skip`), per RFC 8216bis §6.2.5.
-async fn media_playlist(
-    rendition: &Rendition,
-    query: &HashMap<String, String>,
-    gzip: bool,
-) -> Result<Response, ApiError> {
-    let Packaging::LowLatency { part_target } = rendition.packaging else {
-        return Ok(playlist_response(rendition.media_playlist(), gzip));
-    };
-    let number = |key: &str| -> Result<Option<u64>, ApiError> {
-        query
-            .get(key)
-            .map(|v| {
-                crate::hls::canonical_number::<u64>(v)
-                    .ok_or_else(|| ApiError::bad_request(format!("{key} must be a whole number")))
-            })
-            .transpose()
-    };
-    let msn = number("_HLS_msn")?;
-    let part = number("_HLS_part")?;
-    let skip = match query.get("_HLS_skip").map(String::as_str) {
-        None => false,
-        Some("YES" | "v2") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "_HLS_skip={other}: expected YES or v2"
-            )))
-        }
-    };
-    match (msn, part) {
-        (None, Some(_)) => return Err(ApiError::bad_request("_HLS_part needs _HLS_msn")),
-        (Some(msn), part) => {
-            let part = part.map(|p| usize::try_from(p).unwrap_or(usize::MAX));
-            if let Some(newest) = rendition.newest_sequence() {
-                // RFC 8216bis: more than two segments, or more parts than the Advance Part
-                // Limit, past the end of the playlist is a request that cannot be met soon.
-                let advance_part_limit = if part_target < 1.0 {
-                    (3.0 / part_target).floor() as usize
-                } else {
-                    3
-                };
-                let newest_part = rendition
-                    .newest_part()
-                    .filter(|(s, _)| *s == msn)
-                    .map_or(0, |(_, p)| p);
-                let too_far = msn > newest + 2
-                    || (msn == newest
-                        && part.is_some_and(|p| p > newest_part + advance_part_limit));
-                if too_far && !rendition.is_ended() {
-                    return Err(ApiError::bad_request(format!(
-                        "_HLS_msn={msn} is too far ahead of the live edge (segment {newest})"
-                    )));
-                }
-            }
-            wait_for(rendition, msn, part).await?;
-        }
-        (None, None) => {}
-    }
-    let playlist = if skip {
-        rendition.delta_playlist()
-    } else {
-        rendition.media_playlist()
-    };
-    Ok(playlist_response(playlist, gzip))
-}
-
-/// Holds a request until segment `sequence` (or its part) exists or the stream ends; gives
-/// up with 503 after three target durations.
-async fn wait_for(
-    rendition: &Rendition,
-    sequence: u64,
-    part: Option<usize>,
-) -> Result<(), ApiError> {
-    let limit = Duration::from_secs(3 * rendition.target_duration().max(1));
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut changes = rendition.subscribe();
-    while !rendition.has(sequence, part) && !rendition.is_ended() {
-        match tokio::time::timeout_at(deadline, changes.changed()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => break, // the broadcast is gone
-            Err(_) => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not_available_yet",
-                    format!("segment {sequence} did not appear within {limit:?}"),
-                ))
-            }
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn accepts(value: &str) -> bool {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_str(value).expect("header"),
-        );
-        accepts_gzip(&headers)
-    }
-
-    #[test]
-    fn accept_encoding_is_read_as_browsers_send_it() {
-        assert!(accepts("gzip, deflate, br, zstd"));
-        assert!(accepts("br;q=1.0, gzip;q=0.8"));
-        assert!(accepts("*"));
-        assert!(!accepts("gzip;q=0"));
-        assert!(!accepts("identity"));
-        assert!(!accepts("br"));
-        assert!(!accepts_gzip(&HeaderMap::new()));
-    }
 }

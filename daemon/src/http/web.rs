@@ -4,7 +4,7 @@
 //! Every page path (`/`, `/c/<slug>`, `/login`, …) answers the same `index.html`; the
 //! script routes, so each page has a shareable URL.
 
-use super::accepts_gzip;
+use super::hls::accepts_gzip;
 use axum::body::Body;
 use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};

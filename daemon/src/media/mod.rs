@@ -11,7 +11,7 @@ pub mod mux;
 
 use crate::hls::segmenter::Part;
 use crate::hls::segmenter::Segmenter;
-use crate::hls::{Broadcast, StreamInfo};
+use crate::hls::{Broadcast, StreamInfo, Variant};
 use crate::system::{Activity, Health};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -51,7 +51,9 @@ pub enum MediaEvent {
     Audio(Frame),
 }
 
-/// Starts the pipeline thread of `broadcast`.
+/// Starts the pipeline thread of `broadcast`: it remuxes the publisher's stream into the
+/// broadcast's `source` variant. (An encoder thread would feed another variant through
+/// the same [`Variant`] calls.)
 pub fn spawn(
     broadcast: Arc<Broadcast>,
     target: Duration,
@@ -66,7 +68,7 @@ pub fn spawn(
         let span =
             tracing::info_span!("media", channel = %broadcast.slug, broadcast = %broadcast.id);
         let _entered = span.enter();
-        Pipeline::new(broadcast, target, part_target).run(inbox, &activity);
+        Pipeline::new(broadcast.source(), target, part_target).run(inbox, &activity);
     })
 }
 
@@ -84,7 +86,8 @@ struct OpenPart {
 }
 
 struct Pipeline {
-    broadcast: Arc<Broadcast>,
+    /// Where the segments go.
+    variant: Arc<Variant>,
     segmenter: Segmenter,
     part_target_ms: i64,
     part: Option<OpenPart>,
@@ -98,9 +101,9 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(broadcast: Arc<Broadcast>, target: Duration, part_target: Duration) -> Pipeline {
+    fn new(variant: Arc<Variant>, target: Duration, part_target: Duration) -> Pipeline {
         Pipeline {
-            broadcast,
+            variant,
             segmenter: Segmenter::new(target),
             part_target_ms: i64::try_from(part_target.as_millis()).unwrap_or(334).max(1),
             part: None,
@@ -120,7 +123,7 @@ impl Pipeline {
         }
         let _busy = activity.begin();
         self.finish_timeline();
-        self.broadcast.end();
+        self.variant.end();
         tracing::info!("stream ended");
     }
 
@@ -167,10 +170,8 @@ impl Pipeline {
         let cmaf = Muxer::new(Container::Cmaf, avcc, asc.as_deref())?;
         tracing::info!(audio = ts.has_audio(), "muxing started");
         let info = self.stream_info(avcc, ts.has_audio());
-        self.broadcast.ll.set_init(cmaf.init_segment());
-        for rendition in self.broadcast.renditions() {
-            rendition.set_info(info.clone());
-        }
+        self.variant.set_init(cmaf.init_segment());
+        self.variant.set_info(info);
         self.muxers = Some(Muxers { ts, cmaf });
         Ok(())
     }
@@ -262,7 +263,7 @@ impl Pipeline {
             Ok(data) => {
                 let duration =
                     Duration::from_millis(u64::try_from(end_dts - part.start_dts).unwrap_or(0));
-                let index = self.broadcast.ll.push_part(
+                let index = self.variant.push_part(
                     start,
                     Part {
                         data,
@@ -277,7 +278,7 @@ impl Pipeline {
         }
     }
 
-    /// Closes the segment that ends where `end_dts` begins, in both renditions.
+    /// Closes the segment that ends where `end_dts` begins, in both packagings.
     fn close_segment(&mut self, end_dts: i64) {
         let Some(muxers) = self.muxers.as_mut() else {
             return;
@@ -288,8 +289,7 @@ impl Pipeline {
         });
         if let Some(segment) = self.segmenter.close(end_dts, data) {
             tracing::debug!(sequence = segment.sequence, duration = ?segment.duration, bytes = segment.len(), "segment");
-            self.broadcast.ll.close_open(segment.duration);
-            self.broadcast.source.push(segment);
+            self.variant.close_segment(segment);
         }
     }
 
