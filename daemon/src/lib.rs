@@ -17,7 +17,7 @@
 //! | 1 | `store`, `obs` | SQLite behind one writer thread (accounts, channels, ledger, outbox, orders); what OBS is told to connect to |
 //! | 2 | `auth`, `hls` | tokens and passwords; segments, renditions and playlists in memory |
 //! | 3 | `chat`, `payments`, `media` | chat rooms; Kakao Pay verification; the libav pipeline |
-//! | 4 | `ingest` | RTMP connections, stream keys, FLV tags into the pipeline |
+//! | 4 | `ingest`, `donations` | RTMP connections, stream keys, FLV tags into the pipeline; the rules of a donation |
 //! | 5 | `http` | players, the JSON API, chat sockets, the web app |
 //! | 6 | `daemon` | everything wired, run until shutdown |
 //! | 7 | `cli` | the operator's commands |
@@ -27,6 +27,7 @@ pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod donations;
 pub mod hls;
 pub mod http;
 pub mod ingest;

@@ -232,7 +232,7 @@ pub async fn moderate(
             let Some(user) = s.user_by_id(user_id)? else {
                 return Ok(Err(Refusal::NoSuchUser));
             };
-            if user.role == Role::Admin || Some(user.id) == owner {
+            if user.role.owner_or_admin(Some(user.id), owner) {
                 return Ok(Err(Refusal::Protected));
             }
             s.restrict_chat_user(channel, restriction, moderator, now)?;

@@ -232,7 +232,7 @@ impl Room {
 
     /// The channel's streamer and admins moderate.
     pub fn may_moderate(&self, who: &Author) -> bool {
-        who.role == crate::store::Role::Admin || self.owner == Some(who.id)
+        who.role.owner_or_admin(Some(who.id), self.owner)
     }
 
     /// How `who` is shown in this room: their badge comes from the room's owner and their

@@ -1,10 +1,9 @@
 //! Accounts over HTTP: sign up, log in, refresh, log out, who am I; and [`CurrentUser`], the
 //! extractor every authenticated endpoint uses. Identity comes from the token only.
 
-use super::{body, ApiError, AppState};
+use super::{ApiError, ApiJson, AppState};
 use crate::auth::{self, TokenError, TokenPair};
 use crate::store::{normalize_username, validate_nickname, RefreshRefused, Role, StoreError, User};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -102,9 +101,8 @@ pub struct SignupRequest {
 pub async fn signup(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    payload: Result<Json<SignupRequest>, JsonRejection>,
+    ApiJson(request): ApiJson<SignupRequest>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
-    let request = body(payload)?;
     // What costs nothing is checked before what costs a hash.
     let username = normalize_username(&request.username).map_err(invalid)?;
     validate_nickname(&request.nickname).map_err(invalid)?;
@@ -157,9 +155,8 @@ fn wrong_credentials() -> ApiError {
 pub async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    payload: Result<Json<LoginRequest>, JsonRejection>,
+    ApiJson(request): ApiJson<LoginRequest>,
 ) -> Result<Json<TokenPair>, ApiError> {
-    let request = body(payload)?;
     // A name no account can have, or a password no account can have, is wrong without a
     // store read or a hash, and never becomes a throttle key.
     let (Ok(account), true) = (
@@ -234,9 +231,8 @@ pub struct RefreshRequest {
 
 pub async fn refresh(
     State(state): State<AppState>,
-    payload: Result<Json<RefreshRequest>, JsonRejection>,
+    ApiJson(request): ApiJson<RefreshRequest>,
 ) -> Result<Json<TokenPair>, ApiError> {
-    let request = body(payload)?;
     let old = auth::refresh_token_hash(&request.refresh_token);
     let (refresh, new) = auth::new_refresh_token();
     let now = auth::now_seconds() as i64;

@@ -1,9 +1,8 @@
 //! Channels over HTTP: the public list, and streamers creating channels and rotating their
 //! stream keys. A key is shown once, in the answer that made it.
 
-use super::{body, ApiError, AppState, CurrentUser};
+use super::{ApiError, ApiJson, AppState, CurrentUser};
 use crate::store::{Role, StoreError, StreamKey};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -148,12 +147,11 @@ pub async fn create(
     State(state): State<AppState>,
     CurrentUser(claims): CurrentUser,
     headers: HeaderMap,
-    payload: Result<Json<CreateChannel>, JsonRejection>,
+    ApiJson(request): ApiJson<CreateChannel>,
 ) -> Result<(StatusCode, Json<KeyAnswer>), ApiError> {
     if !matches!(claims.role, Role::Streamer | Role::Admin) {
         return Err(forbidden("only streamers and admins create channels"));
     }
-    let request = body(payload)?;
     let owner = claims.user_id();
     // Admins run the venue and may make as many as it needs; a streamer has a bound.
     let limit = (claims.role == Role::Streamer).then_some(state.channels_per_streamer);
@@ -183,7 +181,7 @@ pub async fn rotate_key(
         .read(move |store| store.channel_owner(&name))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no channel `{slug}`")))?;
-    let allowed = claims.role == Role::Admin || (owner.is_some() && owner == claims.user_id());
+    let allowed = claims.role.owner_or_admin(claims.user_id(), owner);
     if !allowed {
         return Err(forbidden(
             "only the channel's streamer or an admin may rotate its key",

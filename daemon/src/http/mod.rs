@@ -185,21 +185,29 @@ impl ApiError {
     }
 }
 
-/// A JSON request body, or a JSON 400 saying what is wrong with it.
-fn body<T>(
-    payload: Result<Json<T>, axum::extract::rejection::JsonRejection>,
-) -> Result<T, ApiError> {
-    payload.map(|Json(v)| v).map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
+/// A JSON request body, or the API's error shape saying what is wrong with it: 400 for
+/// bad JSON or fields, 413 past [`MAX_BODY`]. Every handler that takes a body takes this.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 format!("request bodies are at most {MAX_BODY} bytes"),
-            )
-        } else {
-            ApiError::bad_request(e.body_text())
+            )),
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
         }
-    })
+    }
 }
 
 impl From<StoreError> for ApiError {

@@ -5,10 +5,9 @@
 //! `GET /api/onboarding` → `{needed, venue}`; `POST /api/onboarding {setup_code,
 //! venue_name, username, password}` → 201 with a token pair.
 
-use super::{body, ApiError, AppState};
+use super::{ApiError, ApiJson, AppState};
 use crate::auth::{self, TokenPair};
 use crate::store::{OnboardingRefused, StoreError};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -89,9 +88,8 @@ pub struct OnboardRequest {
 pub async fn onboard(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    payload: Result<Json<OnboardRequest>, JsonRejection>,
+    ApiJson(request): ApiJson<OnboardRequest>,
 ) -> Result<(StatusCode, Json<TokenPair>), ApiError> {
-    let request = body(payload)?;
     let Some(code) = &state.setup_code else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

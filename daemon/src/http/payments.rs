@@ -9,10 +9,9 @@
 //! page's fetch) get JSON.
 
 use super::auth::{authenticate, bearer, invalid_token};
-use super::{body, ApiError, AppState, CurrentUser};
+use super::{ApiError, ApiJson, AppState, CurrentUser};
 use crate::payments::{PaymentError, Started};
-use crate::store::{Order, OrderState, Role};
-use axum::extract::rejection::JsonRejection;
+use crate::store::{Order, OrderState};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -38,10 +37,9 @@ pub async fn ready(
     State(state): State<AppState>,
     CurrentUser(claims): CurrentUser,
     headers: HeaderMap,
-    payload: Result<Json<ReadyRequest>, JsonRejection>,
+    ApiJson(request): ApiJson<ReadyRequest>,
 ) -> Result<(StatusCode, Json<Started>), ApiError> {
     let user = claims.user_id().ok_or_else(invalid_token)?;
-    let request = body(payload)?;
     let origin = origin(&headers)?;
     let started = state
         .payments
@@ -96,7 +94,9 @@ pub async fn order(
         .order(&order_id)
         .await
         .map_err(payment_error)?;
-    let mine = claims.user_id() == Some(order.user_id) || claims.role == Role::Admin;
+    let mine = claims
+        .role
+        .owner_or_admin(claims.user_id(), Some(order.user_id));
     if !mine {
         // Someone else's order is not theirs to know about.
         return Err(payment_error(PaymentError::NoSuchOrder));

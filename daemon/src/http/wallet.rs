@@ -2,14 +2,14 @@
 //!
 //! A donation is exactly-once per `Idempotency-Key`: a client that lost the answer retries
 //! with the same key and gets the first donation back (with `Idempotency-Replayed: true`),
-//! never a second one. The donor is the token's user. The chat hears about a donation only
-//! after its commit is on disk.
+//! never a second one. The donor is the token's user. The rules are `donations::donate`'s;
+//! this maps them to HTTP.
 
 use super::auth::invalid_token;
-use super::{body, ApiError, AppState, CurrentUser};
-use crate::chat::{clean_text, Author, Refusal};
-use crate::store::{DonationRefused, DonationRequest, ReceivedDonation, Role, Wallet};
-use axum::extract::rejection::JsonRejection;
+use super::{ApiError, ApiJson, AppState, CurrentUser};
+use crate::chat::Author;
+use crate::donations::{self, Ask, Refused};
+use crate::store::{DonationRefused, ReceivedDonation, Wallet};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -66,86 +66,43 @@ pub async fn donate(
     CurrentUser(claims): CurrentUser,
     Path(slug): Path<String>,
     headers: HeaderMap,
-    payload: Result<Json<DonateRequest>, JsonRejection>,
+    ApiJson(request): ApiJson<DonateRequest>,
 ) -> Result<Response, ApiError> {
     let donor = Author::from_claims(&claims).ok_or_else(invalid_token)?;
-    let key = idempotency_key(&headers)?;
-    let request = body(payload)?;
-    let limits = &state.points;
-    if !(limits.donation_min..=limits.donation_max).contains(&request.amount) {
-        return Err(ApiError::bad_request(format!(
-            "amount must be {} to {} points",
-            limits.donation_min, limits.donation_max
-        )));
-    }
-    let message = match clean_text(&request.message, limits.message_max_chars) {
-        Ok(message) => message,
-        Err(Refusal::Empty) => String::new(),
-        Err(refusal) => return Err(ApiError::bad_request(format!("message: {refusal}"))),
-    };
-    // The message follows the chat's rules: a donor who may not speak in this channel's
-    // chat may still donate, but without words. Refused before any points move.
-    if !message.is_empty() {
-        if let Some(room) = state.chat.room(&slug, &state.store).await? {
-            if let Err(refusal) = room.may_speak(&donor) {
-                return Err(ApiError {
-                    retry_after: refusal.retry_after(),
-                    ..ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        refusal.code(),
-                        format!("{refusal}: donate without a message"),
-                    )
-                });
-            }
-        }
-    }
-    let donation = DonationRequest {
+    let ask = Ask {
         channel: slug,
-        donor_id: donor.id,
-        donor_nickname: donor.nickname.clone(),
         amount: request.amount,
-        message,
-        idempotency_key: key,
+        message: request.message,
+        idempotency_key: idempotency_key(&headers)?,
     };
-    let outcome = state
-        .store
-        .write(move |store| store.donate(&donation))
-        .await?;
+    let outcome = donations::donate(&state.store, &state.chat, &state.points, &donor, ask).await?;
     let (donation, replayed) = outcome.map_err(|refused| {
         let (status, code) = match &refused {
-            DonationRefused::NoSuchChannel(_) => (StatusCode::NOT_FOUND, "not_found"),
-            DonationRefused::NoStreamer => (StatusCode::CONFLICT, "no_streamer"),
-            DonationRefused::OwnChannel => (StatusCode::FORBIDDEN, "own_channel"),
-            DonationRefused::InsufficientFunds { .. } => {
+            Refused::Amount { .. } | Refused::Message(_) => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
+            Refused::Muted(refusal) => (StatusCode::FORBIDDEN, refusal.code()),
+            Refused::Ledger(DonationRefused::NoSuchChannel(_)) => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            Refused::Ledger(DonationRefused::NoStreamer) => (StatusCode::CONFLICT, "no_streamer"),
+            Refused::Ledger(DonationRefused::OwnChannel) => (StatusCode::FORBIDDEN, "own_channel"),
+            Refused::Ledger(DonationRefused::InsufficientFunds { .. }) => {
                 (StatusCode::CONFLICT, "insufficient_funds")
             }
-            DonationRefused::KeyReused => {
+            Refused::Ledger(DonationRefused::KeyReused) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
         };
-        ApiError::new(status, code, refused.to_string())
-    })?;
-    if !replayed {
-        tracing::info!(
-            channel = %donation.channel,
-            donor = %donor.nickname,
-            amount = donation.amount,
-            "donation"
-        );
-        // The commit is on disk: now the room may hear of it.
-        // (A donor banned meanwhile is not announced: the room applies its rule again.)
-        if let Ok(Some(room)) = state.chat.room(&donation.channel, &state.store).await {
-            let announced = room.donation(
-                &donor,
-                donation.amount,
-                &donation.message,
-                &donation.created_at,
-            );
-            if !announced {
-                tracing::info!(channel = %donation.channel, "donation from a restricted donor: not shown in chat");
-            }
+        let retry_after = match &refused {
+            Refused::Muted(refusal) => refusal.retry_after(),
+            _ => None,
+        };
+        ApiError {
+            retry_after,
+            ..ApiError::new(status, code, refused.to_string())
         }
-    }
+    })?;
     let mut response = (StatusCode::CREATED, Json(&donation)).into_response();
     if replayed {
         response
@@ -168,7 +125,7 @@ pub async fn recent(
         .read(move |store| store.channel_owner(&name))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no channel `{slug}`")))?;
-    if owner.is_none_or(|owner| Some(owner) != claims.user_id()) && claims.role != Role::Admin {
+    if !claims.role.owner_or_admin(claims.user_id(), owner) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",

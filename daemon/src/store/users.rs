@@ -28,6 +28,13 @@ impl Role {
 
     pub const ALL: [Role; 3] = [Role::Viewer, Role::Streamer, Role::Admin];
 
+    /// The one rule for who speaks for something a user owns (a channel, an order): its
+    /// owner, or an admin. With no owner (an operator's channel), only admins. HTTP, chat
+    /// moderation and the chat's protections all ask this.
+    pub fn owner_or_admin(self, actor: Option<i64>, owner: Option<i64>) -> bool {
+        self == Role::Admin || (actor.is_some() && actor == owner)
+    }
+
     /// A role by its name, as the CLI and the API spell it.
     pub fn from_name(text: &str) -> Option<Role> {
         Role::ALL.into_iter().find(|r| r.as_str() == text)
