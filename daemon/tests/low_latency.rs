@@ -28,7 +28,9 @@ fn the_ll_playlist_follows_rfc8216bis_and_its_media_is_fmp4() {
     let _push = Push::start(&daemon.rtmp_url(&key), 30, "320x240");
     let p = wait_for_ll(&daemon, "stage", 3);
 
-    assert_eq!(p.version, Some(9));
+    // Parts, hints and blocking reload need version 6; only a delta update (EXT-X-SKIP)
+    // needs 9.
+    assert_eq!(p.version, Some(6));
     assert_eq!(p.part_target, 0.334);
     let control = &p.server_control;
     assert!(control.contains("CAN-BLOCK-RELOAD=YES"), "{control}");
@@ -258,6 +260,15 @@ fn delta_updates_skip_old_segments() {
         "a delta keeps about CAN-SKIP-UNTIL of segments, not {listed} s"
     );
     assert!(delta.server_control.contains("CAN-SKIP-UNTIL"));
+    assert_eq!(delta.version, Some(9));
+    let v2 = daemon
+        .ll_playlist("stage", "?_HLS_skip=v2")
+        .expect("delta v2");
+    assert!(
+        v2.text.contains(",RECENTLY-REMOVED-DATERANGES=\"\""),
+        "{}",
+        v2.text
+    );
 }
 
 #[test]
@@ -335,4 +346,37 @@ fn a_long_keyframe_interval_still_gives_parts_on_time_and_the_end_is_clean() {
         started.elapsed() < Duration::from_millis(500),
         "an ended stream holds no request"
     );
+}
+
+/// RFC 8216bis: `_HLS_skip` on an ended playlist is ignored (the full playlist, with its
+/// ENDLIST, comes back), and `_HLS_msn` more than two past the last complete segment is
+/// refused at once, whatever the segment being built.
+#[test]
+fn an_ended_playlist_is_never_a_delta_and_too_far_counts_complete_segments() {
+    let daemon = Daemon::start(CONFIG);
+    let key = daemon.add_channel("stage");
+    let push = Push::start(&daemon.rtmp_url(&key), 9, "160x120");
+    let live = wait_for_ll(&daemon, "stage", 8);
+    let last_complete = live.media_sequence + live.segments.len() as u64 + live.skipped as u64 - 1;
+    let far = get_with(
+        &daemon.url(&format!(
+            "/hls/stage/ll/index.m3u8?_HLS_msn={}",
+            last_complete + 3
+        )),
+        &[],
+    );
+    assert_eq!(far.status, 400, "{far:?}");
+    let (status, _) = push.finish(Duration::from_secs(30));
+    assert!(status.success());
+    let ended = poll_until(
+        Duration::from_secs(10),
+        "the playlist ends",
+        || daemon.ll_playlist("stage", ""),
+        |p| p.ended,
+    );
+    let asked = daemon
+        .ll_playlist("stage", "?_HLS_skip=YES")
+        .expect("playlist");
+    assert!(asked.ended && asked.skipped == 0, "{}", asked.text);
+    assert_eq!(asked.text, ended.text);
 }

@@ -22,6 +22,7 @@ use rand::Rng;
 use segmenter::{OpenSegment, Part, Segment, SegmentStart};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// What the master playlist says about a variant's stream.
@@ -59,6 +60,8 @@ struct RenditionState {
     playlist: Rendered,
     /// LL-HLS: the delta update (`_HLS_skip=YES`), rendered alongside.
     delta: Rendered,
+    /// LL-HLS: the same for `_HLS_skip=v2`.
+    delta_v2: Rendered,
 }
 
 /// One variant in one packaging: its segments, parts and media playlist.
@@ -171,6 +174,7 @@ impl Packaged {
                     open: state.open.as_ref(),
                     ended: state.ended,
                     skip: 0,
+                    skip_dateranges: false,
                     segment_uri: &|sequence| self.segment_name(sequence),
                     part_uri: &|sequence, index| self.part_name(sequence, index),
                 };
@@ -184,8 +188,11 @@ impl Packaged {
                 });
                 playlist.skip = listed.len() - kept.count();
                 let delta = playlist::low_latency(&playlist);
+                playlist.skip_dateranges = true;
+                let delta_v2 = playlist::low_latency(&playlist);
                 state.playlist = Rendered::new(full);
                 state.delta = Rendered::new(delta);
+                state.delta_v2 = Rendered::new(delta_v2);
             }
         }
     }
@@ -206,6 +213,11 @@ impl Packaged {
     /// Publishes a closed segment and forgets the oldest beyond twice the window.
     pub fn push(&self, segment: Segment) {
         let mut state = self.lock();
+        self.push_locked(&mut state, segment);
+        self.changed(&mut state);
+    }
+
+    fn push_locked(&self, state: &mut RenditionState, segment: Segment) {
         let rounded = segment.duration.as_secs_f64().round() as u64;
         state.target_duration = state.target_duration.max(rounded);
         state.peak_bitrate = state.peak_bitrate.max(segment.bitrate());
@@ -213,13 +225,18 @@ impl Packaged {
         while state.segments.len() > self.window * 2 {
             state.segments.pop_front();
         }
-        self.changed(&mut state);
     }
 
     /// LL-HLS: publishes a part of the segment `start` describes; returns its index.
     pub fn push_part(&self, start: SegmentStart, part: Part) -> usize {
         let mut state = self.lock();
-        let index = match &mut state.open {
+        let index = Self::add_part(&mut state, start, part);
+        self.changed(&mut state);
+        index
+    }
+
+    fn add_part(state: &mut RenditionState, start: SegmentStart, part: Part) -> usize {
+        match &mut state.open {
             Some(open) if open.start.sequence == start.sequence => {
                 open.parts.push(part);
                 open.parts.len() - 1
@@ -231,23 +248,36 @@ impl Packaged {
                 });
                 0
             }
-        };
-        self.changed(&mut state);
-        index
+        }
     }
 
     /// LL-HLS: the open segment is complete and lasted `duration`.
     pub fn close_open(&self, duration: std::time::Duration) {
-        let open = self.lock().open.take();
-        if let Some(open) = open {
-            self.push(Segment {
-                sequence: open.start.sequence,
-                duration,
-                program_date_time: open.start.program_date_time,
-                discontinuity: open.start.discontinuity,
-                parts: open.parts,
-            });
+        self.close_open_with(None, duration);
+    }
+
+    /// LL-HLS: publishes the open segment's last part and closes the segment in one
+    /// change. Published apart, a blocking request answered in between would get a playlist
+    /// whose preload hint names a part of this segment that never comes (RFC 8216bis: the
+    /// hinted part MUST be what is added next).
+    pub fn close_open_with(&self, last: Option<(SegmentStart, Part)>, duration: Duration) {
+        let mut state = self.lock();
+        if let Some((start, part)) = last {
+            Self::add_part(&mut state, start, part);
         }
+        if let Some(open) = state.open.take() {
+            self.push_locked(
+                &mut state,
+                Segment {
+                    sequence: open.start.sequence,
+                    duration,
+                    program_date_time: open.start.program_date_time,
+                    discontinuity: open.start.discontinuity,
+                    parts: open.parts,
+                },
+            );
+        }
+        self.changed(&mut state);
     }
 
     /// The stream ended: the playlist gets EXT-X-ENDLIST.
@@ -336,6 +366,17 @@ impl Packaged {
         self.lock().playlist.clone()
     }
 
+    /// LL-HLS delta update for `_HLS_skip=v2`.
+    pub fn delta_v2_playlist(&self) -> Rendered {
+        self.lock().delta_v2.clone()
+    }
+
+    /// The newest complete segment (an EXTINF in the playlist): RFC 8216bis's "last Media
+    /// Segment", which the open segment's parts are not yet.
+    pub fn last_complete_sequence(&self) -> Option<u64> {
+        self.lock().segments.back().map(|s| s.sequence)
+    }
+
     /// LL-HLS delta update (`_HLS_skip=YES`).
     pub fn delta_playlist(&self) -> Rendered {
         self.lock().delta.clone()
@@ -399,10 +440,10 @@ impl Variant {
         self.ll.push_part(start, part)
     }
 
-    /// A segment is complete: the LL-HLS one closes (its parts are the segment), and the
-    /// MPEG-TS one is published.
-    pub fn close_segment(&self, segment: Segment) {
-        self.ll.close_open(segment.duration);
+    /// A segment is complete: the LL-HLS one closes with its `last_part` (its parts are
+    /// the segment), and the MPEG-TS one is published.
+    pub fn close_segment(&self, segment: Segment, last_part: Option<(SegmentStart, Part)>) {
+        self.ll.close_open_with(last_part, segment.duration);
         self.classic.push(segment);
     }
 
@@ -792,7 +833,7 @@ mod tests {
                     independent: true,
                 },
             );
-            variant.close_segment(segment(0, 2.0));
+            variant.close_segment(segment(0, 2.0), None);
         }
         assert!(b.is_live());
         let master =
@@ -813,6 +854,42 @@ mod tests {
             .is_some_and(|p| p.segment_count() == 1));
         b.end();
         assert!(rung.ll.is_ended() && rung.classic.is_ended() && b.is_ended());
+    }
+
+    /// At a segment boundary the last part and the segment's end are one change: a held
+    /// request never sees the segment complete in parts but open, hinting a part that
+    /// never comes.
+    #[test]
+    fn a_segment_closes_with_its_last_part_in_one_change() {
+        let broadcasts = Broadcasts::new(3, Duration::from_secs(2), Duration::from_millis(334));
+        let b = broadcasts.begin("stage").expect("begin");
+        let ll = b.source().ll.clone();
+        let start = |sequence| SegmentStart {
+            sequence,
+            program_date_time: chrono::Utc::now(),
+            discontinuity: false,
+        };
+        let part = || Part {
+            data: Bytes::from_static(b"moof"),
+            duration: Duration::from_millis(334),
+            independent: false,
+        };
+        ll.push_part(start(0), part());
+        let mut changes = ll.subscribe();
+        changes.borrow_and_update();
+        b.source()
+            .close_segment(segment(0, 0.668), Some((start(0), part())));
+        assert!(changes.has_changed().expect("open"));
+        changes.borrow_and_update();
+        assert!(!changes.has_changed().expect("open"), "exactly one change");
+        assert_eq!(ll.segment(0).map(|s| s.parts.len()), Some(2));
+        assert_eq!(
+            ll.next_part(),
+            Some((1, 0)),
+            "the hint moves to the next segment"
+        );
+        let text = String::from_utf8(ll.media_playlist().plain.to_vec()).expect("utf-8");
+        assert!(text.contains("-1.0.m4s\"\n"), "{text}");
     }
 
     #[test]

@@ -117,6 +117,9 @@ pub struct LowLatencyPlaylist<'a> {
     pub ended: bool,
     /// Leading segments replaced by EXT-X-SKIP (a delta update); 0 for the full playlist.
     pub skip: usize,
+    /// A delta update asked for with `_HLS_skip=v2`: EXT-X-SKIP names the removed date
+    /// ranges too (we write none, so the list is empty).
+    pub skip_dateranges: bool,
     pub segment_uri: &'a dyn Fn(u64) -> String,
     pub part_uri: &'a dyn Fn(u64, usize) -> String,
 }
@@ -162,11 +165,16 @@ pub fn low_latency(p: &LowLatencyPlaylist<'_>) -> String {
         .map(|s| s.sequence)
         .or(p.open.map(|o| o.start.sequence))
         .unwrap_or(0);
+    let skip = p.skip.min(p.segments.len());
+    // EXT-X-SKIP needs version 9; everything else here (parts, preload hints, blocking
+    // reload) needs 6.
+    let version = if skip > 0 { 9 } else { 6 };
     let _ = write!(
         out,
-        "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:{}\n\
+        "#EXTM3U\n#EXT-X-VERSION:{}\n#EXT-X-TARGETDURATION:{}\n\
          #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,CAN-SKIP-UNTIL={:.3},PART-HOLD-BACK={:.3}\n\
          #EXT-X-PART-INF:PART-TARGET={:.3}\n#EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-MAP:URI=\"{}\"\n",
+        version,
         p.target_duration,
         p.can_skip_until(),
         p.part_hold_back(),
@@ -174,9 +182,12 @@ pub fn low_latency(p: &LowLatencyPlaylist<'_>) -> String {
         first_sequence,
         p.map_uri
     );
-    let skip = p.skip.min(p.segments.len());
     if skip > 0 {
-        let _ = writeln!(out, "#EXT-X-SKIP:SKIPPED-SEGMENTS={skip}");
+        let _ = write!(out, "#EXT-X-SKIP:SKIPPED-SEGMENTS={skip}");
+        if p.skip_dateranges {
+            out.push_str(",RECENTLY-REMOVED-DATERANGES=\"\"");
+        }
+        out.push('\n');
     }
     // Parts are listed only near the live edge: within three target durations of the end
     // (RFC 8216bis lets older ones go), which keeps each reload small.
@@ -317,5 +328,51 @@ mod tests {
         assert!(text.contains(
             "#EXT-X-STREAM-INF:BANDWIDTH=6200000,AVERAGE-BANDWIDTH=6000000,CODECS=\"avc1.64001f,mp4a.40.2\",RESOLUTION=1920x1080,FRAME-RATE=30.000\nsource/index.m3u8\n"
         ));
+    }
+
+    fn low_latency_with(segments: &[Arc<Segment>], skip: usize, v2: bool, ended: bool) -> String {
+        low_latency(&LowLatencyPlaylist {
+            target_duration: 2,
+            part_target: 0.334,
+            map_uri: "b-init.mp4",
+            segments,
+            open: None,
+            ended,
+            skip,
+            skip_dateranges: v2,
+            segment_uri: &|n| format!("b-{n}.m4s"),
+            part_uri: &|n, i| format!("b-{n}.{i}.m4s"),
+        })
+    }
+
+    #[test]
+    fn versions_and_skips_are_as_rfc_8216bis_says() {
+        let segments: Vec<_> = (0..8).map(|n| segment(n, 2000, false)).collect();
+        let full = low_latency_with(&segments, 0, false, false);
+        assert!(
+            full.contains("#EXT-X-VERSION:6\n"),
+            "parts need 6, not 9: {full}"
+        );
+        assert_eq!(
+            full.matches("#EXT-X-MAP:").count(),
+            1,
+            "one map per playlist"
+        );
+        let delta = low_latency_with(&segments, 2, false, false);
+        assert!(delta.contains("#EXT-X-VERSION:9\n"));
+        assert!(
+            delta.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS=2\n"),
+            "{delta}"
+        );
+        let v2 = low_latency_with(&segments, 2, true, false);
+        assert!(
+            v2.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS=2,RECENTLY-REMOVED-DATERANGES=\"\"\n"),
+            "{v2}"
+        );
+        // The preload hint names what comes next: the next segment's first part.
+        assert!(
+            full.ends_with("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"b-8.0.m4s\"\n"),
+            "{full}"
+        );
     }
 }

@@ -177,8 +177,8 @@ async fn media_playlist(
     let msn = number("_HLS_msn")?;
     let part = number("_HLS_part")?;
     let skip = match query.get("_HLS_skip").map(String::as_str) {
-        None => false,
-        Some("YES" | "v2") => true,
+        None => None,
+        Some(kind @ ("YES" | "v2")) => Some(kind),
         Some(other) => {
             return Err(ApiError::bad_request(format!(
                 "_HLS_skip={other}: expected YES or v2"
@@ -189,7 +189,7 @@ async fn media_playlist(
         (None, Some(_)) => return Err(ApiError::bad_request("_HLS_part needs _HLS_msn")),
         (Some(msn), part) => {
             let part = part.map(|p| usize::try_from(p).unwrap_or(usize::MAX));
-            if let Some(newest) = rendition.newest_sequence() {
+            if let Some(newest) = rendition.last_complete_sequence() {
                 // RFC 8216bis: more than two segments, or more parts than the Advance Part
                 // Limit, past the end of the playlist is a request that cannot be met soon.
                 let advance_part_limit = if part_target < 1.0 {
@@ -197,13 +197,15 @@ async fn media_playlist(
                 } else {
                     3
                 };
-                let newest_part = rendition
-                    .newest_part()
-                    .filter(|(s, _)| *s == msn)
-                    .map_or(0, |(_, p)| p);
-                let too_far = msn > newest + 2
-                    || (msn == newest
-                        && part.is_some_and(|p| p > newest_part + advance_part_limit));
+                // "The last Media Segment" is the last complete one; parts count from the
+                // last Partial Segment, wherever it is.
+                let part_too_far = match (rendition.newest_part(), part) {
+                    (Some((sequence, index)), Some(p)) => {
+                        msn == sequence && p > index + advance_part_limit
+                    }
+                    _ => false,
+                };
+                let too_far = msn > newest + 2 || part_too_far;
                 if too_far && !rendition.is_ended() {
                     return Err(ApiError::bad_request(format!(
                         "_HLS_msn={msn} is too far ahead of the live edge (segment {newest})"
@@ -214,10 +216,12 @@ async fn media_playlist(
         }
         (None, None) => {}
     }
-    let playlist = if skip {
-        rendition.delta_playlist()
-    } else {
-        rendition.media_playlist()
+    // A delta update of an ended playlist is not one (RFC 8216bis: ignore _HLS_skip then).
+    let playlist = match skip {
+        Some(_) if rendition.is_ended() => rendition.media_playlist(),
+        Some("v2") => rendition.delta_v2_playlist(),
+        Some(_) => rendition.delta_playlist(),
+        None => rendition.media_playlist(),
     };
     Ok(playlist_response(playlist, gzip))
 }

@@ -9,8 +9,8 @@
 pub mod codec;
 pub mod mux;
 
-use crate::hls::segmenter::Part;
 use crate::hls::segmenter::Segmenter;
+use crate::hls::segmenter::{Part, SegmentStart};
 use crate::hls::{Broadcast, StreamInfo, Variant};
 use crate::system::{Activity, Health};
 use bytes::Bytes;
@@ -198,11 +198,14 @@ impl Pipeline {
         let part_full = self
             .part
             .is_some_and(|p| dts - p.start_dts + self.segmenter.frame_step() > self.part_target_ms);
-        if cut_segment || part_full {
-            self.close_part(dts);
-        }
+        // The segment's last part is published with the segment's end, in one change.
+        let last_part = if cut_segment || part_full {
+            self.close_part(dts, !cut_segment)
+        } else {
+            None
+        };
         if cut_segment {
-            self.close_segment(dts);
+            self.close_segment(dts, last_part);
         }
         if !self.segmenter.is_open() {
             self.segmenter.begin(dts, frame.arrived, frame.keyframe);
@@ -250,36 +253,43 @@ impl Pipeline {
         dts
     }
 
-    /// Closes the LL-HLS part that ends where `end_dts` begins.
-    fn close_part(&mut self, end_dts: i64) {
+    /// Closes the LL-HLS part that ends where `end_dts` begins: publishes it, or, when it
+    /// is its segment's last (`publish` false), returns it to go out with the segment.
+    fn close_part(&mut self, end_dts: i64, publish: bool) -> Option<(SegmentStart, Part)> {
         let (Some(part), Some(start), Some(muxers)) = (
             self.part.take(),
             self.segmenter.current(),
             self.muxers.as_mut(),
         ) else {
-            return;
+            return None;
         };
         match muxers.cmaf.cut(end_dts) {
             Ok(data) => {
                 let duration =
                     Duration::from_millis(u64::try_from(end_dts - part.start_dts).unwrap_or(0));
-                let index = self.variant.push_part(
-                    start,
-                    Part {
-                        data,
-                        duration,
-                        independent: part.independent,
-                    },
-                );
+                let part = Part {
+                    data,
+                    duration,
+                    independent: part.independent,
+                };
+                if !publish {
+                    return Some((start, part));
+                }
+                let index = self.variant.push_part(start, part);
                 // The benchmark of blocking reload reads this line's time.
                 tracing::debug!(sequence = start.sequence, part = index, "part published");
+                None
             }
-            Err(e) => tracing::error!(error = %e, "part lost: the fMP4 muxer failed to flush"),
+            Err(e) => {
+                tracing::error!(error = %e, "part lost: the fMP4 muxer failed to flush");
+                None
+            }
         }
     }
 
-    /// Closes the segment that ends where `end_dts` begins, in both packagings.
-    fn close_segment(&mut self, end_dts: i64) {
+    /// Closes the segment that ends where `end_dts` begins, in both packagings, with its
+    /// last LL-HLS part.
+    fn close_segment(&mut self, end_dts: i64, last_part: Option<(SegmentStart, Part)>) {
         let Some(muxers) = self.muxers.as_mut() else {
             return;
         };
@@ -289,7 +299,10 @@ impl Pipeline {
         });
         if let Some(segment) = self.segmenter.close(end_dts, data) {
             tracing::debug!(sequence = segment.sequence, duration = ?segment.duration, bytes = segment.len(), "segment");
-            self.variant.close_segment(segment);
+            if let Some((start, _)) = &last_part {
+                tracing::debug!(sequence = start.sequence, "part published");
+            }
+            self.variant.close_segment(segment, last_part);
         }
     }
 
@@ -297,8 +310,8 @@ impl Pipeline {
     /// last frame, and the muxers are dropped.
     fn finish_timeline(&mut self) {
         if let Some(end) = self.segmenter.end_dts() {
-            self.close_part(end);
-            self.close_segment(end);
+            let last_part = self.close_part(end, false);
+            self.close_segment(end, last_part);
         }
         self.muxers = None;
         self.part = None;
