@@ -59,8 +59,11 @@ pub async fn run(
         store: store.clone(),
         broadcasts: broadcasts.clone(),
         hls: config.hls.clone(),
-        // Wrong stream keys: a typo costs a streamer a second (OBS takes longer to retry).
-        throttle: throttle::Throttle::new(Duration::from_secs(1), Duration::from_secs(60)),
+        // Wrong stream keys: keys are 160 random bits, so this protects the box's CPU, not
+        // the keys. A quarter second doubling to one second: a flood gets one lookup per
+        // second per address (and one at a time), and a streamer whose OBS kept trying the
+        // old key waits at most a second with the new one.
+        throttle: throttle::Throttle::new(Duration::from_millis(250), Duration::from_secs(1)),
         connections: Arc::new(tokio::sync::Semaphore::new(config.rtmp.max_connections)),
         health: health.clone(),
         tracker: tracker.clone(),

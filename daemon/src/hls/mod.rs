@@ -471,11 +471,29 @@ pub struct Broadcast {
     window: usize,
     target_duration: u64,
     part_target: f64,
-    /// Cancelled to end the publish from outside (its stream key was rotated).
+    /// Cancelled to end the publish from outside (its stream key was rotated, or its media
+    /// cannot be served: see [`Broadcast::refuse`]).
     pub stop: tokio_util::sync::CancellationToken,
+    /// Why the box ended the publish, in words for the streamer.
+    refusal: Mutex<Option<String>>,
 }
 
 impl Broadcast {
+    /// Ends the publish because its media cannot be served; `why` goes to the publisher
+    /// (OBS) and the logs.
+    pub fn refuse(&self, why: String) {
+        *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        self.stop.cancel();
+    }
+
+    /// Why the publish was refused, if it was.
+    pub fn refusal(&self) -> Option<String> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn variants_lock(&self) -> MutexGuard<'_, Vec<Arc<Variant>>> {
         self.variants.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -643,6 +661,7 @@ impl Broadcasts {
             target_duration: self.target_duration,
             part_target: self.part_target,
             stop: tokio_util::sync::CancellationToken::new(),
+            refusal: Mutex::new(None),
         });
         broadcast.add_variant(SOURCE);
         by_slug.insert(slug.to_string(), broadcast.clone());

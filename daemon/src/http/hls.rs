@@ -116,6 +116,11 @@ pub async fn media_file(
         .ok_or_else(|| ApiError::not_found(format!("no `{path}` in this broadcast")))?;
     let rendition = &*packaged;
     if file == "index.m3u8" {
+        // No playlist for a stream that has not produced a segment (a publish whose
+        // configuration cannot be muxed never will): players are told it is starting.
+        if rendition.segment_count() == 0 {
+            return Err(starting(&slug));
+        }
         return media_playlist(rendition, &query, accepts_gzip(&headers)).await;
     }
     if file == rendition.init_name() {

@@ -85,6 +85,44 @@ pub struct Ingest {
     pub shutdown: CancellationToken,
 }
 
+/// An `onStatus` error for the publishing stream, serialized on its own: a full (type 0)
+/// chunk header needs nothing from the session's earlier chunks, and the message is sent in
+/// chunks of the size the session announced. rml_rtmp numbers a connection's first stream
+/// 1, and a publishing connection has one stream.
+fn publish_error(description: &str) -> Result<Vec<u8>, String> {
+    use rml_rtmp::chunk_io::ChunkSerializer;
+    use rml_rtmp::messages::RtmpMessage;
+    use rml_rtmp::rml_amf0::Amf0Value;
+    use rml_rtmp::time::RtmpTimestamp;
+    let mut status = std::collections::HashMap::new();
+    status.insert("level".to_string(), Amf0Value::Utf8String("error".into()));
+    status.insert(
+        "code".to_string(),
+        Amf0Value::Utf8String("NetStream.Publish.Rejected".into()),
+    );
+    status.insert(
+        "description".to_string(),
+        Amf0Value::Utf8String(description.to_string()),
+    );
+    let message = RtmpMessage::Amf0Command {
+        command_name: "onStatus".into(),
+        transaction_id: 0.0,
+        command_object: Amf0Value::Null,
+        additional_arguments: vec![Amf0Value::Object(status)],
+    };
+    let payload = message
+        .into_message_payload(RtmpTimestamp::new(0), 1)
+        .map_err(|e| format!("{e:?}"))?;
+    let mut serializer = ChunkSerializer::new();
+    serializer
+        .set_max_chunk_size(ServerSessionConfig::new().chunk_size, RtmpTimestamp::new(0))
+        .map_err(|e| format!("{e:?}"))?;
+    let packet = serializer
+        .serialize(&payload, true, false)
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(packet.bytes)
+}
+
 /// How often a live publish checks that its stream key is still its channel's.
 const KEY_RECHECK: Duration = Duration::from_secs(2);
 
@@ -219,7 +257,8 @@ impl Connection {
         self.act_on(&mut session, results).await?;
 
         loop {
-            let stop = self.publishing.as_ref().map(|p| p.broadcast.stop.clone());
+            let broadcast = self.publishing.as_ref().map(|p| p.broadcast.clone());
+            let stop = broadcast.as_ref().map(|b| b.stop.clone());
             let stopped = async {
                 match &stop {
                     Some(stop) => stop.cancelled().await,
@@ -229,6 +268,13 @@ impl Connection {
             let read = tokio::select! {
                 read = tokio::time::timeout(IDLE_TIMEOUT, self.socket.read(&mut buffer)) => read,
                 () = stopped => {
+                    if let Some(why) = broadcast.and_then(|b| b.refusal()) {
+                        // Tell OBS in words before hanging up, so the streamer sees why.
+                        if let Ok(status) = publish_error(&why) {
+                            let _ = self.socket.write_all(&status).await;
+                        }
+                        return Err(IngestError::Refused(why));
+                    }
                     tracing::info!("publish ended: the stream key was rotated");
                     return Err(IngestError::Refused("the stream key was rotated".into()));
                 }

@@ -20,6 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// A publish whose configuration fails this many keyframes in a row, or for this long, is
+/// refused.
+const GIVE_UP_KEYFRAMES: u32 = 3;
+const GIVE_UP_AFTER: Duration = Duration::from_secs(5);
+
 /// How many events may wait for the pipeline: about 4 s of 30 fps video with its audio.
 /// When it is full, ingest drops media until the next keyframe (see `ingest`).
 pub const MEDIA_QUEUE: usize = 300;
@@ -68,7 +73,7 @@ pub fn spawn(
         let span =
             tracing::info_span!("media", channel = %broadcast.slug, broadcast = %broadcast.id);
         let _entered = span.enter();
-        Pipeline::new(broadcast.source(), target, part_target).run(inbox, &activity);
+        Pipeline::new(broadcast, target, part_target).run(inbox, &activity);
     })
 }
 
@@ -86,8 +91,11 @@ struct OpenPart {
 }
 
 struct Pipeline {
+    broadcast: Arc<Broadcast>,
     /// Where the segments go.
     variant: Arc<Variant>,
+    /// Keyframes whose configuration could not start the muxers, and when the first came.
+    unusable: (u32, Option<std::time::Instant>),
     segmenter: Segmenter,
     part_target_ms: i64,
     part: Option<OpenPart>,
@@ -101,9 +109,11 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(variant: Arc<Variant>, target: Duration, part_target: Duration) -> Pipeline {
+    fn new(broadcast: Arc<Broadcast>, target: Duration, part_target: Duration) -> Pipeline {
         Pipeline {
-            variant,
+            variant: broadcast.source(),
+            broadcast,
+            unusable: (0, None),
             segmenter: Segmenter::new(target),
             part_target_ms: i64::try_from(part_target.as_millis()).unwrap_or(334).max(1),
             part: None,
@@ -164,6 +174,33 @@ impl Pipeline {
         }
     }
 
+    /// The muxers could not start on this configuration. A glitch may fix itself at the
+    /// next keyframe; a stream that keeps failing (a codec we cannot read sent under the
+    /// H.264 tag, as OBS's AV1 encoder does on a custom server) is refused within a few
+    /// keyframes or [`GIVE_UP_AFTER`], with words the streamer can act on, instead of
+    /// being retried forever while OBS shows a healthy stream.
+    fn unusable(&mut self, error: mux::MuxError) {
+        let (count, first) = &mut self.unusable;
+        *count += 1;
+        let first = *first.get_or_insert_with(std::time::Instant::now);
+        tracing::warn!(error = %error, keyframes = *count, "cannot start the muxers");
+        if *count >= GIVE_UP_KEYFRAMES || first.elapsed() >= GIVE_UP_AFTER {
+            let why = match error {
+                mux::MuxError::BadVideoConfig => {
+                    "the video is not H.264 the box can read (its configuration is malformed;                      OBS's AV1 and HEVC encoders send this on a custom server): in OBS,                      Settings > Output, choose x264 or a hardware H.264 encoder"
+                        .to_string()
+                }
+                mux::MuxError::BadAudioConfig => {
+                    "the audio is not AAC the box can read: in OBS, Settings > Output > Audio                      Encoder, choose AAC"
+                        .to_string()
+                }
+                other => format!("the stream cannot be packaged: {other}"),
+            };
+            tracing::error!(reason = %why, "publish refused: unusable media");
+            self.broadcast.refuse(why);
+        }
+    }
+
     fn start_muxers(&mut self, avcc: &[u8]) -> Result<(), mux::MuxError> {
         let asc = self.audio_config.clone();
         let ts = Muxer::new(Container::MpegTs, avcc, asc.as_deref())?;
@@ -186,7 +223,7 @@ impl Pipeline {
                 return;
             };
             if let Err(e) = self.start_muxers(&avcc) {
-                tracing::error!(error = %e, "cannot start the muxers; retrying at the next keyframe");
+                self.unusable(e);
                 return;
             }
         }
