@@ -630,3 +630,29 @@ fn an_unusable_video_configuration_is_refused_in_words() {
     assert_eq!(daemon.get("/hls/stage/ll/index.m3u8").status, 404);
     assert_eq!(daemon.get("/hls/stage/source/index.m3u8").status, 404);
 }
+
+/// MP3 audio (OBS never sends it, other tools do) is refused at once, and the publisher is
+/// told why: ffmpeg prints the box's words ("Server error: …").
+#[test]
+fn mp3_audio_is_refused_and_the_publisher_is_told_why() {
+    let daemon = Daemon::start(CONFIG);
+    let key = daemon.add_channel("stage");
+    let options = [
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "30",
+        "-c:a",
+        "libmp3lame",
+        "-ar",
+        "44100",
+    ];
+    let push = Push::start_with(&daemon.rtmp_url(&key), 10, "160x120", &options, true);
+    let (status, said) = push.finish(Duration::from_secs(30));
+    assert!(!status.success(), "ffmpeg must fail: {said}");
+    assert!(said.contains("send AAC"), "ffmpeg was not told why: {said}");
+    assert!(daemon.logged("stream refused"));
+    assert!(!daemon.channel_live("stage"));
+}

@@ -43,6 +43,8 @@ pub const MAX_BYTES_BEFORE_PUBLISH: usize = 64 * 1024;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const APP_NAME: &str = "live";
 const READ_BUFFER: usize = 64 * 1024;
+/// How long a refused publisher has to read why before the connection is closed.
+const HANG_UP_WAIT: Duration = Duration::from_secs(2);
 /// A stream-key penalty this short is waited out by the connection instead of refused.
 const WAIT_OUT_PENALTY: Duration = Duration::from_secs(5);
 
@@ -239,6 +241,13 @@ impl Connection {
             result = self.serve() => result,
             _ = shutdown.cancelled() => Ok(()),
         };
+        // A publish the box ends (a codec it cannot serve, a rotated key) is told why in an
+        // onStatus error before the connection closes, so OBS has words to show.
+        if let (Err(IngestError::Refused(why)), Some(_)) = (&result, &self.publishing) {
+            if let Ok(status) = publish_error(why) {
+                self.say_and_hang_up(&status).await;
+            }
+        }
         self.end_publish().await;
         result
     }
@@ -269,10 +278,6 @@ impl Connection {
                 read = tokio::time::timeout(IDLE_TIMEOUT, self.socket.read(&mut buffer)) => read,
                 () = stopped => {
                     if let Some(why) = broadcast.and_then(|b| b.refusal()) {
-                        // Tell OBS in words before hanging up, so the streamer sees why.
-                        if let Ok(status) = publish_error(&why) {
-                            let _ = self.socket.write_all(&status).await;
-                        }
                         return Err(IngestError::Refused(why));
                     }
                     tracing::info!("publish ended: the stream key was rotated");
@@ -294,6 +299,21 @@ impl Connection {
                 return Ok(());
             }
         }
+    }
+
+    /// Sends `message`, then stops sending and reads (discarding) until the publisher
+    /// closes or [`HANG_UP_WAIT`] passes. A publisher learns of an error when it next reads,
+    /// which it does between writes: closing at once would fail its write first (a broken
+    /// pipe, and the words lost).
+    async fn say_and_hang_up(&mut self, message: &[u8]) {
+        let said = async {
+            self.socket.write_all(message).await?;
+            self.socket.shutdown().await?;
+            let mut sink = [0u8; 16 * 1024];
+            while self.socket.read(&mut sink).await? > 0 {}
+            Ok::<(), std::io::Error>(())
+        };
+        let _ = tokio::time::timeout(HANG_UP_WAIT, said).await;
     }
 
     async fn handshake(&mut self, buffer: &mut [u8]) -> Result<Vec<u8>, IngestError> {

@@ -556,7 +556,7 @@ impl Push {
     }
 
     /// Pushes `seconds` of test pattern at `size`, encoded with `video` (ffmpeg output
-    /// options), with an AAC tone if `audio`.
+    /// options), with a tone if `audio`: AAC unless `video` names an audio codec (`-c:a`).
     pub fn start_with(url: &str, seconds: u32, size: &str, video: &[&str], audio: bool) -> Push {
         let mut command = Command::new("ffmpeg");
         command
@@ -571,7 +571,7 @@ impl Push {
             command.args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]);
         }
         command.args(["-t", &seconds.to_string()]).args(video);
-        if audio {
+        if audio && !video.contains(&"-c:a") {
             command.args(["-c:a", "aac", "-b:a", "64k"]);
         }
         let child = command
