@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{wait_until, Daemon, Push};
+use common::{poll_until, wait_until, Daemon, Push};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -153,4 +153,90 @@ fn the_operator_cli_keeps_working_for_unowned_channels() {
     assert!(out.status.success());
     let rotated: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_ne!(rotated["stream_key"].as_str(), Some(key.as_str()));
+}
+
+/// Issue 23: OBS's default Simple mode sends a keyframe every 250 frames (8.3 s at 30 fps)
+/// and nobody was told. The box measures each live stream; the long interval is a
+/// warning, a 2 s one is not, and only the channel's streamer (or an admin) sees it.
+#[test]
+fn stream_health_warns_about_obs_default_keyframes_and_not_about_two_seconds() {
+    let daemon = Daemon::start("");
+    let streamer = daemon.add_streamer_channel("djay", "simple");
+    let made = daemon.post("/api/channels", json!({"slug": "tuned"}), Some(&streamer));
+    assert_eq!(made.status, 201);
+    let simple_key = daemon.cli(&["channel", "rotate-key", "simple", "--json"]);
+    let simple_key: serde_json::Value = serde_json::from_slice(&simple_key.stdout).expect("json");
+    let tuned_key = made.json()["stream_key"].as_str().expect("key").to_string();
+    let x264 = |keyint: &'static str| {
+        [
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            keyint,
+            "-sc_threshold",
+            "40",
+        ]
+    };
+    let _simple = Push::start_with(
+        &daemon.rtmp_url(simple_key["stream_key"].as_str().expect("key")),
+        40,
+        "160x120",
+        &x264("250"),
+        true,
+    );
+    let _tuned = Push::start_with(
+        &daemon.rtmp_url(&tuned_key),
+        40,
+        "160x120",
+        &x264("60"),
+        true,
+    );
+    let health = |slug: &str| {
+        common::send_json(
+            "GET",
+            &daemon.url(&format!("/api/channels/{slug}/health")),
+            None,
+            Some(&streamer),
+        )
+    };
+    let simple = poll_until(
+        Duration::from_secs(30),
+        "the 8.3 s keyframe interval is measured",
+        || {
+            Some(health("simple"))
+                .filter(|r| r.status == 200)
+                .map(|r| r.json())
+        },
+        |h| h["keyframe_interval_last"].as_f64().is_some(),
+    );
+    let interval = simple["keyframe_interval_last"].as_f64().expect("interval");
+    assert!((interval - 8.33).abs() < 0.2, "{simple}");
+    assert_eq!(simple["warnings"], json!(["keyframe_interval"]), "{simple}");
+    assert_eq!(
+        simple["video_codec"]
+            .as_str()
+            .map(|c| c.starts_with("avc1.")),
+        Some(true)
+    );
+    assert_eq!(simple["width"], 160);
+    assert_eq!(simple["audio_codec"], "AAC-LC");
+    let tuned = health("tuned").json();
+    assert!(
+        tuned["keyframe_interval_max"]
+            .as_f64()
+            .is_some_and(|s| (s - 2.0).abs() < 0.2),
+        "{tuned}"
+    );
+    assert_eq!(tuned["warnings"], json!([]), "{tuned}");
+    // Not for anyone else.
+    let viewer = daemon.add_user_token("fan", "viewer");
+    let refused = common::send_json(
+        "GET",
+        &daemon.url("/api/channels/simple/health"),
+        None,
+        Some(&viewer),
+    );
+    assert_eq!(refused.status, 403);
 }

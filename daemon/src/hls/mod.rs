@@ -13,6 +13,7 @@
 //! §6.2.2). The media pipeline thread writes here; HTTP handlers read. Locks are std
 //! mutexes held for a copy of a few `Arc`s, never across an `.await`.
 
+pub mod health;
 pub mod playlist;
 pub mod segmenter;
 
@@ -476,6 +477,8 @@ pub struct Broadcast {
     pub stop: tokio_util::sync::CancellationToken,
     /// Why the box ended the publish, in words for the streamer.
     refusal: Mutex<Option<String>>,
+    /// What the box measures of the incoming stream (ingest feeds it).
+    health: Mutex<health::Meter>,
 }
 
 impl Broadcast {
@@ -484,6 +487,19 @@ impl Broadcast {
     pub fn refuse(&self, why: String) {
         *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
         self.stop.cancel();
+    }
+
+    /// Updates the stream's health measurements (a few numbers; called per frame).
+    pub fn measure(&self, update: impl FnOnce(&mut health::Meter)) {
+        update(&mut self.health.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// The stream's health now, with its warnings.
+    pub fn health(&self) -> health::Snapshot {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot(std::time::Instant::now())
     }
 
     /// Why the publish was refused, if it was.
@@ -662,6 +678,7 @@ impl Broadcasts {
             part_target: self.part_target,
             stop: tokio_util::sync::CancellationToken::new(),
             refusal: Mutex::new(None),
+            health: Mutex::new(health::Meter::default()),
         });
         broadcast.add_variant(SOURCE);
         by_slug.insert(slug.to_string(), broadcast.clone());

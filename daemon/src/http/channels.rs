@@ -197,3 +197,30 @@ pub async fn rotate_key(
     tracing::info!(channel = %slug, by = %claims.nick, "stream key rotated");
     Ok(Json(key_answer(&state, &headers, slug, &key)))
 }
+
+/// `GET /api/channels/<slug>/health`: what the box measures of the live stream (keyframe
+/// interval, codecs, resolution, frame rate, bitrate, B-frames, ingest lag) and the
+/// warnings the dashboard explains, for the channel's streamer or an admin.
+pub async fn health(
+    State(state): State<AppState>,
+    CurrentUser(claims): CurrentUser,
+    Path(slug): Path<String>,
+) -> Result<Json<crate::hls::health::Snapshot>, ApiError> {
+    let name = slug.clone();
+    let owner = state
+        .store
+        .read(move |store| store.channel_owner(&name))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no channel `{slug}`")))?;
+    if !claims.role.owner_or_admin(claims.user_id(), owner) {
+        return Err(forbidden(
+            "only the channel's streamer sees its stream's health",
+        ));
+    }
+    let broadcast = state
+        .broadcasts
+        .get(&slug)
+        .filter(|b| !b.is_ended())
+        .ok_or_else(|| ApiError::not_found(format!("channel `{slug}` is not live")))?;
+    Ok(Json(broadcast.health()))
+}

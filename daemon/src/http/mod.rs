@@ -81,6 +81,7 @@ pub fn app(state: AppState) -> Router {
             post(channels::rotate_key),
         )
         .route("/api/channels/{slug}/chat", get(chat::connect))
+        .route("/api/channels/{slug}/health", get(channels::health))
         .route(
             "/api/channels/{slug}/donations",
             post(wallet::donate).get(wallet::recent),

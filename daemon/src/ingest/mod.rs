@@ -549,18 +549,32 @@ impl Connection {
         };
         let dts = publishing.video_clock.extend(timestamp);
         let event = match flv::parse_video(&data) {
-            Ok(flv::VideoTag::Config(config)) => MediaEvent::VideoConfig(config),
+            Ok(flv::VideoTag::Config(config)) => {
+                publishing.broadcast.measure(|m| {
+                    m.video_config(
+                        crate::media::codec::avc_codec_string(&config),
+                        crate::media::codec::avc_dimensions(&config),
+                    )
+                });
+                MediaEvent::VideoConfig(config)
+            }
             Ok(flv::VideoTag::Frame {
                 keyframe,
                 cts,
                 data,
-            }) => MediaEvent::Video(Frame {
-                dts,
-                pts: dts + i64::from(cts),
-                keyframe,
-                data,
-                arrived: chrono::Utc::now(),
-            }),
+            }) => {
+                let size = data.len();
+                publishing
+                    .broadcast
+                    .measure(|m| m.video(std::time::Instant::now(), dts, cts, keyframe, size));
+                MediaEvent::Video(Frame {
+                    dts,
+                    pts: dts + i64::from(cts),
+                    keyframe,
+                    data,
+                    arrived: chrono::Utc::now(),
+                })
+            }
             Ok(flv::VideoTag::Ignored) => return Ok(()),
             Err(e) => return Err(self.refuse_media(e)),
         };
@@ -575,14 +589,25 @@ impl Connection {
         };
         let dts = publishing.audio_clock.extend(timestamp);
         let event = match flv::parse_audio(&data) {
-            Ok(flv::AudioTag::Config(config)) => MediaEvent::AudioConfig(config),
-            Ok(flv::AudioTag::Frame(data)) => MediaEvent::Audio(Frame {
-                dts,
-                pts: dts,
-                keyframe: true,
-                data,
-                arrived: chrono::Utc::now(),
-            }),
+            Ok(flv::AudioTag::Config(config)) => {
+                publishing
+                    .broadcast
+                    .measure(|m| m.audio_config(crate::media::codec::aac_codec_string(&config)));
+                MediaEvent::AudioConfig(config)
+            }
+            Ok(flv::AudioTag::Frame(data)) => {
+                let size = data.len();
+                publishing
+                    .broadcast
+                    .measure(|m| m.audio(std::time::Instant::now(), size));
+                MediaEvent::Audio(Frame {
+                    dts,
+                    pts: dts,
+                    keyframe: true,
+                    data,
+                    arrived: chrono::Utc::now(),
+                })
+            }
             Err(e) => return Err(self.refuse_media(e)),
         };
         self.forward(event, false);

@@ -19,7 +19,11 @@ const TEXT = {
     myChannels: "내 채널", newChannel: "새 채널 만들기", slug: "주소 (영문 소문자, 숫자, -)", title: "제목",
     create: "만들기", rotate: "스트림 키 새로 만들기", keyOnce: "스트림 키는 지금 한 번만 보여요. 복사해 두세요.",
     copy: "복사", copied: "복사됨", obs: "OBS 설정", server: "서버", streamKey: "스트림 키",
-    keyframes: "키프레임 간격", bitrate: "비트레이트", recent: "최근 후원", none: "아직 없어요.",
+    keyframes: "키프레임 간격", bitrate: "비트레이트",
+    health: "방송 상태", keyframeLong: (s) => `키프레임이 ${s}초마다 와요: 시청자가 늦게 시작하고 뒤처져요. `,
+    bFrames: "B-프레임이 지연을 더해요: OBS 고급 출력 모드에서 B-프레임을 0으로 (x264 옵션: bframes=0).",
+    bitrateHigh: (k) => `${k} Kbps는 공연장 와이파이에 너무 커요: 4500 Kbps로 맞추세요.`,
+    keyframeHow: "OBS 기본(단순) 출력 모드에는 키프레임 간격 칸이 없어요: 설정 → 출력 → 스트리밍에서 '고급 인코더 설정 사용'을 켜고 x264 옵션에 keyint=60 (30fps 기준)을 넣으세요. 고급 출력 모드에서는 '키프레임 간격'을 2초로.", recent: "최근 후원", none: "아직 없어요.",
     streamersOnly: "방송 관리는 스트리머 계정으로 로그인해야 해요.", notFound: "찾을 수 없어요.",
     anonymous: "익명", deleted: "삭제된 메시지", streamer: "스트리머", admin: "관리자",
     setupTitle: "처음 설정", setupIntro: "카드의 commeow-setup.txt 파일(또는 박스 화면)에 적힌 설정 코드를 입력하고, 장소 이름과 관리자 계정을 만드세요.",
@@ -39,7 +43,11 @@ const TEXT = {
     myChannels: "My channels", newChannel: "New channel", slug: "Address (a-z, 0-9, -)", title: "Title",
     create: "Create", rotate: "New stream key", keyOnce: "The stream key is shown this once. Copy it now.",
     copy: "Copy", copied: "Copied", obs: "OBS settings", server: "Server", streamKey: "Stream key",
-    keyframes: "Keyframe interval", bitrate: "Bitrate", recent: "Recent donations", none: "None yet.",
+    keyframes: "Keyframe interval", bitrate: "Bitrate",
+    health: "Stream health", keyframeLong: (s) => `Keyframes every ${s} s: viewers start late and sit behind. `,
+    bFrames: "B-frames add delay: in OBS Advanced mode set B-frames to 0 (x264 options: bframes=0).",
+    bitrateHigh: (k) => `${k} Kbps is too much for the venue Wi-Fi: set 4500 Kbps.`,
+    keyframeHow: "OBS's default Simple output mode has no keyframe field: in Settings → Output → Streaming tick 'Enable Advanced Encoder Settings' and put keyint=60 (at 30 fps) in x264 Options. In Advanced mode, set 'Keyframe Interval' to 2 s.", recent: "Recent donations", none: "None yet.",
     streamersOnly: "Log in with a streamer account to manage channels.", notFound: "Not found.",
     anonymous: "anonymous", deleted: "message deleted", streamer: "streamer", admin: "admin",
     setupTitle: "Set up this box", setupIntro: "Type the setup code from commeow-setup.txt on the card (or the box's screen), name the venue and create the admin account.",
@@ -480,7 +488,34 @@ async function dashboard() {
     h("span", { class: c.live ? "badge live" : "badge" }, c.live ? t("live") : t("offline")),
     h("h3", {}, h("a", { href: `/c/${encodeURIComponent(c.slug)}` }, c.title || c.slug)),
     c.live ? h("div", { class: "muted" }, `${c.viewers}${t("viewers")}`) : null,
+    c.live ? healthOf(c) : null,
     h("button", { "data-rotate": c.slug, onclick: async () => showKey(await api("POST", `/api/channels/${encodeURIComponent(c.slug)}/stream-key/rotate`)) }, t("rotate")))));
+  // What the box measures of each live stream, with warnings in words and OBS steps.
+  const shown = new Map(); // slug → the last health drawn, so a refresh does not flicker
+  const healthOf = (c) => {
+    const box = h("div", { class: "health", id: `health-${c.slug}` });
+    if (shown.has(c.slug)) box.replaceChildren(...shown.get(c.slug).map((n) => n.cloneNode(true)));
+    api("GET", `/api/channels/${encodeURIComponent(c.slug)}/health`).then((s) => {
+      const facts = [
+        [s.video_codec && "H.264", s.profile, s.level].filter(Boolean).join(" "),
+        s.width && `${s.width}x${s.height}`,
+        s.frame_rate && `${s.frame_rate} fps`,
+        `${s.bitrate_kbps_10s.toLocaleString()} Kbps`,
+        s.keyframe_interval_last && `${t("keyframes")} ${s.keyframe_interval_last.toFixed(1)} s (max ${s.keyframe_interval_max.toFixed(1)} s)`,
+        s.audio_codec,
+      ].filter(Boolean).join(" · ");
+      const say = {
+        keyframe_interval: () => t("keyframeLong")(Math.max(s.keyframe_interval_last ?? 0, s.keyframe_interval_max ?? 0).toFixed(1)) + t("keyframeHow"),
+        b_frames: () => t("bFrames"),
+        bitrate: () => t("bitrateHigh")(s.bitrate_kbps_10s.toLocaleString()),
+      };
+      const nodes = [h("div", { class: "muted" }, facts),
+        ...s.warnings.map((code) => h("p", { class: "warning", "data-code": code }, say[code]?.() ?? code))];
+      shown.set(c.slug, nodes);
+      box.replaceChildren(...nodes.map((n) => n.cloneNode(true)));
+    }).catch(() => {});
+    return box;
+  };
   const refreshMine = async () => { const list = await api("GET", "/api/channels").catch(() => null); if (list) renderMine(list); };
   const keyArea = h("div", { id: "stream-key" });
   const showKey = (answer) => keyArea.replaceChildren(h("div", { class: "panel" }, h("p", { class: "error" }, t("keyOnce")),
@@ -497,7 +532,7 @@ async function dashboard() {
     h("section", { class: "panel" }, h("h3", {}, t("obs")), h("table", { id: "obs" },
       h("tr", {}, h("th", {}, t("server")), h("td", {}, h("code", {}, obs.server)), h("td", {}, copyButton(obs.server))),
       h("tr", {}, h("th", {}, t("keyframes")), h("td", {}, `${obs.keyframe_interval_seconds} s`), h("td", {}, copyButton(String(obs.keyframe_interval_seconds)))),
-      h("tr", {}, h("th", {}, t("bitrate")), h("td", {}, `${obs.video_bitrate_kbps} Kbps (${obs.resolution})`), h("td", {}, copyButton(String(obs.video_bitrate_kbps)))))),
+      h("tr", {}, h("th", {}, t("bitrate")), h("td", {}, `${obs.video_bitrate_kbps} Kbps (${obs.resolution})`), h("td", {}, copyButton(String(obs.video_bitrate_kbps))))), h("p", { class: "muted", id: "keyframe-how" }, t("keyframeHow"))),
     h("h3", {}, t("myChannels")),
     myChannels,
     h("form", { class: "panel", id: "new-channel", onsubmit: async (e) => {

@@ -194,6 +194,8 @@ test("the streamer dashboard shows the key once, the OBS settings and live statu
     assert.match(key, /\S{20,}/);
     const server = await streamer.page.locator("#obs-server").innerText();
     assert.equal(server, daemon.rtmp);
+    // OBS's default Simple mode has no keyframe field: the page says where it hides.
+    assert.match(await streamer.page.locator("#keyframe-how").innerText(), /keyint=60/);
     await streamer.page.locator('#my-channels [data-rotate="stage"]').waitFor();
     const pusher = push(`${server}/${key}`);
     try {
@@ -327,6 +329,33 @@ test("in the chat the streamer wears a badge, and a viewer nicknamed like the st
     assert.deepEqual([...streamer.page.errors, ...impostor.page.errors, ...watcher.page.errors], []);
   } finally {
     for (const p of [streamer, impostor, watcher]) await p.context.close();
+    await daemon.close();
+  }
+});
+
+test("the dashboard warns about OBS's default 8-second keyframes with the steps, and not about 2 seconds", async () => {
+  const daemon = await Daemon.start();
+  const djay = await daemon.user("djay", "streamer");
+  const simple = await daemon.api("POST", "/api/channels", { slug: "simple", title: "Simple mode" }, djay.access_token);
+  const tuned = await daemon.api("POST", "/api/channels", { slug: "tuned", title: "Tuned" }, djay.access_token);
+  const long = push(`${daemon.rtmp}/${simple.stream_key}`, 60, 250);
+  const short = push(`${daemon.rtmp}/${tuned.stream_key}`, 60, 60);
+  const streamer = await phone(chromium, daemon, djay);
+  try {
+    await streamer.page.goto(`${daemon.base}/dashboard`);
+    const warning = streamer.page.locator('#health-simple .warning[data-code="keyframe_interval"]');
+    await warning.waitFor({ timeout: 30000 });
+    assert.match(await warning.innerText(), /8\.\d/);
+    assert.match(await warning.innerText(), /keyint=60/, "the Simple-mode steps");
+    await streamer.page.locator("#health-tuned .muted").first().waitFor();
+    assert.match(await streamer.page.locator("#health-tuned").innerText(), /H\.264/);
+    assert.equal(await streamer.page.locator("#health-tuned .warning").count(), 0, "no warning at 2 s");
+    await streamer.page.screenshot({ path: join(ARTIFACTS, "dashboard-health.png"), fullPage: true });
+    assert.deepEqual(streamer.page.errors, []);
+  } finally {
+    await long.stop();
+    await short.stop();
+    await streamer.context.close();
     await daemon.close();
   }
 });
