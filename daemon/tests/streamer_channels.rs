@@ -240,3 +240,59 @@ fn stream_health_warns_about_obs_default_keyframes_and_not_about_two_seconds() {
     );
     assert_eq!(refused.status, 403);
 }
+
+/// Issue 23: after a rotation OBS keeps retrying the old key. That is not a guess: it costs
+/// the address nothing (the new key goes straight through), OBS is told the key was
+/// replaced, and the dashboard's notice says so.
+#[test]
+fn an_old_key_after_a_rotation_is_named_as_such_and_costs_nothing() {
+    let daemon = Daemon::start("");
+    let streamer = daemon.add_streamer_channel("djay", "stage");
+    let first = daemon.post(
+        "/api/channels/stage/stream-key/rotate",
+        json!({}),
+        Some(&streamer),
+    );
+    let old_key = first.json()["stream_key"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    let second = daemon.post(
+        "/api/channels/stage/stream-key/rotate",
+        json!({}),
+        Some(&streamer),
+    );
+    let new_key = second.json()["stream_key"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    let notices = || {
+        common::send_json(
+            "GET",
+            &daemon.url("/api/channels/stage/notices"),
+            None,
+            Some(&streamer),
+        )
+        .json()
+    };
+    assert_eq!(notices()["old_key_seen_at"], Value::Null);
+    for _ in 0..3 {
+        let (status, said) =
+            Push::start(&daemon.rtmp_url(&old_key), 5, "160x120").finish(Duration::from_secs(30));
+        assert!(!status.success());
+        assert!(said.contains("stream key was replaced"), "{said}");
+    }
+    assert!(notices()["old_key_seen_at"].as_str().is_some());
+    assert!(
+        !daemon.logged("failures="),
+        "an old key is not counted as a guess"
+    );
+    let started = std::time::Instant::now();
+    let _live = Push::start(&daemon.rtmp_url(&new_key), 20, "160x120");
+    assert!(wait_until(Duration::from_secs(20), || daemon.channel_live("stage")));
+    assert!(daemon.logged("publish started"));
+    eprintln!(
+        "new key live {:?} after the old key's retries",
+        started.elapsed()
+    );
+}

@@ -224,3 +224,28 @@ pub async fn health(
         .ok_or_else(|| ApiError::not_found(format!("channel `{slug}` is not live")))?;
     Ok(Json(broadcast.health()))
 }
+
+/// `GET /api/channels/<slug>/notices`: what the streamer should know about their channel
+/// that is not the stream itself: `old_key_seen_at`, when a publisher last tried the key
+/// the channel had before its last rotation (OBS still has it).
+pub async fn notices(
+    State(state): State<AppState>,
+    CurrentUser(claims): CurrentUser,
+    Path(slug): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = slug.clone();
+    let (owner, seen) = state
+        .store
+        .read(move |store| {
+            Ok((
+                store.channel_owner(&name)?,
+                store.previous_key_seen_at(&name)?,
+            ))
+        })
+        .await?;
+    let owner = owner.ok_or_else(|| ApiError::not_found(format!("no channel `{slug}`")))?;
+    if !claims.role.owner_or_admin(claims.user_id(), owner) {
+        return Err(forbidden("only the channel's streamer sees its notices"));
+    }
+    Ok(Json(serde_json::json!({ "old_key_seen_at": seen })))
+}

@@ -82,6 +82,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/channels/{slug}/chat", get(chat::connect))
         .route("/api/channels/{slug}/health", get(channels::health))
+        .route("/api/channels/{slug}/notices", get(channels::notices))
         .route(
             "/api/channels/{slug}/donations",
             post(wallet::donate).get(wallet::recent),

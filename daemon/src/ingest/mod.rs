@@ -504,6 +504,30 @@ impl Connection {
                 "server error".to_string()
             })?;
         let Some(channel) = channel else {
+            // A key that was this channel's before a rotation is not a guess: OBS keeps
+            // retrying it after a disconnect. It costs the address nothing, and the
+            // streamer's dashboard says to paste the new one.
+            let stale = key.clone();
+            let replaced = self
+                .ingest
+                .store
+                .read(move |store| store.channel_for_previous_key(&stale))
+                .await
+                .ok()
+                .flatten();
+            if let Some(slug) = replaced {
+                let noted = slug.clone();
+                let _ = self
+                    .ingest
+                    .store
+                    .write(move |store| store.note_previous_key_seen(&noted))
+                    .await;
+                drop(attempt);
+                tracing::warn!(channel = %slug, "publish refused: the stream key was replaced");
+                return Err(
+                    "this stream key was replaced: paste the new one from the dashboard".into(),
+                );
+            }
             let failures = attempt.count();
             // Never log the key itself: a typo of a real key is most of a real key.
             tracing::warn!(failures, "publish refused: unknown stream key");

@@ -158,7 +158,9 @@ impl Store {
     pub fn rotate_stream_key(&mut self, slug: &str) -> Result<StreamKey, StoreError> {
         let key = StreamKey::generate();
         let updated = self.conn().execute(
-            "UPDATE channels SET stream_key_hash = ?1 WHERE slug = ?2",
+            "UPDATE channels SET previous_key_hash = stream_key_hash, previous_key_seen_at = NULL,
+                                 stream_key_hash = ?1
+             WHERE slug = ?2",
             params![key.hash(), slug],
         )?;
         if updated == 0 {
@@ -191,6 +193,36 @@ impl Store {
     }
 
     /// The channel a publish with this key is for, if any.
+    /// The channel whose key this was before its last rotation, if any.
+    pub fn channel_for_previous_key(&self, key: &StreamKey) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT slug FROM channels WHERE previous_key_hash = ?1")?
+            .query_row(params![key.hash()], |row| row.get(0))
+            .optional()?)
+    }
+
+    /// A publisher tried the channel's previous key just now.
+    pub fn note_previous_key_seen(&self, slug: &str) -> Result<(), StoreError> {
+        self.conn()
+            .prepare_cached("UPDATE channels SET previous_key_seen_at = ?2 WHERE slug = ?1")?
+            .execute(params![
+                slug,
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ])?;
+        Ok(())
+    }
+
+    /// When a publisher last tried the channel's previous key (since its rotation).
+    pub fn previous_key_seen_at(&self, slug: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT previous_key_seen_at FROM channels WHERE slug = ?1")?
+            .query_row(params![slug], |row| row.get(0))
+            .optional()?
+            .flatten())
+    }
+
     pub fn channel_for_key(&self, key: &StreamKey) -> Result<Option<Channel>, StoreError> {
         let channel = self
             .conn()

@@ -175,5 +175,12 @@ pub(super) fn migrations() -> Migrations<'static> {
         UPDATE outbox SET type = 'topup_' || json_extract(payload, '$.state') WHERE type = 'payment';
         UPDATE outbox SET payload = json_set(payload, '$.type', type);",
         ),
+        // The key a channel had before its last rotation, kept (hashed) only to tell a
+        // streamer whose OBS still pushes it what happened, and when that was last seen.
+        M::up(
+            "ALTER TABLE channels ADD COLUMN previous_key_hash BLOB;
+        ALTER TABLE channels ADD COLUMN previous_key_seen_at TEXT;
+        CREATE INDEX channels_previous_key ON channels (previous_key_hash);",
+        ),
     ])
 }

@@ -20,6 +20,7 @@ const TEXT = {
     create: "만들기", rotate: "스트림 키 새로 만들기", keyOnce: "스트림 키는 지금 한 번만 보여요. 복사해 두세요.",
     copy: "복사", copied: "복사됨", obs: "OBS 설정", server: "서버", streamKey: "스트림 키",
     keyframes: "키프레임 간격", bitrate: "비트레이트",
+    oldKey: (at) => `OBS가 아직 예전 스트림 키를 쓰고 있어요 (${at}): 새 키를 OBS에 붙여 넣으세요.`,
     health: "방송 상태", keyframeLong: (s) => `키프레임이 ${s}초마다 와요: 시청자가 늦게 시작하고 뒤처져요. `,
     bFrames: "B-프레임이 지연을 더해요: OBS 고급 출력 모드에서 B-프레임을 0으로 (x264 옵션: bframes=0).",
     bitrateHigh: (k) => `${k} Kbps는 공연장 와이파이에 너무 커요: 4500 Kbps로 맞추세요.`,
@@ -44,6 +45,7 @@ const TEXT = {
     create: "Create", rotate: "New stream key", keyOnce: "The stream key is shown this once. Copy it now.",
     copy: "Copy", copied: "Copied", obs: "OBS settings", server: "Server", streamKey: "Stream key",
     keyframes: "Keyframe interval", bitrate: "Bitrate",
+    oldKey: (at) => `OBS is still using the old stream key (${at}): paste the new one into OBS.`,
     health: "Stream health", keyframeLong: (s) => `Keyframes every ${s} s: viewers start late and sit behind. `,
     bFrames: "B-frames add delay: in OBS Advanced mode set B-frames to 0 (x264 options: bframes=0).",
     bitrateHigh: (k) => `${k} Kbps is too much for the venue Wi-Fi: set 4500 Kbps.`,
@@ -489,6 +491,7 @@ async function dashboard() {
     h("h3", {}, h("a", { href: `/c/${encodeURIComponent(c.slug)}` }, c.title || c.slug)),
     c.live ? h("div", { class: "muted" }, `${c.viewers}${t("viewers")}`) : null,
     c.live ? healthOf(c) : null,
+    noticeOf(c),
     h("button", { "data-rotate": c.slug, onclick: async () => showKey(await api("POST", `/api/channels/${encodeURIComponent(c.slug)}/stream-key/rotate`)) }, t("rotate")))));
   // What the box measures of each live stream, with warnings in words and OBS steps.
   const shown = new Map(); // slug → the last health drawn, so a refresh does not flicker
@@ -513,6 +516,17 @@ async function dashboard() {
         ...s.warnings.map((code) => h("p", { class: "warning", "data-code": code }, say[code]?.() ?? code))];
       shown.set(c.slug, nodes);
       box.replaceChildren(...nodes.map((n) => n.cloneNode(true)));
+    }).catch(() => {});
+    return box;
+  };
+  // The key was rotated while OBS kept pushing the old one: say so, for ten minutes.
+  const noticeOf = (c) => {
+    const box = h("div", { id: `notice-${c.slug}` });
+    api("GET", `/api/channels/${encodeURIComponent(c.slug)}/notices`).then((n) => {
+      const at = n.old_key_seen_at && new Date(n.old_key_seen_at);
+      if (at && Date.now() - at.getTime() < 10 * 60 * 1000) {
+        box.replaceChildren(h("p", { class: "warning", "data-code": "old_key" }, t("oldKey")(at.toLocaleTimeString(lang))));
+      }
     }).catch(() => {});
     return box;
   };
