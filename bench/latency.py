@@ -37,6 +37,8 @@ def wait_for_url(url, timeout=30.0):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=60, help="how long the players watch")
+    parser.add_argument("--gop-frames", type=int, default=60,
+                        help="keyframe interval of the push, in frames at 30 fps (250: OBS Simple mode)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
 
@@ -48,7 +50,8 @@ def main():
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_listening(page_port)
     pusher = subprocess.Popen([sys.executable, str(LATENCY / "clock_pusher.py"), str(args.seconds + 30),
-                               commeowd.rtmp_url(), nginx.rtmp_url("bench")])
+                               commeowd.rtmp_url(), nginx.rtmp_url("bench")],
+                              env={**os.environ, "GOP_FRAMES": str(args.gop_frames)})
     try:
         players = {
             "commeowd LL-HLS": commeowd.url("/hls/bench/master.m3u8"),
@@ -72,7 +75,7 @@ def main():
         nginx.stop()
 
     lines = [
-        f"# Glass to glass: commeowd LL-HLS vs nginx-rtmp HLS ({args.seconds} s, hls.js {hls_version()} in headless Chromium, loopback)",
+        f"# Glass to glass: commeowd LL-HLS vs nginx-rtmp HLS ({args.seconds} s, GOP {args.gop_frames} frames = {args.gop_frames / 30:.2f} s, hls.js {hls_version()} in headless Chromium, loopback)",
         "",
         "| player | latency p50 s | latency p95 s | time to first frame s | stalls | frames read | unreadable | errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -92,7 +95,8 @@ def main():
     lines += ["", "Latency = wall clock when Chromium presented a frame minus the wall clock painted into it",
               "before encoding: encode, RTMP, server, HTTP, player buffer, decode and display.",
               "Time to first frame counts from page load. Screenshots: bench/out/latency-*.png."]
-    write_report("latency", "\n".join(lines) + "\n", summary)
+    name = "latency" if args.gop_frames == 60 else f"latency-gop{args.gop_frames}"
+    write_report(name, "\n".join(lines) + "\n", summary)
 
 
 def hls_version():

@@ -6,11 +6,13 @@ Frame: 640x360 grey. The top 120 lines hold 3 rows of 16 blocks (40x40 px), row-
 most significant bit first: 40 bits of Unix time in milliseconds modulo 2^40, then an
 8-bit check (the sum of those five bytes, modulo 256). White = 1, black = 0. Frames are
 made at 30 fps in real time and piped to the real ffmpeg CLI, which encodes them with
-libx264 (zerolatency, 2 s GOP) and pushes RTMP to every URL given (tee muxer).
+libx264 (zerolatency, a 2 s GOP, or GOP_FRAMES frames: 250 is OBS's Simple mode, with
+scene-cut detection on as there) and pushes RTMP to every URL given (tee muxer).
 
-Usage: clock_pusher.py SECONDS RTMP_URL [RTMP_URL ...]
+Usage: [GOP_FRAMES=N] clock_pusher.py SECONDS RTMP_URL [RTMP_URL ...]
 """
 
+import os
 import subprocess
 import sys
 import time
@@ -36,12 +38,17 @@ def frame(millis):
 
 def main():
     seconds, urls = float(sys.argv[1]), sys.argv[2:]
+    gop = int(os.environ.get("GOP_FRAMES", 2 * FPS))
+    # A fixed 2 s GOP as the box asks; anything else as OBS's x264 sends it (min 1 frame,
+    # scene cuts on).
+    gop_args = (["-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0"] if gop == 2 * FPS
+                else ["-g", str(gop), "-sc_threshold", "40"])
     tee = "|".join(f"[f=flv:onfail=ignore]{u}" for u in urls)
     ffmpeg = subprocess.Popen(
         ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "gray",
          "-s", f"{WIDTH}x{HEIGHT}", "-framerate", str(FPS), "-i", "-",
          "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-pix_fmt", "yuv420p",
-         "-g", str(2 * FPS), "-keyint_min", str(2 * FPS), "-sc_threshold", "0", "-b:v", "1M",
+         *gop_args, "-b:v", "1M",
          # tee does not ask the encoder for global headers; FLV needs them (avcC).
          "-flags:v", "+global_header", "-map", "0:v", "-f", "tee", tee],
         stdin=subprocess.PIPE)
