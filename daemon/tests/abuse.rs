@@ -9,7 +9,7 @@ mod common;
 
 use common::{all_at_once, memory_kib, request_from, Daemon, Response};
 use serde_json::json;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 const PASSWORD: &str = "correct horse battery";
@@ -18,16 +18,14 @@ fn client(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 1 + (n / 250) as u8, 1 + (n % 250) as u8)
 }
 
+/// A JSON POST from `from`, answered.
+fn post_from(from: Ipv4Addr, http: SocketAddr, path: &str, body: &serde_json::Value) -> Response {
+    request_from(from, http, "POST", path, body.to_string().as_bytes()).expect("an answer")
+}
+
 fn login_from(daemon: &Daemon, from: Ipv4Addr, username: &str, password: &str) -> Response {
-    let body = json!({"username": username, "password": password}).to_string();
-    request_from(
-        from,
-        daemon.http,
-        "POST",
-        "/api/auth/login",
-        body.as_bytes(),
-    )
-    .expect("an answer")
+    let body = json!({"username": username, "password": password});
+    post_from(from, daemon.http, "/api/auth/login", &body)
 }
 
 fn statuses(responses: &[Response]) -> std::collections::BTreeMap<u16, usize> {
@@ -50,14 +48,7 @@ fn bursts_of_logins_keep_memory_bounded() {
     let http = daemon.http;
     let one_address = all_at_once(300, move |i| {
         let body = json!({"username": format!("nobody{i}"), "password": "guess12345"});
-        request_from(
-            client(0),
-            http,
-            "POST",
-            "/api/auth/login",
-            body.to_string().as_bytes(),
-        )
-        .expect("an answer")
+        post_from(client(0), http, "/api/auth/login", &body)
     });
     let counts = statuses(&one_address);
     // One evaluation, or two if the burst outlasts the first one-second penalty.
@@ -74,14 +65,7 @@ fn bursts_of_logins_keep_memory_bounded() {
 
     let many_addresses = all_at_once(300, move |i| {
         let body = json!({"username": format!("nobody{i}"), "password": "guess12345"});
-        request_from(
-            client(i + 1),
-            http,
-            "POST",
-            "/api/auth/login",
-            body.to_string().as_bytes(),
-        )
-        .expect("an answer")
+        post_from(client(i + 1), http, "/api/auth/login", &body)
     });
     let counts = statuses(&many_addresses);
     assert_eq!(
@@ -141,14 +125,7 @@ fn a_burst_of_guesses_gets_one_evaluation() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let body = json!({"username": "minji", "password": password});
-        request_from(
-            phone,
-            http,
-            "POST",
-            "/api/auth/login",
-            body.to_string().as_bytes(),
-        )
-        .expect("an answer")
+        post_from(phone, http, "/api/auth/login", &body)
     });
     let counts = statuses(&burst);
     assert_eq!(
@@ -267,28 +244,14 @@ fn sign_ups_are_limited_per_address() {
     let phone = client(5);
     let burst = all_at_once(100, move |i| {
         let body = json!({"username": format!("user{i}"), "password": PASSWORD, "nickname": "n"});
-        request_from(
-            phone,
-            http,
-            "POST",
-            "/api/auth/signup",
-            body.to_string().as_bytes(),
-        )
-        .expect("an answer")
+        post_from(phone, http, "/api/auth/signup", &body)
     });
     let counts = statuses(&burst);
     assert_eq!(counts.get(&201), Some(&1), "{counts:?}");
     assert_eq!(counts.get(&429), Some(&99), "{counts:?}");
     let next = {
         let body = json!({"username": "late", "password": PASSWORD, "nickname": "n"});
-        request_from(
-            phone,
-            http,
-            "POST",
-            "/api/auth/signup",
-            body.to_string().as_bytes(),
-        )
-        .expect("an answer")
+        post_from(phone, http, "/api/auth/signup", &body)
     };
     assert_eq!(next.status, 429);
     let wait: u64 = next
@@ -301,25 +264,11 @@ fn sign_ups_are_limited_per_address() {
     );
     // Another phone signs up at once.
     let body = json!({"username": "other", "password": PASSWORD, "nickname": "n"});
-    let other = request_from(
-        client(6),
-        http,
-        "POST",
-        "/api/auth/signup",
-        body.to_string().as_bytes(),
-    )
-    .expect("an answer");
+    let other = post_from(client(6), http, "/api/auth/signup", &body);
     assert_eq!(other.status, 201, "{other:?}");
     // A malformed sign-up costs no hash and no wait.
     let body = json!({"username": "x", "password": PASSWORD, "nickname": "n"});
-    let bad = request_from(
-        client(6),
-        http,
-        "POST",
-        "/api/auth/signup",
-        body.to_string().as_bytes(),
-    )
-    .expect("an answer");
+    let bad = post_from(client(6), http, "/api/auth/signup", &body);
     assert_eq!(bad.status, 400);
 }
 
@@ -332,14 +281,7 @@ fn a_busy_box_says_so() {
     let http = daemon.http;
     let answers = all_at_once(40, move |i| {
         let body = json!({"username": format!("nobody{i}"), "password": "guess12345"});
-        request_from(
-            client(i + 1),
-            http,
-            "POST",
-            "/api/auth/login",
-            body.to_string().as_bytes(),
-        )
-        .expect("an answer")
+        post_from(client(i + 1), http, "/api/auth/login", &body)
     });
     let counts = statuses(&answers);
     assert!(counts.get(&503).is_some_and(|n| *n > 0), "{counts:?}");

@@ -119,6 +119,27 @@ fn forbidden(message: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
 }
 
+/// The channel's streamer or an admin may go on (the one rule, `Role::owner_or_admin`);
+/// anyone else gets 403 saying `refusal`, and an unknown channel 404.
+pub(super) async fn owner_or_admin(
+    state: &AppState,
+    claims: &crate::auth::Claims,
+    slug: &str,
+    refusal: &str,
+) -> Result<(), ApiError> {
+    let name = slug.to_string();
+    let owner = state
+        .store
+        .read(move |store| store.channel_owner(&name))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no channel `{slug}`")))?;
+    if claims.role.owner_or_admin(claims.user_id(), owner) {
+        Ok(())
+    } else {
+        Err(forbidden(refusal))
+    }
+}
+
 fn channel_error(error: StoreError) -> ApiError {
     match error {
         StoreError::InvalidSlug(_) | StoreError::InvalidTitle(_) => {
@@ -175,18 +196,13 @@ pub async fn rotate_key(
     Path(slug): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<KeyAnswer>, ApiError> {
-    let name = slug.clone();
-    let owner = state
-        .store
-        .read(move |store| store.channel_owner(&name))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no channel `{slug}`")))?;
-    let allowed = claims.role.owner_or_admin(claims.user_id(), owner);
-    if !allowed {
-        return Err(forbidden(
-            "only the channel's streamer or an admin may rotate its key",
-        ));
-    }
+    owner_or_admin(
+        &state,
+        &claims,
+        &slug,
+        "only the channel's streamer or an admin may rotate its key",
+    )
+    .await?;
     let name = slug.clone();
     let key = state
         .store

@@ -119,19 +119,13 @@ pub async fn recent(
     CurrentUser(claims): CurrentUser,
     Path(slug): Path<String>,
 ) -> Result<Json<Vec<ReceivedDonation>>, ApiError> {
-    let name = slug.clone();
-    let owner = state
-        .store
-        .read(move |store| store.channel_owner(&name))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no channel `{slug}`")))?;
-    if !claims.role.owner_or_admin(claims.user_id(), owner) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only the channel's streamer sees its donations",
-        ));
-    }
+    super::channels::owner_or_admin(
+        &state,
+        &claims,
+        &slug,
+        "only the channel's streamer sees its donations",
+    )
+    .await?;
     let donations = state
         .store
         .read(move |store| store.recent_donations(&slug, RECENT_DONATIONS))
