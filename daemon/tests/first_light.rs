@@ -626,6 +626,21 @@ fn an_unusable_video_configuration_is_refused_in_words() {
     );
     assert!(daemon.logged("publish refused: unusable media"));
     assert!(daemon.logged("choose x264 or a hardware H.264 encoder"));
+    // The streamer's dashboard has the same words.
+    let admin = daemon.add_user_token("boss", "admin");
+    let notices = common::send_json(
+        "GET",
+        &daemon.url("/api/channels/stage/notices"),
+        None,
+        Some(&admin),
+    )
+    .json();
+    assert!(
+        notices["refused"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("H.264")),
+        "{notices}"
+    );
     assert!(!daemon.channel_live("stage"));
     assert_eq!(daemon.get("/hls/stage/ll/index.m3u8").status, 404);
     assert_eq!(daemon.get("/hls/stage/source/index.m3u8").status, 404);

@@ -640,6 +640,9 @@ pub struct Broadcasts {
     target_duration: u64,
     part_target: f64,
     by_slug: Mutex<HashMap<String, Arc<Broadcast>>>,
+    /// Why the box last refused a channel's publish (its media), and when (RFC 3339): the
+    /// dashboard tells the streamer. In memory: it matters for minutes, not across restarts.
+    refusals: Mutex<HashMap<String, (String, String)>>,
 }
 
 impl Broadcasts {
@@ -653,6 +656,7 @@ impl Broadcasts {
             target_duration: target.as_secs_f64().round().max(1.0) as u64,
             part_target: part_target.as_secs_f64(),
             by_slug: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(HashMap::new()),
         }
     }
 
@@ -703,6 +707,24 @@ impl Broadcasts {
         {
             by_slug.remove(&broadcast.slug);
         }
+    }
+
+    /// Remembers why a publish on `slug` was refused (a codec the box cannot serve).
+    pub fn note_refusal(&self, slug: &str, why: &str) {
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        self.refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slug.to_string(), (at, why.to_string()));
+    }
+
+    /// Why and when a publish on `slug` was last refused.
+    pub fn last_refusal(&self, slug: &str) -> Option<(String, String)> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(slug)
+            .cloned()
     }
 
     /// Ends the live publish on `slug`, if there is one.

@@ -222,17 +222,13 @@ pub async fn health(
     CurrentUser(claims): CurrentUser,
     Path(slug): Path<String>,
 ) -> Result<Json<crate::hls::health::Snapshot>, ApiError> {
-    let name = slug.clone();
-    let owner = state
-        .store
-        .read(move |store| store.channel_owner(&name))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no channel `{slug}`")))?;
-    if !claims.role.owner_or_admin(claims.user_id(), owner) {
-        return Err(forbidden(
-            "only the channel's streamer sees its stream's health",
-        ));
-    }
+    owner_or_admin(
+        &state,
+        &claims,
+        &slug,
+        "only the channel's streamer sees its stream's health",
+    )
+    .await?;
     let broadcast = state
         .broadcasts
         .get(&slug)
@@ -243,25 +239,27 @@ pub async fn health(
 
 /// `GET /api/channels/<slug>/notices`: what the streamer should know about their channel
 /// that is not the stream itself: `old_key_seen_at`, when a publisher last tried the key
-/// the channel had before its last rotation (OBS still has it).
+/// the channel had before its last rotation (OBS still has it); `refused {at, reason}`, the
+/// last publish the box refused for its media (a codec it cannot serve), in words.
 pub async fn notices(
     State(state): State<AppState>,
     CurrentUser(claims): CurrentUser,
     Path(slug): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let name = slug.clone();
-    let (owner, seen) = state
+    owner_or_admin(
+        &state,
+        &claims,
+        &slug,
+        "only the channel's streamer sees its notices",
+    )
+    .await?;
+    let refused = state.broadcasts.last_refusal(&slug);
+    let seen = state
         .store
-        .read(move |store| {
-            Ok((
-                store.channel_owner(&name)?,
-                store.previous_key_seen_at(&name)?,
-            ))
-        })
+        .read(move |store| store.previous_key_seen_at(&slug))
         .await?;
-    let owner = owner.ok_or_else(|| ApiError::not_found(format!("no channel `{slug}`")))?;
-    if !claims.role.owner_or_admin(claims.user_id(), owner) {
-        return Err(forbidden("only the channel's streamer sees its notices"));
-    }
-    Ok(Json(serde_json::json!({ "old_key_seen_at": seen })))
+    Ok(Json(serde_json::json!({
+        "old_key_seen_at": seen,
+        "refused": refused.map(|(at, reason)| serde_json::json!({ "at": at, "reason": reason })),
+    })))
 }

@@ -217,6 +217,8 @@ struct Publishing {
     dropped: u64,
     /// Ends the stream-key watch when the publish ends.
     _key_watch: tokio_util::sync::DropGuard,
+    /// Ingest refused the stream's codecs (FLV tags the box does not take).
+    media_refused: bool,
 }
 
 struct Connection {
@@ -243,7 +245,14 @@ impl Connection {
         };
         // A publish the box ends (a codec it cannot serve, a rotated key) is told why in an
         // onStatus error before the connection closes, so OBS has words to show.
-        if let (Err(IngestError::Refused(why)), Some(_)) = (&result, &self.publishing) {
+        if let (Err(IngestError::Refused(why)), Some(publishing)) = (&result, &self.publishing) {
+            // What the media made impossible is the streamer's to fix: the dashboard says it
+            // too. (A rotated key is not: the dashboard knows that already.)
+            if publishing.broadcast.refusal().is_some() || publishing.media_refused {
+                self.ingest
+                    .broadcasts
+                    .note_refusal(&publishing.broadcast.slug, why);
+            }
             if let Ok(status) = publish_error(why) {
                 self.say_and_hang_up(&status).await;
             }
@@ -556,6 +565,7 @@ impl Connection {
         let key_watch = watch_key(&self.ingest, broadcast.clone(), key, channel.slug.clone());
         self.publishing = Some(Publishing {
             _key_watch: key_watch,
+            media_refused: false,
             broadcast,
             media,
             pipeline,
@@ -638,8 +648,11 @@ impl Connection {
         Ok(())
     }
 
-    fn refuse_media(&self, error: flv::FlvError) -> IngestError {
+    fn refuse_media(&mut self, error: flv::FlvError) -> IngestError {
         tracing::error!(%error, "stream refused");
+        if let Some(publishing) = self.publishing.as_mut() {
+            publishing.media_refused = true;
+        }
         IngestError::Refused(error.to_string())
     }
 

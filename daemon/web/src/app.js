@@ -21,6 +21,7 @@ const TEXT = {
     copy: "복사", copied: "복사됨", obs: "OBS 설정", server: "서버", streamKey: "스트림 키",
     keyframes: "키프레임 간격", bitrate: "비트레이트",
     oldKey: (at) => `OBS가 아직 예전 스트림 키를 쓰고 있어요 (${at}): 새 키를 OBS에 붙여 넣으세요.`,
+    refused: (at, why) => `${at}에 방송을 받을 수 없었어요: ${why}`,
     health: "방송 상태", keyframeLong: (s) => `키프레임이 ${s}초마다 와요: 시청자가 늦게 시작하고 뒤처져요. `,
     bFrames: "B-프레임이 지연을 더해요: OBS 고급 출력 모드에서 B-프레임을 0으로 (x264 옵션: bframes=0).",
     bitrateHigh: (k) => `${k} Kbps는 공연장 와이파이에 너무 커요: 4500 Kbps로 맞추세요.`,
@@ -46,6 +47,7 @@ const TEXT = {
     copy: "Copy", copied: "Copied", obs: "OBS settings", server: "Server", streamKey: "Stream key",
     keyframes: "Keyframe interval", bitrate: "Bitrate",
     oldKey: (at) => `OBS is still using the old stream key (${at}): paste the new one into OBS.`,
+    refused: (at, why) => `The box could not take the stream at ${at}: ${why}`,
     health: "Stream health", keyframeLong: (s) => `Keyframes every ${s} s: viewers start late and sit behind. `,
     bFrames: "B-frames add delay: in OBS Advanced mode set B-frames to 0 (x264 options: bframes=0).",
     bitrateHigh: (k) => `${k} Kbps is too much for the venue Wi-Fi: set 4500 Kbps.`,
@@ -523,10 +525,11 @@ async function dashboard() {
   const noticeOf = (c) => {
     const box = h("div", { id: `notice-${c.slug}` });
     api("GET", `/api/channels/${encodeURIComponent(c.slug)}/notices`).then((n) => {
-      const at = n.old_key_seen_at && new Date(n.old_key_seen_at);
-      if (at && Date.now() - at.getTime() < 10 * 60 * 1000) {
-        box.replaceChildren(h("p", { class: "warning", "data-code": "old_key" }, t("oldKey")(at.toLocaleTimeString(lang))));
-      }
+      const recent = (when) => when && Date.now() - new Date(when).getTime() < 10 * 60 * 1000;
+      const time = (when) => new Date(when).toLocaleTimeString(lang);
+      box.replaceChildren(
+        ...(recent(n.old_key_seen_at) ? [h("p", { class: "warning", "data-code": "old_key" }, t("oldKey")(time(n.old_key_seen_at)))] : []),
+        ...(recent(n.refused?.at) ? [h("p", { class: "warning", "data-code": "refused" }, t("refused")(time(n.refused.at), n.refused.reason))] : []));
     }).catch(() => {});
     return box;
   };
