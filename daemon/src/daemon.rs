@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::store::{Store, StoreHandle};
-use crate::{auth, chat, hls, http, ingest, obs, payments, system, throttle};
+use crate::{auth, chat, hls, http, ingest, obs, payments, store, system, throttle};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -45,9 +45,11 @@ pub async fn run(
     // libav prints to stderr by itself; keep it to what an operator should see.
     ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
     let rtmp_port = listeners.rtmp.local_addr()?.port();
-    let (store, store_thread) = StoreHandle::spawn(store)?;
     let health = system::Health::new();
-    health.watch(store.activity());
+    let store_activity = system::Activity::new("store");
+    health.watch(&store_activity);
+    let (store, store_thread) =
+        StoreHandle::spawn_watched(store, Arc::new(WatchedStore(store_activity)))?;
     let broadcasts = Arc::new(hls::Broadcasts::new(
         config.hls.window_segments,
         config.hls.target(),
@@ -192,6 +194,19 @@ pub async fn run(
     drop(notifier);
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// The store thread's progress, as the watchdog sees it.
+struct WatchedStore(Arc<system::Activity>);
+
+impl store::Progress for WatchedStore {
+    fn begin(&self) {
+        self.0.mark_busy();
+    }
+
+    fn end(&self) {
+        self.0.mark_idle();
+    }
 }
 
 /// Deletes refresh tokens nobody can present any more, at startup and then hourly.

@@ -13,8 +13,8 @@
 //!
 //! | layer | modules | role |
 //! |---|---|---|
-//! | 0 | `text`, `throttle`, `system`, `config` | foundations: what names and messages may hold, the failure throttle, systemd and the progress watch every long-running thread reports to, settings |
-//! | 1 | `store`, `obs` | SQLite behind one writer thread (accounts, channels, ledger, outbox, orders); what OBS is told to connect to |
+//! | 0 | `text`, `throttle`, `config` | foundations: what names and messages may hold, the failure throttle, settings |
+//! | 1 | `store`, `obs`, `system` | SQLite behind one writer thread (accounts, channels, ledger, outbox, orders; it is handed a `store::Progress` rather than knowing the watchdog); what OBS is told to connect to; systemd and the progress watch every long-running thread reports to |
 //! | 2 | `auth`, `hls` | tokens and passwords; segments, renditions and playlists in memory |
 //! | 3 | `chat`, `payments`, `media` | chat rooms; Kakao Pay verification; the libav pipeline |
 //! | 4 | `ingest`, `donations` | RTMP connections, stream keys, FLV tags into the pipeline; the rules of a donation |

@@ -238,12 +238,34 @@ impl Drop for Checkpointer {
     }
 }
 
+/// Told when each piece of the store thread's work begins and ends. The store knows no
+/// watchdog: the daemon hands it one through this.
+pub trait Progress: Send + Sync {
+    fn begin(&self);
+    fn end(&self);
+}
+
+struct Unwatched;
+
+impl Progress for Unwatched {
+    fn begin(&self) {}
+    fn end(&self) {}
+}
+
+/// Ends a piece of work when dropped (also when the work panics).
+struct Ended<'a>(&'a dyn Progress);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
 /// A cheap, cloneable way to run work on the store thread from async code.
 #[derive(Clone)]
 pub struct StoreHandle {
     jobs: mpsc::Sender<Job>,
-    /// The store thread's current job, for the watchdog.
-    activity: Arc<crate::system::Activity>,
+
     /// Bumped after every group commit that wrote something: the outbox relay's wake-up.
     commits: tokio::sync::watch::Receiver<u64>,
 }
@@ -252,9 +274,17 @@ impl StoreHandle {
     /// Moves `store` onto its own thread. The thread ends when every handle is dropped,
     /// closing the connection (which checkpoints the WAL).
     pub fn spawn(store: Store) -> std::io::Result<(StoreHandle, std::thread::JoinHandle<()>)> {
+        StoreHandle::spawn_watched(store, Arc::new(Unwatched))
+    }
+
+    /// [`StoreHandle::spawn`], telling `progress` when each piece of work begins and ends
+    /// (the daemon's watchdog notices a store thread stuck in one).
+    pub fn spawn_watched(
+        store: Store,
+        progress: Arc<dyn Progress>,
+    ) -> std::io::Result<(StoreHandle, std::thread::JoinHandle<()>)> {
         let (jobs, mut inbox) = mpsc::channel::<Job>(STORE_QUEUE);
-        let activity = crate::system::Activity::new("store");
-        let busy = activity.clone();
+
         let path = store
             .conn()
             .path()
@@ -270,7 +300,8 @@ impl StoreHandle {
                 let mut store = store;
                 let mut pending = std::collections::VecDeque::new();
                 while let Some(job) = pending.pop_front().or_else(|| inbox.blocking_recv()) {
-                    let _busy = busy.begin();
+                    progress.begin();
+                    let _idle = Ended(&*progress);
                     match job {
                         Job::Read(work) => work(&reader),
                         Job::Grouped(first) => {
@@ -289,25 +320,13 @@ impl StoreHandle {
                 drop(store);
                 tracing::debug!("store closed");
             })?;
-        Ok((
-            StoreHandle {
-                jobs,
-                activity,
-                commits,
-            },
-            thread,
-        ))
+        Ok((StoreHandle { jobs, commits }, thread))
     }
 
     /// Changes after each group commit: wait on it to learn that new rows may be there
     /// (the outbox relay does).
     pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
         self.commits.clone()
-    }
-
-    /// What the store thread is doing, for [`crate::system::Health`] to watch.
-    pub fn activity(&self) -> &Arc<crate::system::Activity> {
-        &self.activity
     }
 
     /// Runs `work`, a read, on the store thread and returns its result. It gets a
