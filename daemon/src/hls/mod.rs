@@ -44,7 +44,7 @@ pub enum Packaging {
 }
 
 #[derive(Debug, Default)]
-struct RenditionState {
+struct PackagedState {
     info: StreamInfo,
     /// Oldest first; the playlist shows the last `window` of them.
     segments: VecDeque<Arc<Segment>>,
@@ -74,9 +74,9 @@ pub struct Packaged {
     window: usize,
     /// The broadcast's id: file names start with it.
     broadcast_id: String,
-    state: Mutex<RenditionState>,
+    state: Mutex<PackagedState>,
     /// Bumped on every new part, segment or end. Held playlist and part requests wait on
-    /// it: one notification per rendition wakes them all, no thread per request.
+    /// it: one notification per packaging wakes them all, no thread per request.
     changes: watch::Sender<u64>,
 }
 
@@ -88,19 +88,19 @@ impl Packaged {
         target_duration: u64,
         broadcast_id: String,
     ) -> Packaged {
-        let rendition = Packaged {
+        let packaged = Packaged {
             path,
             packaging,
             window,
             broadcast_id,
-            state: Mutex::new(RenditionState {
+            state: Mutex::new(PackagedState {
                 target_duration,
-                ..RenditionState::default()
+                ..PackagedState::default()
             }),
             changes: watch::Sender::new(0),
         };
-        rendition.render(&mut rendition.lock());
-        rendition
+        packaged.render(&mut packaged.lock());
+        packaged
     }
 
     fn extension(&self) -> &'static str {
@@ -141,18 +141,18 @@ impl Packaged {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, RenditionState> {
+    fn lock(&self) -> MutexGuard<'_, PackagedState> {
         // A panic elsewhere while holding this lock leaves plain data behind; keep serving.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Renders the playlists and wakes every held request.
-    fn changed(&self, state: &mut RenditionState) {
+    fn changed(&self, state: &mut PackagedState) {
         self.render(state);
         self.changes.send_modify(|n| *n += 1);
     }
 
-    fn render(&self, state: &mut RenditionState) {
+    fn render(&self, state: &mut PackagedState) {
         let skip = state.segments.len().saturating_sub(self.window);
         let listed: Vec<_> = state.segments.iter().skip(skip).cloned().collect();
         match self.packaging {
@@ -218,7 +218,7 @@ impl Packaged {
         self.changed(&mut state);
     }
 
-    fn push_locked(&self, state: &mut RenditionState, segment: Segment) {
+    fn push_locked(&self, state: &mut PackagedState, segment: Segment) {
         let rounded = segment.duration.as_secs_f64().round() as u64;
         state.target_duration = state.target_duration.max(rounded);
         state.peak_bitrate = state.peak_bitrate.max(segment.bitrate());
@@ -236,7 +236,7 @@ impl Packaged {
         index
     }
 
-    fn add_part(state: &mut RenditionState, start: SegmentStart, part: Part) -> usize {
+    fn add_part(state: &mut PackagedState, start: SegmentStart, part: Part) -> usize {
         match &mut state.open {
             Some(open) if open.start.sequence == start.sequence => {
                 open.parts.push(part);
@@ -250,11 +250,6 @@ impl Packaged {
                 0
             }
         }
-    }
-
-    /// LL-HLS: the open segment is complete and lasted `duration`.
-    pub fn close_open(&self, duration: std::time::Duration) {
-        self.close_open_with(None, duration);
     }
 
     /// LL-HLS: publishes the open segment's last part and closes the segment in one
@@ -318,16 +313,6 @@ impl Packaged {
         }
         let segment = state.segments.iter().find(|s| s.sequence == sequence)?;
         segment.parts.get(index).map(|p| p.data.clone())
-    }
-
-    /// The newest segment, closed or being built.
-    pub fn newest_sequence(&self) -> Option<u64> {
-        let state = self.lock();
-        state
-            .open
-            .as_ref()
-            .map(|o| o.start.sequence)
-            .or(state.segments.back().map(|s| s.sequence))
     }
 
     /// The newest part: (segment sequence, part index).
@@ -400,7 +385,7 @@ impl Packaged {
     }
 }
 
-fn newest_part(state: &RenditionState) -> Option<(u64, usize)> {
+fn newest_part(state: &PackagedState) -> Option<(u64, usize)> {
     if let Some(open) = state.open.as_ref().filter(|o| !o.parts.is_empty()) {
         return Some((open.start.sequence, open.parts.len() - 1));
     }
@@ -420,6 +405,37 @@ pub struct Variant {
 }
 
 impl Variant {
+    /// A variant of broadcast `id` named `name`. Its packagings live at
+    /// `/hls/<slug>/<name>/` (LL-HLS) and `/hls/<slug>/<name>-ts/` (MPEG-TS); `source`
+    /// keeps the paths it has always had, `ll/` and `source/`, so links keep working.
+    fn new(name: &str, id: &str, window: usize, target_duration: u64, part_target: f64) -> Variant {
+        let (ll_path, classic_path) = if name == SOURCE {
+            ("ll".to_string(), "source".to_string())
+        } else {
+            (name.to_string(), format!("{name}-ts"))
+        };
+        // LL-HLS delta updates skip what is older than six target durations; the LL
+        // playlist is kept a little longer than that, so they have something to skip.
+        let ll_window = window.max(8);
+        Variant {
+            name: name.to_string(),
+            ll: Arc::new(Packaged::new(
+                ll_path,
+                Packaging::LowLatency { part_target },
+                ll_window,
+                target_duration,
+                id.to_string(),
+            )),
+            classic: Arc::new(Packaged::new(
+                classic_path,
+                Packaging::Classic,
+                window,
+                target_duration,
+                id.to_string(),
+            )),
+        }
+    }
+
     pub fn packagings(&self) -> [&Arc<Packaged>; 2] {
         [&self.ll, &self.classic]
     }
@@ -466,6 +482,8 @@ pub struct Broadcast {
     pub slug: String,
     /// Random per publish; part of every media file name.
     pub id: String,
+    /// The streamer's own stream, remuxed: always there, and first of `variants`.
+    source: Arc<Variant>,
     /// The quality levels, `source` first. Variants are added, never removed, during a
     /// broadcast.
     variants: Mutex<Vec<Arc<Variant>>>,
@@ -521,52 +539,23 @@ impl Broadcast {
 
     /// The streamer's own stream, remuxed.
     pub fn source(&self) -> Arc<Variant> {
-        self.variant(SOURCE)
-            .unwrap_or_else(|| self.add_variant(SOURCE))
+        self.source.clone()
     }
 
-    pub fn variant(&self, name: &str) -> Option<Arc<Variant>> {
-        self.variants_lock()
-            .iter()
-            .find(|v| v.name == name)
-            .cloned()
-    }
-
-    /// Adds a quality level (or returns the one of that name). Its packagings live at
-    /// `/hls/<slug>/<name>/` (LL-HLS) and `/hls/<slug>/<name>-ts/` (MPEG-TS); `source`
-    /// keeps the paths it has always had, `ll/` and `source/`, so links keep working.
+    /// Adds a quality level (or returns the one of that name); see [`Variant::new`] for
+    /// where it is served.
     pub fn add_variant(&self, name: &str) -> Arc<Variant> {
         let mut variants = self.variants_lock();
         if let Some(existing) = variants.iter().find(|v| v.name == name) {
             return existing.clone();
         }
-        let (ll_path, classic_path) = if name == SOURCE {
-            ("ll".to_string(), "source".to_string())
-        } else {
-            (name.to_string(), format!("{name}-ts"))
-        };
-        // LL-HLS delta updates skip what is older than six target durations; the LL
-        // playlist is kept a little longer than that, so they have something to skip.
-        let ll_window = self.window.max(8);
-        let variant = Arc::new(Variant {
-            name: name.to_string(),
-            ll: Arc::new(Packaged::new(
-                ll_path,
-                Packaging::LowLatency {
-                    part_target: self.part_target,
-                },
-                ll_window,
-                self.target_duration,
-                self.id.clone(),
-            )),
-            classic: Arc::new(Packaged::new(
-                classic_path,
-                Packaging::Classic,
-                self.window,
-                self.target_duration,
-                self.id.clone(),
-            )),
-        });
+        let variant = Arc::new(Variant::new(
+            name,
+            &self.id,
+            self.window,
+            self.target_duration,
+            self.part_target,
+        ));
         variants.push(variant.clone());
         variant
     }
@@ -582,13 +571,12 @@ impl Broadcast {
 
     /// Publishing, with at least one segment a player can fetch.
     pub fn is_live(&self) -> bool {
-        let source = self.source();
-        !source.classic.is_ended() && source.has_segments()
+        !self.source.classic.is_ended() && self.source.has_segments()
     }
 
     /// Whether the publish has ended (its media may still linger).
     pub fn is_ended(&self) -> bool {
-        self.source().classic.is_ended()
+        self.source.classic.is_ended()
     }
 
     /// A master playlist offering every variant's `pick`ed packaging that has a segment to
@@ -673,10 +661,19 @@ impl Broadcasts {
                 return Err(AlreadyLive(slug.to_string()));
             }
         }
+        let id = format!("{:08x}", rand::rng().random::<u32>());
+        let source = Arc::new(Variant::new(
+            SOURCE,
+            &id,
+            self.window,
+            self.target_duration,
+            self.part_target,
+        ));
         let broadcast = Arc::new(Broadcast {
             slug: slug.to_string(),
-            id: format!("{:08x}", rand::rng().random::<u32>()),
-            variants: Mutex::new(Vec::new()),
+            id,
+            variants: Mutex::new(vec![source.clone()]),
+            source,
             window: self.window,
             target_duration: self.target_duration,
             part_target: self.part_target,
@@ -684,7 +681,6 @@ impl Broadcasts {
             refusal: Mutex::new(None),
             health: Mutex::new(health::Meter::default()),
         });
-        broadcast.add_variant(SOURCE);
         by_slug.insert(slug.to_string(), broadcast.clone());
         Ok(broadcast)
     }
@@ -842,7 +838,7 @@ mod tests {
         assert!(b.source().ll.has(0, Some(2)) && !b.source().ll.has(0, Some(3)));
         assert!(!b.source().ll.has(0, None), "segment 0 is not complete yet");
         assert_eq!(b.source().ll.next_part(), Some((0, 3)));
-        b.source().ll.close_open(Duration::from_secs(1));
+        b.source().ll.close_open_with(None, Duration::from_secs(1));
         // Segment 0 ended with three parts: part 3 of it never comes; part 0 of segment 1
         // is "a later one".
         assert!(b.source().ll.has(0, None));

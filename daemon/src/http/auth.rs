@@ -78,11 +78,16 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
+/// A new account's password, as the API refuses one.
+fn check_password(password: &str) -> Result<(), ApiError> {
+    auth::validate_password(password)
+        .map_err(|reason| ApiError::bad_request(format!("invalid password: {reason}")))
+}
+
 /// Checks a new account's password and hashes it (argon2id, slow and memory-hungry by
 /// design: on the bounded hashing threads, never on the runtime or the store thread).
 pub async fn password_hash(state: &AppState, password: String) -> Result<String, ApiError> {
-    auth::validate_password(&password)
-        .map_err(|reason| ApiError::bad_request(format!("invalid password: {reason}")))?;
+    check_password(&password)?;
     state
         .passwords
         .hash(password)
@@ -106,8 +111,7 @@ pub async fn signup(
     // What costs nothing is checked before what costs a hash.
     let username = normalize_username(&request.username).map_err(invalid)?;
     validate_nickname(&request.nickname).map_err(invalid)?;
-    auth::validate_password(&request.password)
-        .map_err(|reason| ApiError::bad_request(format!("invalid password: {reason}")))?;
+    check_password(&request.password)?;
     // A taken name is answered from a read; the insert below still decides a race.
     let name = username.clone();
     if state

@@ -114,38 +114,37 @@ pub async fn media_file(
     let packaged = broadcast
         .packaged(&path)
         .ok_or_else(|| ApiError::not_found(format!("no `{path}` in this broadcast")))?;
-    let rendition = &*packaged;
     if file == "index.m3u8" {
         // No playlist for a stream that has not produced a segment (a publish whose
         // configuration cannot be muxed never will): players are told it is starting.
-        if rendition.segment_count() == 0 {
+        if packaged.segment_count() == 0 {
             return Err(starting(&slug));
         }
-        return media_playlist(rendition, &query, accepts_gzip(&headers)).await;
+        return media_playlist(&packaged, &query, accepts_gzip(&headers)).await;
     }
-    if file == rendition.init_name() {
-        let init = rendition
+    if file == packaged.init_name() {
+        let init = packaged
             .init()
             .ok_or_else(|| ApiError::not_found("no initialization segment yet"))?;
         return Ok(media_response(FMP4_TYPE, init.len(), Body::from(init)));
     }
     let gone = || ApiError::not_found("no such segment or part (it may have expired)");
-    let (sequence, part) = rendition.parse_media_name(&file).ok_or_else(gone)?;
-    let content_type = match rendition.packaging {
+    let (sequence, part) = packaged.parse_media_name(&file).ok_or_else(gone)?;
+    let content_type = match packaged.packaging {
         Packaging::Classic => TS_TYPE,
         Packaging::LowLatency { .. } => FMP4_TYPE,
     };
     if let Some(index) = part {
         // The part named by EXT-X-PRELOAD-HINT is requested before it exists: hold the
         // request until it does. Anything further ahead is not coming soon: 404.
-        let hinted = rendition.next_part() == Some((sequence, index));
+        let hinted = packaged.next_part() == Some((sequence, index));
         if hinted {
-            wait_for(rendition, sequence, Some(index)).await?;
+            wait_for(&packaged, sequence, Some(index)).await?;
         }
-        let data = rendition.part(sequence, index).ok_or_else(gone)?;
+        let data = packaged.part(sequence, index).ok_or_else(gone)?;
         return Ok(media_response(content_type, data.len(), Body::from(data)));
     }
-    let segment = rendition.segment(sequence).ok_or_else(gone)?;
+    let segment = packaged.segment(sequence).ok_or_else(gone)?;
     // The parts are sent as they are held: no copy of the media per request.
     let length = segment.len();
     let parts: Vec<_> = segment
@@ -163,12 +162,12 @@ pub async fn media_file(
 /// A media playlist; for LL-HLS with blocking reload (`_HLS_msn`, `_HLS_part`) and delta
 /// updates (`_HLS_skip`), per RFC 8216bis §6.2.5.
 async fn media_playlist(
-    rendition: &Packaged,
+    packaged: &Packaged,
     query: &HashMap<String, String>,
     gzip: bool,
 ) -> Result<Response, ApiError> {
-    let Packaging::LowLatency { part_target } = rendition.packaging else {
-        return Ok(playlist_response(rendition.media_playlist(), gzip));
+    let Packaging::LowLatency { part_target } = packaged.packaging else {
+        return Ok(playlist_response(packaged.media_playlist(), gzip));
     };
     let number = |key: &str| -> Result<Option<u64>, ApiError> {
         query
@@ -194,7 +193,7 @@ async fn media_playlist(
         (None, Some(_)) => return Err(ApiError::bad_request("_HLS_part needs _HLS_msn")),
         (Some(msn), part) => {
             let part = part.map(|p| usize::try_from(p).unwrap_or(usize::MAX));
-            if let Some(newest) = rendition.last_complete_sequence() {
+            if let Some(newest) = packaged.last_complete_sequence() {
                 // RFC 8216bis: more than two segments, or more parts than the Advance Part
                 // Limit, past the end of the playlist is a request that cannot be met soon.
                 let advance_part_limit = if part_target < 1.0 {
@@ -204,44 +203,40 @@ async fn media_playlist(
                 };
                 // "The last Media Segment" is the last complete one; parts count from the
                 // last Partial Segment, wherever it is.
-                let part_too_far = match (rendition.newest_part(), part) {
+                let part_too_far = match (packaged.newest_part(), part) {
                     (Some((sequence, index)), Some(p)) => {
                         msn == sequence && p > index + advance_part_limit
                     }
                     _ => false,
                 };
                 let too_far = msn > newest + 2 || part_too_far;
-                if too_far && !rendition.is_ended() {
+                if too_far && !packaged.is_ended() {
                     return Err(ApiError::bad_request(format!(
                         "_HLS_msn={msn} is too far ahead of the live edge (segment {newest})"
                     )));
                 }
             }
-            wait_for(rendition, msn, part).await?;
+            wait_for(packaged, msn, part).await?;
         }
         (None, None) => {}
     }
     // A delta update of an ended playlist is not one (RFC 8216bis: ignore _HLS_skip then).
     let playlist = match skip {
-        Some(_) if rendition.is_ended() => rendition.media_playlist(),
-        Some("v2") => rendition.delta_v2_playlist(),
-        Some(_) => rendition.delta_playlist(),
-        None => rendition.media_playlist(),
+        Some(_) if packaged.is_ended() => packaged.media_playlist(),
+        Some("v2") => packaged.delta_v2_playlist(),
+        Some(_) => packaged.delta_playlist(),
+        None => packaged.media_playlist(),
     };
     Ok(playlist_response(playlist, gzip))
 }
 
 /// Holds a request until segment `sequence` (or its part) exists or the stream ends; gives
 /// up with 503 after three target durations.
-async fn wait_for(
-    rendition: &Packaged,
-    sequence: u64,
-    part: Option<usize>,
-) -> Result<(), ApiError> {
-    let limit = Duration::from_secs(3 * rendition.target_duration().max(1));
+async fn wait_for(packaged: &Packaged, sequence: u64, part: Option<usize>) -> Result<(), ApiError> {
+    let limit = Duration::from_secs(3 * packaged.target_duration().max(1));
     let deadline = tokio::time::Instant::now() + limit;
-    let mut changes = rendition.subscribe();
-    while !rendition.has(sequence, part) && !rendition.is_ended() {
+    let mut changes = packaged.subscribe();
+    while !packaged.has(sequence, part) && !packaged.is_ended() {
         match tokio::time::timeout_at(deadline, changes.changed()).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => break, // the broadcast is gone

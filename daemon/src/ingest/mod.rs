@@ -217,8 +217,6 @@ struct Publishing {
     dropped: u64,
     /// Ends the stream-key watch when the publish ends.
     _key_watch: tokio_util::sync::DropGuard,
-    /// Ingest refused the stream's codecs (FLV tags the box does not take).
-    media_refused: bool,
 }
 
 struct Connection {
@@ -248,7 +246,7 @@ impl Connection {
         if let (Err(IngestError::Refused(why)), Some(publishing)) = (&result, &self.publishing) {
             // What the media made impossible is the streamer's to fix: the dashboard says it
             // too. (A rotated key is not: the dashboard knows that already.)
-            if publishing.broadcast.refusal().is_some() || publishing.media_refused {
+            if publishing.broadcast.refusal().is_some() {
                 self.ingest
                     .broadcasts
                     .note_refusal(&publishing.broadcast.slug, why);
@@ -565,7 +563,6 @@ impl Connection {
         let key_watch = watch_key(&self.ingest, broadcast.clone(), key, channel.slug.clone());
         self.publishing = Some(Publishing {
             _key_watch: key_watch,
-            media_refused: false,
             broadcast,
             media,
             pipeline,
@@ -648,10 +645,12 @@ impl Connection {
         Ok(())
     }
 
-    fn refuse_media(&mut self, error: flv::FlvError) -> IngestError {
+    /// Codecs the box does not take: the broadcast records why, as the pipeline does for a
+    /// configuration it cannot mux, so both reach OBS and the dashboard the same way.
+    fn refuse_media(&self, error: flv::FlvError) -> IngestError {
         tracing::error!(%error, "stream refused");
-        if let Some(publishing) = self.publishing.as_mut() {
-            publishing.media_refused = true;
+        if let Some(publishing) = &self.publishing {
+            publishing.broadcast.refuse(error.to_string());
         }
         IngestError::Refused(error.to_string())
     }

@@ -1,10 +1,10 @@
 //! The media pipeline: one thread per broadcast turns ingested packets into segments.
 //!
 //! Ingest sends [`MediaEvent`]s over a bounded queue; this thread muxes them with libav
-//! ([`mux::TsMuxer`]), asks the [`Segmenter`] where to cut, and publishes each closed
-//! segment to the broadcast's rendition. libav calls block, so they run here and never on
-//! the async runtime. When the queue closes (the publisher left), the open segment is
-//! closed and the playlist ended.
+//! (MPEG-TS and fMP4), asks the [`Segmenter`] where to cut, and publishes each part and
+//! closed segment to the broadcast's `source` [`Variant`]. libav calls block, so they run
+//! here and never on the async runtime. When the queue closes (the publisher left), the
+//! open segment is closed and the playlists ended.
 
 pub mod codec;
 pub mod mux;
