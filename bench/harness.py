@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-BIN = ROOT / "target" / "release" / "commeowd"
+BIN = Path(os.environ.get("COMMEOWD_BIN", ROOT / "target" / "release" / "commeowd"))
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -49,6 +49,7 @@ def main():
         [sys.executable, "-m", "http.server", str(page_port), "--bind", "127.0.0.1", "--directory", str(LATENCY)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_listening(page_port)
+    pushed_at = time.monotonic()
     pusher = subprocess.Popen([sys.executable, str(LATENCY / "clock_pusher.py"), str(args.seconds + 30),
                                commeowd.rtmp_url(), nginx.rtmp_url("bench")],
                               env={**os.environ, "GOP_FRAMES": str(args.gop_frames)})
@@ -57,8 +58,12 @@ def main():
             "commeowd LL-HLS": commeowd.url("/hls/bench/master.m3u8"),
             "nginx-rtmp HLS": f"http://127.0.0.1:{nginx.http_port}/hls/bench.m3u8",
         }
-        for url in players.values():
+        # How long after the push starts each server offers a playlist: no player, ours or
+        # a TV, can start before that.
+        up_after = {}
+        for name, url in players.items():
             wait_for_url(url)
+            up_after[name] = time.monotonic() - pushed_at
         print(f"both streams are up; {len(players)} players watch for {args.seconds} s...", file=sys.stderr)
         run = subprocess.run(
             ["node", str(LATENCY / "run.mjs"), f"http://127.0.0.1:{page_port}", str(args.seconds)]
@@ -77,8 +82,8 @@ def main():
     lines = [
         f"# Glass to glass: commeowd LL-HLS vs nginx-rtmp HLS ({args.seconds} s, GOP {args.gop_frames} frames = {args.gop_frames / 30:.2f} s, hls.js {hls_version()} in headless Chromium, loopback)",
         "",
-        "| player | latency p50 s | latency p95 s | time to first frame s | stalls | frames read | unreadable | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| player | latency p50 s | latency p95 s | playlist up after push start s | time to first frame s | stalls | frames read | unreadable | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     summary = {}
     for name, r in raw.items():
@@ -87,14 +92,17 @@ def main():
         summary[name] = {
             "p50_s": statistics.median(latencies) if latencies else float("nan"),
             "p95_s": percentile(latencies, 95), "first_frame_s": first, "stalls": r["stalls"],
+            "playlist_up_s": up_after.get(name, float("nan")),
             "frames": len(latencies), "unreadable": r["unreadable"], "errors": r["errors"],
         }
         s = summary[name]
-        lines.append(f"| {name} | {s['p50_s']:.2f} | {s['p95_s']:.2f} | {s['first_frame_s']:.2f} | {s['stalls']} | "
+        lines.append(f"| {name} | {s['p50_s']:.2f} | {s['p95_s']:.2f} | {s['playlist_up_s']:.2f} | {s['first_frame_s']:.2f} | {s['stalls']} | "
                      f"{s['frames']} | {s['unreadable']} | {'; '.join(s['errors']) or '-'} |")
     lines += ["", "Latency = wall clock when Chromium presented a frame minus the wall clock painted into it",
               "before encoding: encode, RTMP, server, HTTP, player buffer, decode and display.",
-              "Time to first frame counts from page load. Screenshots: bench/out/latency-*.png."]
+              "Playlist up: from the push's start until the server answered 200 for the playlist (the",
+              "players open after both are up). Time to first frame counts from page load.",
+              "Screenshots: bench/out/latency-*.png."]
     name = "latency" if args.gop_frames == 60 else f"latency-gop{args.gop_frames}"
     write_report(name, "\n".join(lines) + "\n", summary)
 

@@ -340,7 +340,7 @@ impl Default for HlsConfig {
             target_duration: 2.0,
             part_target: 0.334,
             window_segments: 5,
-            linger_seconds: 10,
+            linger_seconds: 30,
         }
     }
 }

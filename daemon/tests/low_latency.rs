@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// 1 s segments so delta updates (CAN-SKIP-UNTIL = 6 target durations) have something to
 /// skip within a short test; the shipped part target.
-const CONFIG: &str = "[hls]\ntarget_duration = 1.0\npart_target = 0.334\nlinger_seconds = 30\n";
+const CONFIG: &str = "[hls]\ntarget_duration = 1.0\npart_target = 0.334\nlinger_seconds = 2\n";
 
 fn wait_for_ll(daemon: &Daemon, slug: &str, segments: usize) -> LlPlaylist {
     poll_until(
@@ -271,27 +271,18 @@ fn delta_updates_skip_old_segments() {
     );
 }
 
+/// OBS's Simple mode: keyframes every 8.33 s and at scene cuts. TARGETDURATION stays the
+/// configured 2 s for the whole stream (RFC 8216: it must not change), every segment
+/// rounds to at most that, parts come on time, and each keyframe, the scene cut's too,
+/// starts an INDEPENDENT part.
 #[test]
-fn a_long_keyframe_interval_still_gives_parts_on_time_and_the_end_is_clean() {
+fn obs_default_keyframes_keep_the_target_duration_and_parts_on_time() {
     let daemon =
-        Daemon::start("[hls]\ntarget_duration = 2.0\npart_target = 0.334\nlinger_seconds = 30\n");
+        Daemon::start("[hls]\ntarget_duration = 2.0\npart_target = 0.334\nlinger_seconds = 2\n");
     let key = daemon.add_channel("stage");
-    // A keyframe every 4 s, like OBS's "auto" at some settings.
-    let x264 = [
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-g",
-        "120",
-        "-keyint_min",
-        "120",
-        "-sc_threshold",
-        "0",
-    ];
-    let push = Push::start_with(&daemon.rtmp_url(&key), 10, "160x120", &x264, true);
+    let push = Push::like_obs_simple_mode(&daemon.rtmp_url(&key), 16, "160x120", 5);
     let first = wait_for_ll(&daemon, "stage", 1);
-    // Parts keep coming about three a second even though keyframes come every 4 s.
+    // Parts keep coming about three a second though keyframes are 8 s apart.
     let count = |p: &LlPlaylist| p.all_parts().count() + p.skipped * 100;
     let before = count(&first);
     let started = Instant::now();
@@ -303,35 +294,50 @@ fn a_long_keyframe_interval_still_gives_parts_on_time_and_the_end_is_clean() {
         "4 parts took {:?}",
         started.elapsed()
     );
-    let p = daemon.ll_playlist("stage", "").expect("playlist");
-    assert_eq!(
-        p.target_duration, 4.0,
-        "TARGETDURATION follows the 4 s segments"
-    );
-    for (sequence, duration, _, parts) in &p.segments {
-        assert!(
-            (duration - 4.0).abs() < 0.1,
-            "segment {sequence} lasts {duration}"
-        );
-        if !parts.is_empty() {
-            assert!(parts[0].independent);
-            assert!(
-                parts[1..].iter().all(|x| !x.independent),
-                "only keyframe parts are independent"
-            );
+    // Every playlist until the end: the same target, segments within it.
+    let mut seen = std::collections::BTreeMap::new();
+    let mut independent = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let ended = loop {
+        assert!(Instant::now() < deadline, "the stream never ended");
+        let p = daemon
+            .ll_playlist("stage", "")
+            .expect("LL playlist while it lingers");
+        if p.ended {
+            break p;
         }
-    }
-    for part in p.all_parts() {
-        assert!(part.duration <= p.part_target + 1e-9, "{part:?}");
-    }
-
-    // The end: ENDLIST, no preload hint, a held request answers at once.
+        assert_eq!(p.target_duration, 2.0, "{}", p.text);
+        let classic = daemon.media_playlist("stage").expect("classic playlist");
+        assert_eq!(classic.target_duration, Some(2));
+        for segment in &classic.segments {
+            assert!(segment.duration.round() <= 2.0, "{segment:?}");
+        }
+        for (sequence, duration, _, _) in &p.segments {
+            assert!(
+                duration.round() <= 2.0,
+                "segment {sequence} lasts {duration}"
+            );
+            seen.insert(*sequence, *duration);
+        }
+        for part in p.all_parts() {
+            assert!(part.duration <= p.part_target + 1e-9, "{part:?}");
+            if part.independent {
+                independent.insert(part.uri.clone());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let total: f64 = seen.values().sum();
+    assert!(total > 14.0, "16 s pushed, {total} s segmented: {seen:?}");
+    // Keyframes at 0 s, the scene cut at 5 s, and 250 frames later at 13.3 s.
+    assert!(
+        (3..=5).contains(&independent.len()),
+        "independent parts: {independent:?}"
+    );
     let (status, _) = push.finish(Duration::from_secs(30));
     assert!(status.success());
-    assert!(wait_until(Duration::from_secs(10), || daemon
-        .ll_playlist("stage", "")
-        .is_some_and(|p| p.ended)));
-    let ended = daemon.ll_playlist("stage", "").expect("playlist");
+
+    // The end: ENDLIST, no preload hint, a held request answers at once.
     assert!(
         ended.preload_hint.is_none(),
         "no preload hint after the end"

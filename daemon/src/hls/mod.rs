@@ -7,6 +7,14 @@
 //! through the same calls the remuxing pipeline uses. Each variant is [`Packaged`] twice:
 //! fMP4 parts for LL-HLS, and MPEG-TS segments for classic HLS.
 //!
+//! A broadcast outlives a short drop. When the publisher leaves, the playlists stay open
+//! (no EXT-X-ENDLIST) for the linger time; a publisher that comes back within it continues
+//! the same playlists with EXT-X-DISCONTINUITY, media and discontinuity sequence numbers
+//! still counting up, and a new EXT-X-MAP, so a TV or VLC left playing resumes by itself
+//! (RFC 8216 §6.2.2 forbids the sequence to go back). Once the new publish has a segment,
+//! the playlists list only its segments: nothing from before the drop is offered as live.
+//! Only when the linger passes does the playlist end.
+//!
 //! Media never touches the disk (SD cards die from write load). Each packaging keeps a
 //! bounded ring of segments: the playlist window, plus as many again that have slid out of
 //! the playlist but that a player holding an older playlist may still fetch (RFC 8216
@@ -50,10 +58,15 @@ struct PackagedState {
     segments: VecDeque<Arc<Segment>>,
     /// LL-HLS: the segment being built and its parts so far.
     open: Option<OpenSegment>,
-    /// LL-HLS: the fMP4 initialization segment.
-    init: Bytes,
-    /// Only grows during a broadcast (RFC 8216 forbids changing it).
+    /// LL-HLS: the fMP4 initialization segment of each timeline still referenced, oldest
+    /// first (a publisher's return or a codec change starts a new one).
+    inits: VecDeque<(u64, Bytes)>,
+    /// Fixed for the broadcast (RFC 8216 forbids changing it); the segmenter keeps every
+    /// segment within it.
     target_duration: u64,
+    /// The first segment of the current publish. Once it exists, older segments are no
+    /// longer listed (they stay fetchable for players in the middle of them).
+    live_from: u64,
     peak_bitrate: u64,
     ended: bool,
     /// The media playlist, rendered when the segments change rather than per request:
@@ -121,8 +134,18 @@ impl Packaged {
         format!("{}-{sequence}.{index}.m4s", self.broadcast_id)
     }
 
-    pub fn init_name(&self) -> String {
-        format!("{}-init.mp4", self.broadcast_id)
+    /// The initialization segment of a timeline.
+    pub fn init_name(&self, timeline: u64) -> String {
+        format!("{}-init-{timeline}.mp4", self.broadcast_id)
+    }
+
+    /// The timeline an init segment name stands for.
+    pub fn parse_init_name(&self, name: &str) -> Option<u64> {
+        let rest = name
+            .strip_prefix(self.broadcast_id.as_str())?
+            .strip_prefix("-init-")?
+            .strip_suffix(".mp4")?;
+        canonical_number(rest)
     }
 
     /// Parses a media file name of this packaging: `(sequence, Some(part))` for a part,
@@ -152,9 +175,35 @@ impl Packaged {
         self.changes.send_modify(|n| *n += 1);
     }
 
+    /// The segments the playlist lists: the current publish's, once it has one; the last
+    /// `window` of them, and more while fewer would last under three target durations
+    /// (RFC 8216 §6.2.2).
+    fn listed(&self, state: &PackagedState) -> Vec<Arc<Segment>> {
+        let live_from = match state.segments.back() {
+            Some(newest) if newest.sequence >= state.live_from => state.live_from,
+            _ => 0,
+        };
+        let floor = 3.0 * state.target_duration as f64;
+        let mut seconds = 0.0;
+        let mut listed: Vec<_> = state
+            .segments
+            .iter()
+            .rev()
+            .take_while(|s| s.sequence >= live_from)
+            .enumerate()
+            .take_while(|(count, s)| {
+                let keep = *count < self.window || seconds < floor;
+                seconds += s.duration.as_secs_f64();
+                keep
+            })
+            .map(|(_, s)| s.clone())
+            .collect();
+        listed.reverse();
+        listed
+    }
+
     fn render(&self, state: &mut PackagedState) {
-        let skip = state.segments.len().saturating_sub(self.window);
-        let listed: Vec<_> = state.segments.iter().skip(skip).cloned().collect();
+        let listed = self.listed(state);
         match self.packaging {
             Packaging::Classic => {
                 let text = playlist::media(&MediaPlaylist {
@@ -166,11 +215,10 @@ impl Packaged {
                 state.playlist = Rendered::new(text);
             }
             Packaging::LowLatency { part_target } => {
-                let map_uri = self.init_name();
                 let mut playlist = LowLatencyPlaylist {
                     target_duration: state.target_duration,
                     part_target,
-                    map_uri: &map_uri,
+                    map_uri: &|timeline| self.init_name(timeline),
                     segments: &listed,
                     open: state.open.as_ref(),
                     ended: state.ended,
@@ -202,13 +250,49 @@ impl Packaged {
         self.lock().info = info;
     }
 
-    pub fn set_init(&self, init: Bytes) {
-        self.lock().init = init;
+    /// The init segment of `timeline`'s segments.
+    pub fn set_init(&self, timeline: u64, init: Bytes) {
+        let mut state = self.lock();
+        state.inits.retain(|(t, _)| *t != timeline);
+        state.inits.push_back((timeline, init));
     }
 
-    pub fn init(&self) -> Option<Bytes> {
+    pub fn init(&self, timeline: u64) -> Option<Bytes> {
         let state = self.lock();
-        (!state.init.is_empty()).then(|| state.init.clone())
+        state
+            .inits
+            .iter()
+            .find(|(t, _)| *t == timeline)
+            .map(|(_, init)| init.clone())
+    }
+
+    /// The newest segment, closed or being built: (sequence, timeline).
+    fn last_sequence(state: &PackagedState) -> Option<(u64, u64)> {
+        let closed = state.segments.back().map(|s| (s.sequence, s.timeline));
+        let open = state
+            .open
+            .as_ref()
+            .map(|o| (o.start.sequence, o.start.timeline));
+        closed.max(open)
+    }
+
+    /// A new publish continues this packaging: its segments come after every one so far,
+    /// and once it has one, only its own are listed. A segment left open by a publish
+    /// that did not finish it is dropped (its number is not reused).
+    fn resume(&self) {
+        let mut state = self.lock();
+        state.live_from = Self::last_sequence(&state).map_or(0, |(sequence, _)| sequence + 1);
+        state.open = None;
+        self.changed(&mut state);
+    }
+
+    /// Whether the current publish has a complete segment here.
+    fn has_current_segment(&self) -> bool {
+        let state = self.lock();
+        state
+            .segments
+            .back()
+            .is_some_and(|s| s.sequence >= state.live_from)
     }
 
     /// Publishes a closed segment and forgets the oldest beyond twice the window.
@@ -220,11 +304,22 @@ impl Packaged {
 
     fn push_locked(&self, state: &mut PackagedState, segment: Segment) {
         let rounded = segment.duration.as_secs_f64().round() as u64;
-        state.target_duration = state.target_duration.max(rounded);
+        if rounded > state.target_duration {
+            // Only an encoder that skips half a second of frames at once gets here; the
+            // declared target stays (RFC 8216: it must not change).
+            tracing::warn!(
+                sequence = segment.sequence,
+                duration = ?segment.duration,
+                "segment longer than the target duration (the encoder skipped frames)"
+            );
+        }
         state.peak_bitrate = state.peak_bitrate.max(segment.bitrate());
         state.segments.push_back(Arc::new(segment));
         while state.segments.len() > self.window * 2 {
             state.segments.pop_front();
+        }
+        if let Some(oldest) = state.segments.front().map(|s| s.timeline) {
+            state.inits.retain(|(timeline, _)| *timeline >= oldest);
         }
     }
 
@@ -269,6 +364,7 @@ impl Packaged {
                     duration,
                     program_date_time: open.start.program_date_time,
                     discontinuity: open.start.discontinuity,
+                    timeline: open.start.timeline,
                     parts: open.parts,
                 },
             );
@@ -276,8 +372,8 @@ impl Packaged {
         self.changed(&mut state);
     }
 
-    /// The stream ended: the playlist gets EXT-X-ENDLIST.
-    pub fn end(&self) {
+    /// The broadcast is over: the playlist gets EXT-X-ENDLIST.
+    fn end(&self) {
         let mut state = self.lock();
         if !state.ended {
             state.ended = true;
@@ -402,6 +498,9 @@ pub struct Variant {
     pub ll: Arc<Packaged>,
     /// MPEG-TS segments: classic HLS, what `classic.m3u8` offers.
     pub classic: Arc<Packaged>,
+    /// Where its media timestamps ended (milliseconds): a returning publisher's start
+    /// there, so even a player that ignores EXT-X-DISCONTINUITY sees time run on.
+    media_end: std::sync::atomic::AtomicI64,
 }
 
 impl Variant {
@@ -433,7 +532,18 @@ impl Variant {
                 target_duration,
                 id.to_string(),
             )),
+            media_end: std::sync::atomic::AtomicI64::new(0),
         }
+    }
+
+    /// Where the media timestamps of the last publish ended (0 before any).
+    pub fn media_end(&self) -> i64 {
+        self.media_end.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_media_end(&self, end: i64) {
+        self.media_end
+            .store(end, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn packagings(&self) -> [&Arc<Packaged>; 2] {
@@ -447,9 +557,18 @@ impl Variant {
         }
     }
 
-    /// The fMP4 initialization segment.
-    pub fn set_init(&self, init: Bytes) {
-        self.ll.set_init(init);
+    /// The fMP4 initialization segment of `timeline`.
+    pub fn set_init(&self, timeline: u64, init: Bytes) {
+        self.ll.set_init(timeline, init);
+    }
+
+    /// The newest segment so far, closed or being built, in either packaging:
+    /// (sequence, timeline). A returning publisher's segments come after it.
+    pub fn last_sequence(&self) -> Option<(u64, u64)> {
+        let [ll, classic] = self
+            .packagings()
+            .map(|p| Packaged::last_sequence(&p.lock()));
+        ll.max(classic)
     }
 
     /// A new LL-HLS part of the segment starting at `start`; returns its index.
@@ -464,15 +583,21 @@ impl Variant {
         self.classic.push(segment);
     }
 
-    /// Ends both playlists.
-    pub fn end(&self) {
+    fn end(&self) {
         for packaged in self.packagings() {
             packaged.end();
         }
     }
 
-    fn has_segments(&self) -> bool {
-        self.ll.segment_count() > 0 && self.classic.segment_count() > 0
+    fn resume(&self) {
+        for packaged in self.packagings() {
+            packaged.resume();
+        }
+    }
+
+    /// Whether the current publish has a segment a player can fetch, in both packagings.
+    fn has_current_segments(&self) -> bool {
+        self.ll.has_current_segment() && self.classic.has_current_segment()
     }
 }
 
@@ -490,42 +615,92 @@ pub struct Broadcast {
     window: usize,
     target_duration: u64,
     part_target: f64,
+    /// The publish feeding it now, or the last one.
+    publish: Mutex<Publish>,
+}
+
+/// One publish (one OBS connection) on a broadcast: a broadcast has several when the
+/// streamer drops and comes back within the linger time.
+#[derive(Debug)]
+struct Publish {
+    /// Counts the broadcast's publishes from 1: a linger timer started when publish `n`
+    /// ended does nothing if `n` is no longer the last.
+    number: u64,
+    on_air: bool,
     /// Cancelled to end the publish from outside (its stream key was rotated, or its media
     /// cannot be served: see [`Broadcast::refuse`]).
-    pub stop: tokio_util::sync::CancellationToken,
+    stop: tokio_util::sync::CancellationToken,
     /// Why the box ended the publish, in words for the streamer.
-    refusal: Mutex<Option<String>>,
+    refusal: Option<String>,
     /// What the box measures of the incoming stream (ingest feeds it).
-    health: Mutex<health::Meter>,
+    health: health::Meter,
+}
+
+impl Publish {
+    fn new(number: u64) -> Publish {
+        Publish {
+            number,
+            on_air: true,
+            stop: tokio_util::sync::CancellationToken::new(),
+            refusal: None,
+            health: health::Meter::default(),
+        }
+    }
 }
 
 impl Broadcast {
+    fn publish(&self) -> MutexGuard<'_, Publish> {
+        self.publish.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Cancelled when the current publish must end (see [`Broadcast::refuse`]).
+    pub fn stop_token(&self) -> tokio_util::sync::CancellationToken {
+        self.publish().stop.clone()
+    }
+
     /// Ends the publish because its media cannot be served; `why` goes to the publisher
     /// (OBS) and the logs.
     pub fn refuse(&self, why: String) {
-        *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-        self.stop.cancel();
+        let mut publish = self.publish();
+        publish.refusal = Some(why);
+        publish.stop.cancel();
     }
 
     /// Updates the stream's health measurements (a few numbers; called per frame).
     pub fn measure(&self, update: impl FnOnce(&mut health::Meter)) {
-        update(&mut self.health.lock().unwrap_or_else(|e| e.into_inner()));
+        update(&mut self.publish().health);
     }
 
     /// The stream's health now, with its warnings.
     pub fn health(&self) -> health::Snapshot {
-        self.health
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .snapshot(std::time::Instant::now())
+        self.publish().health.snapshot(std::time::Instant::now())
     }
 
     /// Why the publish was refused, if it was.
     pub fn refusal(&self) -> Option<String> {
-        self.refusal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.publish().refusal.clone()
+    }
+
+    /// The publisher left (or was sent away). The playlists stay open for the linger
+    /// time; returns the publish's number for [`Broadcasts::end_if_idle`].
+    pub fn off_air(&self) -> u64 {
+        let mut publish = self.publish();
+        publish.on_air = false;
+        publish.number
+    }
+
+    /// Whether a publisher is feeding it now.
+    pub fn is_on_air(&self) -> bool {
+        self.publish().on_air
+    }
+
+    /// A publisher is back within the linger time: a new publish continues the playlists.
+    fn resume(&self) {
+        let mut publish = self.publish();
+        *publish = Publish::new(publish.number + 1);
+        for variant in self.variants() {
+            variant.resume();
+        }
     }
 
     fn variants_lock(&self) -> MutexGuard<'_, Vec<Arc<Variant>>> {
@@ -569,19 +744,24 @@ impl Broadcast {
             .cloned()
     }
 
-    /// Publishing, with at least one segment a player can fetch.
+    /// Publishing, with a segment of this publish a player can fetch.
     pub fn is_live(&self) -> bool {
-        !self.source.classic.is_ended() && self.source.has_segments()
+        self.is_on_air() && self.source.has_current_segments()
     }
 
-    /// Whether the publish has ended (its media may still linger).
+    /// Whether the playlists have ended (EXT-X-ENDLIST): the broadcast is over, though
+    /// its media may still be served for a moment.
     pub fn is_ended(&self) -> bool {
         self.source.classic.is_ended()
     }
 
     /// A master playlist offering every variant's `pick`ed packaging that has a segment to
-    /// describe; `None` until the source has one.
+    /// describe; `None` until the source has one, and while the publisher is away (a
+    /// player starting then would be shown the minutes before the drop as live).
     fn master_for(&self, pick: impl Fn(&Variant) -> &Arc<Packaged>) -> Option<Rendered> {
+        if !self.is_live() {
+            return None;
+        }
         let variants = self.variants();
         let offered: Vec<StreamInf> = variants
             .iter()
@@ -606,7 +786,7 @@ impl Broadcast {
         self.master_for(|v| &v.classic)
     }
 
-    /// Ends every variant's playlists.
+    /// Ends every variant's playlists (EXT-X-ENDLIST): the broadcast is over.
     pub fn end(&self) {
         for variant in self.variants() {
             variant.end();
@@ -641,7 +821,7 @@ impl Broadcasts {
     ) -> Broadcasts {
         Broadcasts {
             window,
-            target_duration: target.as_secs_f64().round().max(1.0) as u64,
+            target_duration: segmenter::target_duration(target),
             part_target: part_target.as_secs_f64(),
             by_slug: Mutex::new(HashMap::new()),
             refusals: Mutex::new(HashMap::new()),
@@ -652,13 +832,18 @@ impl Broadcasts {
         self.by_slug.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts a broadcast on `slug`, replacing an ended one whose media still lingers.
-    /// Refused while another publish on the channel is running.
+    /// Starts a publish on `slug`: it continues the channel's broadcast if its publisher
+    /// left less than the linger time ago, or starts a new one. Refused while another
+    /// publish on the channel is running.
     pub fn begin(&self, slug: &str) -> Result<Arc<Broadcast>, AlreadyLive> {
         let mut by_slug = self.lock();
         if let Some(current) = by_slug.get(slug) {
-            if !current.is_ended() {
+            if current.is_on_air() {
                 return Err(AlreadyLive(slug.to_string()));
+            }
+            if !current.is_ended() {
+                current.resume();
+                return Ok(current.clone());
             }
         }
         let id = format!("{:08x}", rand::rng().random::<u32>());
@@ -677,9 +862,7 @@ impl Broadcasts {
             window: self.window,
             target_duration: self.target_duration,
             part_target: self.part_target,
-            stop: tokio_util::sync::CancellationToken::new(),
-            refusal: Mutex::new(None),
-            health: Mutex::new(health::Meter::default()),
+            publish: Mutex::new(Publish::new(1)),
         });
         by_slug.insert(slug.to_string(), broadcast.clone());
         Ok(broadcast)
@@ -692,6 +875,23 @@ impl Broadcasts {
     /// How many channels are live now (not counting ended broadcasts that linger).
     pub fn live_count(&self) -> usize {
         self.lock().values().filter(|b| b.is_live()).count()
+    }
+
+    /// The linger time after publish `number` ended has passed: ends the broadcast's
+    /// playlists unless a publisher came back meanwhile. Whether it ended them.
+    pub fn end_if_idle(&self, broadcast: &Broadcast, number: u64) -> bool {
+        let by_slug = self.lock();
+        let current = by_slug
+            .get(&broadcast.slug)
+            .is_some_and(|b| b.id == broadcast.id);
+        let idle = {
+            let publish = broadcast.publish();
+            publish.number == number && !publish.on_air
+        };
+        if current && idle {
+            broadcast.end();
+        }
+        current && idle
     }
 
     /// Drops a finished broadcast's media, unless a newer publish has taken its place.
@@ -726,7 +926,7 @@ impl Broadcasts {
     /// Ends the live publish on `slug`, if there is one.
     pub fn stop(&self, slug: &str) {
         if let Some(broadcast) = self.get(slug) {
-            broadcast.stop.cancel();
+            broadcast.stop_token().cancel();
         }
     }
 
@@ -758,6 +958,7 @@ mod tests {
             duration,
             program_date_time: chrono::Utc::now(),
             discontinuity: false,
+            timeline: 0,
             parts: vec![Part {
                 data: Bytes::from(vec![0u8; 1000]),
                 duration,
@@ -775,7 +976,9 @@ mod tests {
             "second publisher refused"
         );
         first.source().classic.push(segment(0, 2.0));
-        first.source().classic.end();
+        let number = first.off_air();
+        assert!(broadcasts.end_if_idle(&first, number), "nobody came back");
+        assert!(first.is_ended());
         let second = broadcasts.begin("stage").expect("after end");
         assert_ne!(first.id, second.id);
         assert_eq!(second.source().classic.segment_count(), 0);
@@ -791,14 +994,61 @@ mod tests {
         );
     }
 
+    /// The publisher drops and comes back within the linger time: the same playlists
+    /// carry on, numbers counting up on a new timeline, and once the new publish has a
+    /// segment, nothing from before the drop is listed.
     #[test]
-    fn window_is_bounded_and_target_duration_only_grows() {
+    fn a_publisher_back_within_the_linger_continues_the_playlists() {
+        let broadcasts = Broadcasts::new(3, Duration::from_secs(2), Duration::from_millis(334));
+        let b = broadcasts.begin("stage").expect("begin");
+        for n in 0..4 {
+            b.source().ll.push(segment(n, 2.0));
+            b.source().classic.push(segment(n, 2.0));
+        }
+        assert!(b.is_live());
+        let number = b.off_air();
+        assert!(!b.is_live() && !b.is_ended(), "away, not over");
+        assert!(b.master_playlist().is_none() && b.classic_master_playlist().is_none());
+        let text = |b: &Broadcast| {
+            String::from_utf8(b.source().classic.media_playlist().plain.to_vec()).expect("utf-8")
+        };
+        assert!(
+            !text(&b).contains("ENDLIST"),
+            "players wait through the drop"
+        );
+
+        let again = broadcasts.begin("stage").expect("back");
+        assert!(Arc::ptr_eq(&b, &again), "the same broadcast");
+        assert!(
+            !broadcasts.end_if_idle(&b, number),
+            "the old linger timer does nothing"
+        );
+        assert_eq!(b.source().last_sequence(), Some((3, 0)));
+        assert!(!b.is_live(), "live again once the return has a segment");
+        let mut back = segment(4, 2.0);
+        back.discontinuity = true;
+        back.timeline = 1;
+        b.source().ll.push(back.clone());
+        b.source().classic.push(back);
+        assert!(b.is_live());
+        let listed = text(&b);
+        assert!(
+            listed.contains("#EXT-X-MEDIA-SEQUENCE:4\n#EXT-X-DISCONTINUITY\n"),
+            "{listed}"
+        );
+        assert_eq!(listed.matches("#EXTINF").count(), 1, "{listed}");
+        assert!(
+            b.source().classic.segment(3).is_some(),
+            "still fetchable mid-play"
+        );
+    }
+
+    #[test]
+    fn the_window_is_bounded_and_lasts_three_target_durations() {
         let broadcasts = Broadcasts::new(3, Duration::from_secs(2), Duration::from_millis(334));
         let b = broadcasts.begin("stage").expect("begin");
         for n in 0..10 {
-            b.source()
-                .classic
-                .push(segment(n, if n == 4 { 4.2 } else { 2.0 }));
+            b.source().classic.push(segment(n, 2.0));
         }
         assert_eq!(b.source().classic.segment_count(), 6);
         assert!(b.source().classic.segment(3).is_none());
@@ -808,9 +1058,21 @@ mod tests {
         );
         let text =
             String::from_utf8(b.source().classic.media_playlist().plain.to_vec()).expect("utf-8");
-        assert!(text.contains("#EXT-X-TARGETDURATION:4\n"), "{text}");
+        assert!(text.contains("#EXT-X-TARGETDURATION:2\n"), "{text}");
         assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:7\n"), "{text}");
         assert_eq!(text.matches("#EXTINF").count(), 3);
+        // Short segments (scene cuts): more are listed, so the playlist still lasts three
+        // target durations (RFC 8216 §6.2.2).
+        for n in 10..16 {
+            b.source().classic.push(segment(n, 1.0));
+        }
+        let text =
+            String::from_utf8(b.source().classic.media_playlist().plain.to_vec()).expect("utf-8");
+        assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:10\n"), "{text}");
+        assert!(
+            text.contains("#EXT-X-TARGETDURATION:2\n"),
+            "never changes: {text}"
+        );
     }
 
     fn part(independent: bool) -> Part {
@@ -829,6 +1091,7 @@ mod tests {
             sequence,
             program_date_time: chrono::Utc::now(),
             discontinuity: false,
+            timeline: 0,
         };
         assert!(!b.source().ll.has(0, Some(0)));
         assert_eq!(b.source().ll.next_part(), None);
@@ -880,6 +1143,7 @@ mod tests {
                     sequence: 0,
                     program_date_time: chrono::Utc::now(),
                     discontinuity: false,
+                    timeline: 0,
                 },
                 Part {
                     data: Bytes::from_static(b"moof"),
@@ -922,6 +1186,7 @@ mod tests {
             sequence,
             program_date_time: chrono::Utc::now(),
             discontinuity: false,
+            timeline: 0,
         };
         let part = || Part {
             data: Bytes::from_static(b"moof"),

@@ -45,8 +45,10 @@ pub struct StreamInf {
     pub frame_rate: Option<f64>,
 }
 
+/// No EXT-X-INDEPENDENT-SEGMENTS: with a keyframe interval longer than the target, the
+/// segmenter cuts segments that do not start with one (see `segmenter`).
 pub fn master(variants: &[StreamInf]) -> String {
-    let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n");
     for v in variants {
         let _ = write!(out, "#EXT-X-STREAM-INF:BANDWIDTH={}", v.bandwidth);
         if let Some(avg) = v.average_bandwidth {
@@ -76,6 +78,12 @@ pub struct MediaPlaylist<'a> {
     pub segment_uri: &'a dyn Fn(&Segment) -> String,
 }
 
+/// EXT-X-DISCONTINUITY-SEQUENCE for a playlist starting with `first`: the discontinuities
+/// before it (its own EXT-X-DISCONTINUITY is still in the playlist and counts there).
+fn discontinuity_sequence(timeline: u64, discontinuity: bool) -> u64 {
+    timeline.saturating_sub(u64::from(discontinuity))
+}
+
 pub fn media(p: &MediaPlaylist<'_>) -> String {
     let mut out = String::with_capacity(128 + p.segments.len() * 96);
     let first_sequence = p.segments.first().map_or(0, |s| s.sequence);
@@ -84,6 +92,12 @@ pub fn media(p: &MediaPlaylist<'_>) -> String {
         "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{}\n#EXT-X-MEDIA-SEQUENCE:{}\n",
         p.target_duration, first_sequence
     );
+    if let Some(first) = p.segments.first() {
+        let sequence = discontinuity_sequence(first.timeline, first.discontinuity);
+        if sequence > 0 {
+            let _ = writeln!(out, "#EXT-X-DISCONTINUITY-SEQUENCE:{sequence}");
+        }
+    }
     for segment in p.segments {
         if segment.discontinuity {
             out.push_str("#EXT-X-DISCONTINUITY\n");
@@ -108,8 +122,8 @@ pub fn media(p: &MediaPlaylist<'_>) -> String {
 pub struct LowLatencyPlaylist<'a> {
     pub target_duration: u64,
     pub part_target: f64,
-    /// URI of the initialization segment (EXT-X-MAP).
-    pub map_uri: &'a str,
+    /// URI of a timeline's initialization segment (EXT-X-MAP).
+    pub map_uri: &'a dyn Fn(u64) -> String,
     /// Closed segments, oldest first.
     pub segments: &'a [Arc<Segment>],
     /// The segment being built, with its parts so far.
@@ -159,13 +173,24 @@ fn write_parts(
 
 pub fn low_latency(p: &LowLatencyPlaylist<'_>) -> String {
     let mut out = String::with_capacity(512 + p.segments.len() * 400);
-    let first_sequence = p
+    let first = p
         .segments
         .first()
-        .map(|s| s.sequence)
-        .or(p.open.map(|o| o.start.sequence))
-        .unwrap_or(0);
+        .map(|s| (s.sequence, s.timeline, s.discontinuity))
+        .or(p
+            .open
+            .map(|o| (o.start.sequence, o.start.timeline, o.start.discontinuity)))
+        .unwrap_or((0, 0, false));
+    let first_sequence = first.0;
     let skip = p.skip.min(p.segments.len());
+    // The map in force at the first segment shown (a delta update's skipped segments keep
+    // the one the player already has); each new timeline brings its own.
+    let mut timeline = p
+        .segments
+        .get(skip)
+        .map(|s| s.timeline)
+        .or(p.open.map(|o| o.start.timeline))
+        .unwrap_or(0);
     // EXT-X-SKIP needs version 9; everything else here (parts, preload hints, blocking
     // reload) needs 6.
     let version = if skip > 0 { 9 } else { 6 };
@@ -173,15 +198,18 @@ pub fn low_latency(p: &LowLatencyPlaylist<'_>) -> String {
         out,
         "#EXTM3U\n#EXT-X-VERSION:{}\n#EXT-X-TARGETDURATION:{}\n\
          #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,CAN-SKIP-UNTIL={:.3},PART-HOLD-BACK={:.3}\n\
-         #EXT-X-PART-INF:PART-TARGET={:.3}\n#EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-MAP:URI=\"{}\"\n",
+         #EXT-X-PART-INF:PART-TARGET={:.3}\n#EXT-X-MEDIA-SEQUENCE:{}\n",
         version,
         p.target_duration,
         p.can_skip_until(),
         p.part_hold_back(),
         p.part_target,
         first_sequence,
-        p.map_uri
     );
+    let discontinuities = discontinuity_sequence(first.1, first.2);
+    if discontinuities > 0 {
+        let _ = writeln!(out, "#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuities}");
+    }
     if skip > 0 {
         let _ = write!(out, "#EXT-X-SKIP:SKIPPED-SEGMENTS={skip}");
         if p.skip_dateranges {
@@ -189,6 +217,17 @@ pub fn low_latency(p: &LowLatencyPlaylist<'_>) -> String {
         }
         out.push('\n');
     }
+    let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}\"", (p.map_uri)(timeline));
+    // A segment on a new timeline: EXT-X-DISCONTINUITY, and its map if it has a new one.
+    let mut start_of = |out: &mut String, discontinuity: bool, of: u64| {
+        if discontinuity {
+            out.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        if of != timeline {
+            timeline = of;
+            let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}\"", (p.map_uri)(of));
+        }
+    };
     // Parts are listed only near the live edge: within three target durations of the end
     // (RFC 8216bis lets older ones go), which keeps each reload small.
     let mut edge = 0.0;
@@ -204,9 +243,7 @@ pub fn low_latency(p: &LowLatencyPlaylist<'_>) -> String {
         .last()
         .map_or(u64::MAX, |s| s.sequence);
     for segment in &p.segments[skip..] {
-        if segment.discontinuity {
-            out.push_str("#EXT-X-DISCONTINUITY\n");
-        }
+        start_of(&mut out, segment.discontinuity, segment.timeline);
         let _ = writeln!(
             out,
             "#EXT-X-PROGRAM-DATE-TIME:{}",
@@ -225,9 +262,7 @@ pub fn low_latency(p: &LowLatencyPlaylist<'_>) -> String {
         );
     }
     if let Some(open) = p.open {
-        if open.start.discontinuity {
-            out.push_str("#EXT-X-DISCONTINUITY\n");
-        }
+        start_of(&mut out, open.start.discontinuity, open.start.timeline);
         let _ = writeln!(
             out,
             "#EXT-X-PROGRAM-DATE-TIME:{}",
@@ -263,6 +298,10 @@ mod tests {
     use std::time::Duration;
 
     fn segment(sequence: u64, millis: u64, discontinuity: bool) -> Arc<Segment> {
+        on_timeline(sequence, millis, discontinuity, u64::from(discontinuity))
+    }
+
+    fn on_timeline(sequence: u64, millis: u64, discontinuity: bool, timeline: u64) -> Arc<Segment> {
         let duration = Duration::from_millis(millis);
         Arc::new(Segment {
             sequence,
@@ -273,6 +312,7 @@ mod tests {
                 .expect("date")
                 + chrono::Duration::seconds(sequence as i64 * 2),
             discontinuity,
+            timeline,
             parts: vec![Part {
                 data: Bytes::from_static(b"ts"),
                 duration,
@@ -334,7 +374,7 @@ mod tests {
         low_latency(&LowLatencyPlaylist {
             target_duration: 2,
             part_target: 0.334,
-            map_uri: "b-init.mp4",
+            map_uri: &|timeline| format!("b-init-{timeline}.mp4"),
             segments,
             open: None,
             ended,
@@ -373,6 +413,34 @@ mod tests {
         assert!(
             full.ends_with("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"b-8.0.m4s\"\n"),
             "{full}"
+        );
+    }
+
+    /// A publisher came back after a drop: the playlist carries on with a discontinuity,
+    /// the new timeline's map, and the count of discontinuities already gone from it.
+    #[test]
+    fn a_return_is_a_discontinuity_with_its_own_map() {
+        let segments = [
+            on_timeline(10, 2000, false, 2),
+            on_timeline(11, 1000, true, 3),
+        ];
+        let full = low_latency_with(&segments, 0, false, false);
+        let expected = "#EXT-X-DISCONTINUITY-SEQUENCE:2\n#EXT-X-MAP:URI=\"b-init-2.mp4\"\n";
+        assert!(full.contains(expected), "{full}");
+        let at_return = full.find("#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"b-init-3.mp4\"\n");
+        assert!(
+            at_return.is_some_and(|at| at > full.find("b-10.m4s").unwrap_or(usize::MAX)),
+            "{full}"
+        );
+        let classic = media(&MediaPlaylist {
+            target_duration: 2,
+            segments: &segments[1..],
+            ended: false,
+            segment_uri: &|s| format!("b-{}.ts", s.sequence),
+        });
+        assert!(
+            classic.contains("#EXT-X-MEDIA-SEQUENCE:11\n#EXT-X-DISCONTINUITY-SEQUENCE:2\n"),
+            "its own DISCONTINUITY counts as the third: {classic}"
         );
     }
 }

@@ -4,6 +4,13 @@
 //! keyframe; it answers whether the open segment must close first. A segment is a list of
 //! [`Part`]s (byte runs the muxer flushed), so the same segmenter serves classic HLS (one
 //! part per segment) and Low-Latency HLS (parts of a few hundred milliseconds).
+//!
+//! The rule that keeps EXT-X-TARGETDURATION honest (RFC 8216: a segment's duration,
+//! rounded, never exceeds it, and it never changes): segments end at keyframes when the
+//! keyframes allow it, and at the target plus the rounding slack when they do not. A
+//! stream with OBS's default 8.33 s keyframe interval gets ~2.5 s segments, only some of
+//! which start with a keyframe, instead of 8 s segments that push every player's
+//! hold-back to 25 s.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -28,6 +35,9 @@ pub struct Segment {
     pub program_date_time: DateTime<Utc>,
     /// The stream's timing or codecs changed before this segment (EXT-X-DISCONTINUITY).
     pub discontinuity: bool,
+    /// Its discontinuity sequence number: how many discontinuities came before it in the
+    /// broadcast (RFC 8216 §6.2.1). Segments of one timeline share an init segment.
+    pub timeline: u64,
     pub parts: Vec<Part>,
 }
 
@@ -53,6 +63,7 @@ pub struct SegmentStart {
     pub sequence: u64,
     pub program_date_time: DateTime<Utc>,
     pub discontinuity: bool,
+    pub timeline: u64,
 }
 
 /// A segment still being built, with the parts published so far (LL-HLS).
@@ -69,37 +80,61 @@ struct Building {
     independent: bool,
 }
 
-/// Cuts a stream into segments at keyframes.
+/// Cuts a stream into segments, at keyframes where it can.
 #[derive(Debug)]
 pub struct Segmenter {
     target_ms: i64,
-    /// A stream with no keyframes for this long is cut anyway, so memory stays bounded.
+    /// The longest a segment may last: its duration rounds to at most the declared
+    /// TARGETDURATION (whole seconds).
     max_ms: i64,
     open: Option<Building>,
     next_sequence: u64,
     discontinuity: bool,
+    timeline: u64,
     last_video_dts: Option<i64>,
     last_video_step: i64,
+    /// The last keyframe: the interval up to a new one says whether waiting for the
+    /// next would carry the segment past `max_ms`.
+    last_keyframe_dts: Option<i64>,
 }
 
 /// Keyframes this close to the target still cut: a GOP of 1.98 s with a 2 s target must
 /// give 1.98 s segments, not 3.96 s ones.
 const EARLY_CUT_PERCENT: i64 = 90;
 
+/// The declared EXT-X-TARGETDURATION for a configured target: whole seconds, at least 1.
+pub fn target_duration(target: Duration) -> u64 {
+    target.as_secs_f64().round().max(1.0) as u64
+}
+
 impl Segmenter {
     pub fn new(target: Duration) -> Segmenter {
         let target_ms = i64::try_from(target.as_millis())
             .unwrap_or(i64::MAX / 8)
             .max(1);
+        // 2 s declared: anything under 2.5 s rounds to 2; 50 ms of that is left for frame
+        // lengths that vary by a millisecond or two.
+        let declared = i64::try_from(target_duration(target)).unwrap_or(i64::MAX / 8000);
         Segmenter {
             target_ms,
-            max_ms: (target_ms * 4).max(10_000),
+            max_ms: declared * 1000 + 450,
             open: None,
             next_sequence: 0,
             discontinuity: false,
+            timeline: 0,
             last_video_dts: None,
             last_video_step: 0,
+            last_keyframe_dts: None,
         }
+    }
+
+    /// Continues a broadcast whose last segment was `last_sequence` in `timeline`: the
+    /// publisher came back after a drop, on a new timeline (RFC 8216: media and
+    /// discontinuity sequence numbers only ever grow).
+    pub fn resume_after(&mut self, last_sequence: u64, timeline: u64) {
+        self.next_sequence = last_sequence + 1;
+        self.timeline = timeline;
+        self.mark_discontinuity();
     }
 
     pub fn is_open(&self) -> bool {
@@ -107,10 +142,22 @@ impl Segmenter {
     }
 
     /// Whether the open segment must close before a video packet with this `dts`.
+    ///
+    /// At a keyframe: once the segment is near the target, or when it is at least a
+    /// quarter of it and the next keyframe, if it comes after as long as this one did,
+    /// would come too late (a scene cut, or a long keyframe interval: start the next
+    /// segment on this keyframe rather than tens of frames after it). At any frame: when
+    /// taking it would carry the segment past `max_ms`.
     pub fn cut_before(&self, dts: i64, keyframe: bool) -> bool {
         let Some(open) = &self.open else { return false };
         let elapsed = dts - open.start_dts;
-        (keyframe && elapsed * 100 >= self.target_ms * EARLY_CUT_PERCENT) || elapsed >= self.max_ms
+        let next_keyframe_too_late = self
+            .last_keyframe_dts
+            .is_none_or(|last| elapsed + (dts - last) > self.max_ms);
+        let at_keyframe = keyframe
+            && (elapsed * 100 >= self.target_ms * EARLY_CUT_PERCENT
+                || (elapsed * 4 >= self.target_ms && next_keyframe_too_late));
+        at_keyframe || elapsed + self.last_video_step > self.max_ms
     }
 
     /// Opens a segment at this packet.
@@ -128,7 +175,13 @@ impl Segmenter {
             sequence: self.next_sequence,
             program_date_time: open.started_at,
             discontinuity: self.discontinuity,
+            timeline: self.timeline,
         })
+    }
+
+    /// The timeline the next segment belongs to (its init segment's number).
+    pub fn timeline(&self) -> u64 {
+        self.timeline
     }
 
     /// Milliseconds between the last two video frames.
@@ -141,19 +194,27 @@ impl Segmenter {
         Some(self.last_video_dts? + self.last_video_step)
     }
 
-    /// Notes a video packet's timestamp, for the duration of the stream's last segment.
-    pub fn observe_video(&mut self, dts: i64) {
+    /// Notes a video packet: its timestamp gives the frame length (for the last
+    /// segment's duration and the cut rule), its keyframes the keyframe interval.
+    pub fn observe_video(&mut self, dts: i64, keyframe: bool) {
         if let Some(last) = self.last_video_dts {
             if dts > last {
                 self.last_video_step = dts - last;
             }
         }
         self.last_video_dts = Some(dts);
+        if keyframe {
+            self.last_keyframe_dts = Some(dts);
+        }
     }
 
     /// The next segment follows a change of codec configuration or timeline.
     pub fn mark_discontinuity(&mut self) {
+        if !self.discontinuity {
+            self.timeline += 1;
+        }
         self.discontinuity = true;
+        self.last_keyframe_dts = None;
     }
 
     /// Closes the open segment where the packet at `end_dts` begins.
@@ -165,6 +226,7 @@ impl Segmenter {
             duration,
             program_date_time: open.started_at,
             discontinuity: std::mem::take(&mut self.discontinuity),
+            timeline: self.timeline,
             parts: vec![Part {
                 data,
                 duration,
@@ -209,7 +271,7 @@ mod tests {
             if !s.is_open() && key {
                 s.begin(dts, now(), key);
             }
-            s.observe_video(dts);
+            s.observe_video(dts, key);
         }
         out.extend(s.close_at_end(Bytes::from_static(b"x")).map(|s| s.duration));
         out
@@ -244,23 +306,74 @@ mod tests {
         );
     }
 
+    /// OBS's Simple mode: x264 with keyint 250 (8.33 s at 30 fps). Segments stay within
+    /// the declared 2 s (rounded), and each keyframe starts a segment.
     #[test]
-    fn long_gops_give_long_segments_that_add_up() {
-        let durations = run(Duration::from_secs(2), 120, 600);
+    fn long_gops_are_cut_at_the_target_and_keyframes_start_segments() {
+        let mut s = Segmenter::new(Duration::from_secs(2));
+        let mut segments = Vec::new();
+        for n in 0..1500 {
+            let dts = n * 1000 / 30;
+            let key = n % 250 == 0;
+            if s.cut_before(dts, key) {
+                segments.extend(
+                    s.close(dts, Bytes::new())
+                        .map(|g| (g.duration, g.parts[0].independent, dts)),
+                );
+            }
+            if !s.is_open() {
+                s.begin(dts, now(), key);
+            }
+            s.observe_video(dts, key);
+        }
         assert!(
-            durations.iter().all(|d| close_to(*d, 4000)),
-            "{durations:?}"
+            segments.iter().all(|(d, _, _)| d.as_millis() < 2500),
+            "{segments:?}"
         );
-        let total: Duration = durations.iter().sum();
-        assert!(close_to(total, 20_000), "{total:?}");
+        let starts: Vec<i64> = segments
+            .iter()
+            .filter(|(_, i, _)| *i)
+            .map(|(d, _, end)| end - d.as_millis() as i64)
+            .collect();
+        assert_eq!(
+            starts,
+            vec![0, 8333, 16666, 25000, 33333, 41666],
+            "one per keyframe: {segments:?}"
+        );
+        let total: Duration = segments.iter().map(|(d, _, _)| *d).sum();
+        let last_cut = segments.last().map_or(0, |(_, _, end)| *end);
+        assert!(close_to(total, last_cut as u128), "they tile: {total:?}");
+    }
+
+    /// x264's scene cut: a keyframe 1.63 s into a 2 s GOP resets the keyframe count. The
+    /// segment ends there rather than running on to 3.63 s.
+    #[test]
+    fn a_scene_cut_keyframe_starts_a_segment() {
+        let keyframes = [0, 60, 109, 169, 229];
+        let mut s = Segmenter::new(Duration::from_secs(2));
+        let mut durations = Vec::new();
+        for n in 0..240 {
+            let dts = n * 1000 / 30;
+            let key = keyframes.contains(&n);
+            if s.cut_before(dts, key) {
+                durations.extend(s.close(dts, Bytes::new()).map(|g| g.duration.as_millis()));
+            }
+            if !s.is_open() {
+                s.begin(dts, now(), key);
+            }
+            s.observe_video(dts, key);
+        }
+        assert_eq!(durations, vec![2000, 1633, 2000, 2000], "{durations:?}");
     }
 
     #[test]
-    fn no_keyframes_still_cuts_at_the_bound() {
+    fn no_keyframes_still_cuts_within_the_declared_target() {
         let mut s = Segmenter::new(Duration::from_secs(2));
         s.begin(0, now(), true);
-        assert!(!s.cut_before(9_999, false));
-        assert!(s.cut_before(10_000, false));
+        s.observe_video(0, true);
+        s.observe_video(33, false);
+        assert!(!s.cut_before(2417, false));
+        assert!(s.cut_before(2418, false), "2418 + 33 is too close to 2.5 s");
     }
 
     #[test]
@@ -283,8 +396,8 @@ mod tests {
 
     proptest::proptest! {
         /// Whatever the frame timing and keyframe pattern: segments tile the stream with no
-        /// gap or overlap, start on keyframes unless the no-keyframe bound forced a cut, and
-        /// never exceed that bound by more than one frame.
+        /// gap or overlap, and never exceed the declared target's bound (2.499 s) by more
+        /// than a change in frame length can carry them.
         #[test]
         fn segments_tile_the_stream(frames in proptest::collection::vec((1i64..200, proptest::bool::weighted(0.05)), 1..600)) {
             let mut s = Segmenter::new(Duration::from_secs(2));
@@ -300,7 +413,7 @@ mod tests {
                     s.begin(dts, now(), key);
                     first_start.get_or_insert(dts);
                 }
-                s.observe_video(dts);
+                s.observe_video(dts, key);
                 dts += step;
             }
             segments.extend(s.close_at_end(Bytes::new()));
@@ -312,7 +425,7 @@ mod tests {
             proptest::prop_assert_eq!(total, last_dts + last_frame_length - first_start.unwrap_or(0));
             for (i, g) in segments.iter().enumerate() {
                 proptest::prop_assert_eq!(g.sequence, i as u64);
-                proptest::prop_assert!(g.duration.as_millis() <= 10_000 + 200, "{:?}", g.duration);
+                proptest::prop_assert!(g.duration.as_millis() <= 2_499 + 200, "{:?}", g.duration);
             }
             proptest::prop_assert!(segments.first().is_none_or(|g| g.parts[0].independent), "the first segment starts on a keyframe");
         }

@@ -232,7 +232,7 @@ pub async fn health(
     let broadcast = state
         .broadcasts
         .get(&slug)
-        .filter(|b| !b.is_ended())
+        .filter(|b| b.is_on_air())
         .ok_or_else(|| ApiError::not_found(format!("channel `{slug}` is not live")))?;
     Ok(Json(broadcast.health()))
 }

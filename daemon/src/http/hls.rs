@@ -122,10 +122,10 @@ pub async fn media_file(
         }
         return media_playlist(&packaged, &query, accepts_gzip(&headers)).await;
     }
-    if file == packaged.init_name() {
+    if let Some(timeline) = packaged.parse_init_name(&file) {
         let init = packaged
-            .init()
-            .ok_or_else(|| ApiError::not_found("no initialization segment yet"))?;
+            .init(timeline)
+            .ok_or_else(|| ApiError::not_found("no such initialization segment"))?;
         return Ok(media_response(FMP4_TYPE, init.len(), Body::from(init)));
     }
     let gone = || ApiError::not_found("no such segment or part (it may have expired)");

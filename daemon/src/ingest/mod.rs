@@ -135,7 +135,7 @@ const KEY_RECHECK: Duration = Duration::from_secs(2);
 /// the connection ends. Dropping the returned guard (the publish ended) ends the watch.
 fn watch_key(
     ingest: &Arc<Ingest>,
-    broadcast: Arc<Broadcast>,
+    stop: CancellationToken,
     key: StreamKey,
     slug: String,
 ) -> tokio_util::sync::DropGuard {
@@ -154,7 +154,7 @@ fn watch_key(
             match store.read(move |store| store.channel_for_key(&key)).await {
                 Ok(Some(channel)) if channel.slug == slug => {}
                 Ok(_) => {
-                    broadcast.stop.cancel();
+                    stop.cancel();
                     return;
                 }
                 // The store being away for a moment is not a reason to cut a streamer.
@@ -208,6 +208,8 @@ pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>) {
 /// A publish in progress on this connection.
 struct Publishing {
     broadcast: Arc<Broadcast>,
+    /// Ends this publish from outside (the broadcast's token for it).
+    stop: CancellationToken,
     media: mpsc::Sender<MediaEvent>,
     pipeline: std::thread::JoinHandle<()>,
     video_clock: Clock,
@@ -274,7 +276,7 @@ impl Connection {
 
         loop {
             let broadcast = self.publishing.as_ref().map(|p| p.broadcast.clone());
-            let stop = broadcast.as_ref().map(|b| b.stop.clone());
+            let stop = self.publishing.as_ref().map(|p| p.stop.clone());
             let stopped = async {
                 match &stop {
                     Some(stop) => stop.cancelled().await,
@@ -556,13 +558,15 @@ impl Connection {
         )
         .map_err(|e| {
             tracing::error!(error = %e, "cannot start the media thread");
-            broadcast.end();
+            self.linger(broadcast.clone());
             "server error".to_string()
         })?;
         tracing::info!(broadcast = %broadcast.id, "publish started");
-        let key_watch = watch_key(&self.ingest, broadcast.clone(), key, channel.slug.clone());
+        let stop = broadcast.stop_token();
+        let key_watch = watch_key(&self.ingest, stop.clone(), key, channel.slug.clone());
         self.publishing = Some(Publishing {
             _key_watch: key_watch,
+            stop,
             broadcast,
             media,
             pipeline,
@@ -704,13 +708,27 @@ impl Connection {
         } = publishing;
         drop(media);
         let _ = tokio::task::spawn_blocking(move || pipeline.join()).await;
-        // The pipeline marks the end itself; this covers a pipeline that panicked.
-        broadcast.end();
         tracing::info!("publish ended");
+        self.linger(broadcast);
+    }
+
+    /// The publisher left: the broadcast's playlists stay open for the linger time, so
+    /// players wait through a short drop and the publisher can come back to the same
+    /// playlists (see `hls`). Then they end, and after as long again (players polling see
+    /// the end), the media is dropped. At shutdown, both at once.
+    fn linger(&self, broadcast: Arc<Broadcast>) {
+        let number = broadcast.off_air();
         let broadcasts = self.ingest.broadcasts.clone();
         let linger = self.ingest.hls.linger();
         let shutdown = self.ingest.shutdown.clone();
         self.ingest.tracker.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(linger) => {}
+                _ = shutdown.cancelled() => {}
+            }
+            if !broadcasts.end_if_idle(&broadcast, number) {
+                return; // the publisher is back
+            }
             tokio::select! {
                 _ = tokio::time::sleep(linger) => {}
                 _ = shutdown.cancelled() => {}

@@ -4,7 +4,9 @@
 //! (MPEG-TS and fMP4), asks the [`Segmenter`] where to cut, and publishes each part and
 //! closed segment to the broadcast's `source` [`Variant`]. libav calls block, so they run
 //! here and never on the async runtime. When the queue closes (the publisher left), the
-//! open segment is closed and the playlists ended.
+//! open segment is closed; the broadcast decides when the playlists end (see `hls`). A
+//! pipeline on a broadcast whose publisher came back continues its numbering on a new
+//! timeline.
 
 pub mod codec;
 pub mod mux;
@@ -91,6 +93,9 @@ struct OpenPart {
 }
 
 struct Pipeline {
+    /// Added to the publisher's timestamps: where the broadcast's previous publish ended,
+    /// so a return after a drop continues the media timeline.
+    offset: i64,
     broadcast: Arc<Broadcast>,
     /// Where the segments go.
     variant: Arc<Variant>,
@@ -110,11 +115,17 @@ struct Pipeline {
 
 impl Pipeline {
     fn new(broadcast: Arc<Broadcast>, target: Duration, part_target: Duration) -> Pipeline {
+        let variant = broadcast.source();
+        let mut segmenter = Segmenter::new(target);
+        if let Some((sequence, timeline)) = variant.last_sequence() {
+            segmenter.resume_after(sequence, timeline);
+        }
         Pipeline {
-            variant: broadcast.source(),
+            offset: variant.media_end(),
+            variant,
             broadcast,
             unusable: (0, None),
-            segmenter: Segmenter::new(target),
+            segmenter,
             part_target_ms: i64::try_from(part_target.as_millis()).unwrap_or(334).max(1),
             part: None,
             muxers: None,
@@ -133,7 +144,6 @@ impl Pipeline {
         }
         let _busy = activity.begin();
         self.finish_timeline();
-        self.variant.end();
         tracing::info!("stream ended");
     }
 
@@ -158,8 +168,14 @@ impl Pipeline {
                     self.audio_config = Some(config);
                 }
             }
-            MediaEvent::Video(frame) => self.video(frame),
-            MediaEvent::Audio(frame) => self.audio(frame),
+            MediaEvent::Video(frame) => {
+                let frame = self.shifted(frame);
+                self.video(frame);
+            }
+            MediaEvent::Audio(frame) => {
+                let frame = self.shifted(frame);
+                self.audio(frame);
+            }
         }
     }
 
@@ -207,7 +223,8 @@ impl Pipeline {
         let cmaf = Muxer::new(Container::Cmaf, avcc, asc.as_deref())?;
         tracing::info!(audio = ts.has_audio(), "muxing started");
         let info = self.stream_info(avcc, ts.has_audio());
-        self.variant.set_init(cmaf.init_segment());
+        self.variant
+            .set_init(self.segmenter.timeline(), cmaf.init_segment());
         self.variant.set_info(info);
         self.muxers = Some(Muxers { ts, cmaf });
         Ok(())
@@ -229,12 +246,14 @@ impl Pipeline {
         }
         let dts = self.next_dts(Track::Video, frame.dts);
         let cut_segment = self.segmenter.cut_before(dts, frame.keyframe);
-        // A part closes at every segment boundary, and before a frame that would carry it
-        // past PART-TARGET (parts must not exceed it), keyframe or not: a long keyframe
-        // interval still gives parts on time.
-        let part_full = self
-            .part
-            .is_some_and(|p| dts - p.start_dts + self.segmenter.frame_step() > self.part_target_ms);
+        // A part closes at every segment boundary, before a frame that would carry it past
+        // PART-TARGET (parts must not exceed it), keyframe or not, so a long keyframe
+        // interval still gives parts on time; and before every keyframe, so a player can
+        // start at it (INDEPENDENT=YES) even where it falls inside a segment.
+        let part_full = self.part.is_some_and(|p| {
+            dts - p.start_dts + self.segmenter.frame_step() > self.part_target_ms
+                || (frame.keyframe && dts > p.start_dts)
+        });
         // The segment's last part is published with the segment's end, in one change.
         let last_part = if cut_segment || part_full {
             self.close_part(dts, !cut_segment)
@@ -253,7 +272,7 @@ impl Pipeline {
                 independent: frame.keyframe,
             });
         }
-        self.segmenter.observe_video(dts);
+        self.segmenter.observe_video(dts, frame.keyframe);
         let pts = frame.pts.max(dts);
         if let Some(muxers) = self.muxers.as_mut() {
             for muxer in [&mut muxers.ts, &mut muxers.cmaf] {
@@ -343,12 +362,21 @@ impl Pipeline {
         }
     }
 
+    fn shifted(&self, frame: Frame) -> Frame {
+        Frame {
+            dts: frame.dts.saturating_add(self.offset),
+            pts: frame.pts.saturating_add(self.offset),
+            ..frame
+        }
+    }
+
     /// Ends the current timeline: the last part and segment close one frame after the
     /// last frame, and the muxers are dropped.
     fn finish_timeline(&mut self) {
         if let Some(end) = self.segmenter.end_dts() {
             let last_part = self.close_part(end, false);
             self.close_segment(end, last_part);
+            self.variant.set_media_end(end);
         }
         self.muxers = None;
         self.part = None;

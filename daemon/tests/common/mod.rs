@@ -558,15 +558,38 @@ impl Push {
     /// Pushes `seconds` of test pattern at `size`, encoded with `video` (ffmpeg output
     /// options), with a tone if `audio`: AAC unless `video` names an audio codec (`-c:a`).
     pub fn start_with(url: &str, seconds: u32, size: &str, video: &[&str], audio: bool) -> Push {
+        let input = format!("testsrc2=size={size}:rate=30");
+        Push::start_from(&input, url, seconds, video, audio)
+    }
+
+    /// What OBS's Simple output mode sends (x264 `veryfast`, its default keyframe interval
+    /// of 250 frames, scene-cut detection on, AAC), of a picture that changes scene after
+    /// `cut` seconds: x264 puts a keyframe there.
+    pub fn like_obs_simple_mode(url: &str, seconds: u32, size: &str, cut: u32) -> Push {
+        let input = format!(
+            "testsrc2=size={size}:rate=30:duration={cut}[a];\
+             smptebars=size={size}:rate=30[b];[a][b]concat=n=2:v=1:a=0[out0]"
+        );
+        let x264 = [
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-g",
+            "250",
+            "-sc_threshold",
+            "40",
+            "-pix_fmt",
+            "yuv420p",
+        ];
+        Push::start_from(&input, url, seconds, &x264, true)
+    }
+
+    fn start_from(input: &str, url: &str, seconds: u32, video: &[&str], audio: bool) -> Push {
         let mut command = Command::new("ffmpeg");
         command
             .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-            .args([
-                "-f",
-                "lavfi",
-                "-i",
-                &format!("testsrc2=size={size}:rate=30"),
-            ]);
+            .args(["-f", "lavfi", "-i", input]);
         if audio {
             command.args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]);
         }
@@ -651,6 +674,8 @@ pub struct MediaPlaylist {
     pub version: Option<u32>,
     pub target_duration: Option<u64>,
     pub media_sequence: Option<u64>,
+    /// EXT-X-DISCONTINUITY-SEQUENCE (0 when absent).
+    pub discontinuity_sequence: u64,
     pub segments: Vec<SegmentEntry>,
     pub ended: bool,
 }
@@ -660,6 +685,8 @@ pub struct SegmentEntry {
     pub duration: f64,
     pub uri: String,
     pub program_date_time: Option<String>,
+    /// Preceded by EXT-X-DISCONTINUITY.
+    pub discontinuity: bool,
 }
 
 impl MediaPlaylist {
@@ -674,11 +701,13 @@ impl MediaPlaylist {
             version: None,
             target_duration: None,
             media_sequence: None,
+            discontinuity_sequence: 0,
             segments: Vec::new(),
             ended: false,
         };
         let mut duration = None;
         let mut date = None;
+        let mut discontinuity = false;
         for line in lines {
             if let Some(v) = line.strip_prefix("#EXT-X-VERSION:") {
                 playlist.version = v.parse().ok();
@@ -686,6 +715,10 @@ impl MediaPlaylist {
                 playlist.target_duration = Some(v.parse().expect("integer target duration"));
             } else if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
                 playlist.media_sequence = Some(v.parse().expect("integer media sequence"));
+            } else if let Some(v) = line.strip_prefix("#EXT-X-DISCONTINUITY-SEQUENCE:") {
+                playlist.discontinuity_sequence = v.parse().expect("integer sequence");
+            } else if line == "#EXT-X-DISCONTINUITY" {
+                discontinuity = true;
             } else if let Some(v) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
                 date = Some(v.to_string());
             } else if let Some(v) = line.strip_prefix("#EXTINF:") {
@@ -701,6 +734,7 @@ impl MediaPlaylist {
                     duration: duration.take().expect("URI without EXTINF"),
                     uri: line.to_string(),
                     program_date_time: date.take(),
+                    discontinuity: std::mem::take(&mut discontinuity),
                 });
             }
         }
