@@ -8,9 +8,10 @@ mod common;
 use common::{ffprobe, get_with, poll_until, wait_until, Daemon, LlPlaylist, Push};
 use std::time::{Duration, Instant};
 
-/// 1 s segments so delta updates (CAN-SKIP-UNTIL = 6 target durations) have something to
-/// skip within a short test; the shipped part target.
-const CONFIG: &str = "[hls]\ntarget_duration = 1.0\npart_target = 0.334\nlinger_seconds = 2\n";
+/// 1 s segments and an 8-segment window, so delta updates (CAN-SKIP-UNTIL = 6 target
+/// durations) have something to skip within a short test; the shipped part target.
+const CONFIG: &str =
+    "[hls]\ntarget_duration = 1.0\npart_target = 0.334\nwindow_segments = 8\nlinger_seconds = 2\n";
 
 fn wait_for_ll(daemon: &Daemon, slug: &str, segments: usize) -> LlPlaylist {
     poll_until(

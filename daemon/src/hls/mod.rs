@@ -11,9 +11,12 @@
 //! (no EXT-X-ENDLIST) for the linger time; a publisher that comes back within it continues
 //! the same playlists with EXT-X-DISCONTINUITY, media and discontinuity sequence numbers
 //! still counting up, and a new EXT-X-MAP, so a TV or VLC left playing resumes by itself
-//! (RFC 8216 §6.2.2 forbids the sequence to go back). Once the new publish has a segment,
-//! the playlists list only its segments: nothing from before the drop is offered as live.
-//! Only when the linger passes does the playlist end.
+//! (RFC 8216 §6.2.2 forbids the sequence to go back). The window slides on as usual: a
+//! player syncs each reload to the last (GStreamer's hlsdemux2 stalls on a playlist that
+//! shares no segment with the one before). New players are turned away (no master
+//! playlist, the channel not `live`) until the return fills the last three target
+//! durations, where players start: nothing from before the drop is offered as live. Only
+//! when the linger passes does the playlist end.
 //!
 //! Media never touches the disk (SD cards die from write load). Each packaging keeps a
 //! bounded ring of segments: the playlist window, plus as many again that have slid out of
@@ -64,8 +67,8 @@ struct PackagedState {
     /// Fixed for the broadcast (RFC 8216 forbids changing it); the segmenter keeps every
     /// segment within it.
     target_duration: u64,
-    /// The first segment of the current publish. Once it exists, older segments are no
-    /// longer listed (they stay fetchable for players in the middle of them).
+    /// The first segment of the current publish: what came before it is from before a
+    /// drop, and a player starting now must not land there.
     live_from: u64,
     peak_bitrate: u64,
     ended: bool,
@@ -175,21 +178,15 @@ impl Packaged {
         self.changes.send_modify(|n| *n += 1);
     }
 
-    /// The segments the playlist lists: the current publish's, once it has one; the last
-    /// `window` of them, and more while fewer would last under three target durations
-    /// (RFC 8216 §6.2.2).
+    /// The segments the playlist lists: the last `window`, and more while fewer would last
+    /// under three target durations (RFC 8216 §6.2.2).
     fn listed(&self, state: &PackagedState) -> Vec<Arc<Segment>> {
-        let live_from = match state.segments.back() {
-            Some(newest) if newest.sequence >= state.live_from => state.live_from,
-            _ => 0,
-        };
         let floor = 3.0 * state.target_duration as f64;
         let mut seconds = 0.0;
         let mut listed: Vec<_> = state
             .segments
             .iter()
             .rev()
-            .take_while(|s| s.sequence >= live_from)
             .enumerate()
             .take_while(|(count, s)| {
                 let keep = *count < self.window || seconds < floor;
@@ -276,9 +273,9 @@ impl Packaged {
         closed.max(open)
     }
 
-    /// A new publish continues this packaging: its segments come after every one so far,
-    /// and once it has one, only its own are listed. A segment left open by a publish
-    /// that did not finish it is dropped (its number is not reused).
+    /// A new publish continues this packaging: its segments come after every one so far.
+    /// A segment left open by a publish that did not finish it is dropped (its number is
+    /// not reused).
     fn resume(&self) {
         let mut state = self.lock();
         state.live_from = Self::last_sequence(&state).map_or(0, |(sequence, _)| sequence + 1);
@@ -286,13 +283,21 @@ impl Packaged {
         self.changed(&mut state);
     }
 
-    /// Whether the current publish has a complete segment here.
-    fn has_current_segment(&self) -> bool {
+    /// Whether a player starting now plays the current publish: it has a complete
+    /// segment, and if the playlist still lists segments from before a drop, its own last
+    /// three target durations, where a classic player starts (RFC 8216 §6.3.3).
+    fn starts_current(&self) -> bool {
         let state = self.lock();
-        state
-            .segments
-            .back()
-            .is_some_and(|s| s.sequence >= state.live_from)
+        let listed = self.listed(&state);
+        let current = listed.iter().filter(|s| s.sequence >= state.live_from);
+        match listed.first() {
+            None => false,
+            Some(first) if first.sequence >= state.live_from => true,
+            Some(_) => {
+                let seconds: f64 = current.map(|s| s.duration.as_secs_f64()).sum();
+                seconds >= 3.0 * state.target_duration as f64
+            }
+        }
     }
 
     /// Publishes a closed segment and forgets the oldest beyond twice the window.
@@ -513,9 +518,11 @@ impl Variant {
         } else {
             (name.to_string(), format!("{name}-ts"))
         };
-        // LL-HLS delta updates skip what is older than six target durations; the LL
-        // playlist is kept a little longer than that, so they have something to skip.
-        let ll_window = window.max(8);
+        // The LL playlist is as long as the classic one: players that do not know LL-HLS
+        // read it as classic, and some (VLC) start near its top. Delta updates skip what
+        // is older than six target durations, so they skip something only in longer
+        // windows than the default.
+        let ll_window = window;
         Variant {
             name: name.to_string(),
             ll: Arc::new(Packaged::new(
@@ -595,9 +602,9 @@ impl Variant {
         }
     }
 
-    /// Whether the current publish has a segment a player can fetch, in both packagings.
-    fn has_current_segments(&self) -> bool {
-        self.ll.has_current_segment() && self.classic.has_current_segment()
+    /// Whether a player starting now plays the current publish, in both packagings.
+    fn starts_current(&self) -> bool {
+        self.ll.starts_current() && self.classic.starts_current()
     }
 }
 
@@ -744,9 +751,10 @@ impl Broadcast {
             .cloned()
     }
 
-    /// Publishing, with a segment of this publish a player can fetch.
+    /// Publishing, and a player starting now plays this publish: its first segment
+    /// exists, and after a return, nothing from before the drop is where players start.
     pub fn is_live(&self) -> bool {
-        self.is_on_air() && self.source.has_current_segments()
+        self.is_on_air() && self.source.starts_current()
     }
 
     /// Whether the playlists have ended (EXT-X-ENDLIST): the broadcast is over, though
@@ -1024,19 +1032,33 @@ mod tests {
             "the old linger timer does nothing"
         );
         assert_eq!(b.source().last_sequence(), Some((3, 0)));
-        assert!(!b.is_live(), "live again once the return has a segment");
-        let mut back = segment(4, 2.0);
-        back.discontinuity = true;
-        back.timeline = 1;
-        b.source().ll.push(back.clone());
-        b.source().classic.push(back);
-        assert!(b.is_live());
+        assert!(!b.is_live());
+        let back = |n: u64| {
+            let mut s = segment(n, 2.0);
+            s.discontinuity = n == 4;
+            s.timeline = 1;
+            b.source().ll.push(s.clone());
+            b.source().classic.push(s);
+        };
+        back(4);
+        let listed = text(&b);
+        assert!(
+            listed.contains("#EXT-X-MEDIA-SEQUENCE:2\n"),
+            "the window slides on, so a player syncs: {listed}"
+        );
+        assert!(listed.contains("-3.ts\n#EXT-X-DISCONTINUITY\n"), "{listed}");
+        assert!(
+            !b.is_live() && b.master_playlist().is_none(),
+            "a player starting now would start before the drop"
+        );
+        back(5);
+        back(6);
+        assert!(b.is_live() && b.master_playlist().is_some());
         let listed = text(&b);
         assert!(
             listed.contains("#EXT-X-MEDIA-SEQUENCE:4\n#EXT-X-DISCONTINUITY\n"),
             "{listed}"
         );
-        assert_eq!(listed.matches("#EXTINF").count(), 1, "{listed}");
         assert!(
             b.source().classic.segment(3).is_some(),
             "still fetchable mid-play"
@@ -1061,6 +1083,12 @@ mod tests {
         assert!(text.contains("#EXT-X-TARGETDURATION:2\n"), "{text}");
         assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:7\n"), "{text}");
         assert_eq!(text.matches("#EXTINF").count(), 3);
+        // The LL playlist is as long (VLC and others read it as a classic one).
+        for n in 0..10 {
+            b.source().ll.push(segment(n, 2.0));
+        }
+        let ll = String::from_utf8(b.source().ll.media_playlist().plain.to_vec()).expect("utf-8");
+        assert_eq!(ll.matches("#EXTINF").count(), 3, "{ll}");
         // Short segments (scene cuts): more are listed, so the playlist still lasts three
         // target durations (RFC 8216 §6.2.2).
         for n in 10..16 {

@@ -203,11 +203,14 @@ impl Pipeline {
         if *count >= GIVE_UP_KEYFRAMES || first.elapsed() >= GIVE_UP_AFTER {
             let why = match error {
                 mux::MuxError::BadVideoConfig => {
-                    "the video is not H.264 the box can read (its configuration is malformed;                      OBS's AV1 and HEVC encoders send this on a custom server): in OBS,                      Settings > Output, choose x264 or a hardware H.264 encoder"
+                    "the video is not H.264 the box can read (its configuration is malformed; \
+                     OBS's AV1 and HEVC encoders send this on a custom server): in OBS, \
+                     Settings > Output, choose x264 or a hardware H.264 encoder"
                         .to_string()
                 }
                 mux::MuxError::BadAudioConfig => {
-                    "the audio is not AAC the box can read: in OBS, Settings > Output > Audio                      Encoder, choose AAC"
+                    "the audio is not AAC the box can read: in OBS, Settings > Output > Audio \
+                     Encoder, choose AAC"
                         .to_string()
                 }
                 other => format!("the stream cannot be packaged: {other}"),
