@@ -39,6 +39,8 @@ def main():
     parser.add_argument("--seconds", type=int, default=60, help="how long the players watch")
     parser.add_argument("--gop-frames", type=int, default=60,
                         help="keyframe interval of the push, in frames at 30 fps (250: OBS Simple mode)")
+    parser.add_argument("--late-joins", type=int, default=3,
+                        help="more commeowd tabs, opened later at odd moments of the keyframe interval")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
 
@@ -65,9 +67,13 @@ def main():
             wait_for_url(url)
             up_after[name] = time.monotonic() - pushed_at
         print(f"both streams are up; {len(players)} players watch for {args.seconds} s...", file=sys.stderr)
+        # Late joins land 0.27, 0.54 and 0.81 of the way into a keyframe interval.
+        gop = args.gop_frames / 30
+        late = {f"commeowd LL-HLS, joining +{(k + 1) * 1.27 * gop:.1f} s@{(k + 1) * 1.27 * gop:.1f}":
+                players["commeowd LL-HLS"] for k in range(args.late_joins)}
         run = subprocess.run(
             ["node", str(LATENCY / "run.mjs"), f"http://127.0.0.1:{page_port}", str(args.seconds)]
-            + [f"{name}={url}" for name, url in players.items()],
+            + [f"{name}={url}" for name, url in {**players, **late}.items()],
             check=True, capture_output=True, text=True, env={**os.environ, "OUT": str(OUT)})
         if run.stderr:
             print(run.stderr, file=sys.stderr)

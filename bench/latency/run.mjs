@@ -1,6 +1,7 @@
-// Opens one headless Chromium tab per player URL, all at once, lets them play for the
-// given seconds, and prints each tab's glass-to-glass figures as JSON.
-// Usage: node run.mjs PAGE_BASE SECONDS NAME=URL [NAME=URL ...]
+// Opens one headless Chromium tab per player URL, lets them play for the given seconds,
+// and prints each tab's glass-to-glass figures as JSON. A NAME@DELAY=URL tab opens DELAY
+// seconds after the others: a viewer joining late, mid-keyframe-interval.
+// Usage: node run.mjs PAGE_BASE SECONDS NAME[@DELAY]=URL [...]
 import { chromium } from "playwright-core";
 
 const [base, seconds, ...targets] = process.argv.slice(2);
@@ -16,14 +17,21 @@ const browser = await chromium.launch({
   ],
 });
 const pages = [];
+const opened = [];
+const started = Date.now();
 for (const target of targets) {
-  const [name, url] = target.split(/=(.*)/s);
-  const page = await browser.newPage();
-  page.on("console", (m) => m.type() === "error" && console.error(`[${name}] ${m.text()}`));
-  await page.goto(`${base}/www/index.html?src=${encodeURIComponent(url)}`);
-  pages.push({ name, page });
+  const [label, url] = target.split(/=(.*)/s);
+  const [name, delay] = label.split("@");
+  opened.push((async () => {
+    await new Promise((r) => setTimeout(r, Number(delay ?? 0) * 1000));
+    const page = await browser.newPage();
+    page.on("console", (m) => m.type() === "error" && console.error(`[${name}] ${m.text()}`));
+    await page.goto(`${base}/www/index.html?src=${encodeURIComponent(url)}`);
+    pages.push({ name, page });
+  })());
 }
-await new Promise((r) => setTimeout(r, Number(seconds) * 1000));
+await Promise.all(opened);
+await new Promise((r) => setTimeout(r, Math.max(0, Number(seconds) * 1000 - (Date.now() - started))));
 const out = {};
 for (const { name, page } of pages) {
   out[name] = await page.evaluate(() => window.results);

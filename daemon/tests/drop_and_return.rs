@@ -52,7 +52,11 @@ impl Player {
             Kind::Mpv => {
                 let mut c = Command::new("mpv");
                 c.args(["--no-config", "--vo=null", "--ao=null", "--idle=no"])
-                    .args(["--vf=lavfi=[showinfo]", "--msg-level=all=warn,ffmpeg=v", url]);
+                    .args([
+                        "--vf=lavfi=[showinfo]",
+                        "--msg-level=all=warn,ffmpeg=v",
+                        url,
+                    ]);
                 c
             }
             Kind::Playbin3 | Kind::Playbin => {
@@ -176,7 +180,10 @@ fn players_watching_through_a_drop_resume_by_themselves() {
             .iter()
             .all(|(_, p)| p.frames() > 0)),
         "every player shows the stream: {:?}",
-        players.iter().map(|(n, p)| (n, p.frames())).collect::<Vec<_>>()
+        players
+            .iter()
+            .map(|(n, p)| (n, p.frames()))
+            .collect::<Vec<_>>()
     );
 
     // The drop: the channel is not live, no new player is offered the old media, and the

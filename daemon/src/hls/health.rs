@@ -2,10 +2,11 @@
 //! dashboard. Ingest feeds it every frame (cheap: a few numbers and two short rings); HTTP
 //! reads a [`Snapshot`] with the warnings that matter for latency and for the venue Wi-Fi.
 //!
-//! The keyframe interval is measured between keyframes on the publisher's clock; a segment
-//! can only be cut at one, so it sets the segment length, a player's start-up and how far
-//! behind a late joiner starts. B-frames add a reordering delay. Both come from the
-//! encoder's settings, which OBS hides in its default Simple mode.
+//! The keyframe interval is measured between keyframes on the publisher's clock. A player
+//! can start only at a keyframe, so it sets how far behind (or how late) a joiner starts;
+//! segments stay within the target whatever it is, but past it most start without one.
+//! B-frames add a reordering delay. Both come from the encoder's settings, which OBS hides
+//! in its default Simple mode.
 
 use serde::Serialize;
 use std::collections::VecDeque;
