@@ -301,6 +301,41 @@ fn a_codec_other_than_h264_is_refused_clearly_and_the_channel_stays_usable() {
     assert!(daemon.channel_live("stage"));
 }
 
+/// Newer OBS and FFmpeg send HEVC and AV1 over Enhanced RTMP: refused at once, naming the
+/// codec and saying to send H.264, and the channel stays usable.
+#[test]
+fn hevc_and_av1_over_enhanced_rtmp_are_refused_by_name() {
+    let daemon = Daemon::start(CONFIG);
+    let key = daemon.add_channel("stage");
+    let encoders: [(&[&str], &str); 2] = [
+        (&["-c:v", "libx265", "-preset", "ultrafast"], "hvc1"),
+        (
+            &["-c:v", "libaom-av1", "-cpu-used", "8", "-b:v", "200k"],
+            "av01",
+        ),
+    ];
+    for (video, fourcc) in encoders {
+        let started = std::time::Instant::now();
+        let (status, stderr) =
+            Push::with_newer_ffmpeg(&daemon.rtmp_url(&key), 10, "160x120", video)
+                .finish(Duration::from_secs(30));
+        assert!(!status.success(), "{fourcc} must be refused");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{fourcc}: refused at once, not at the end of the push"
+        );
+        assert!(
+            stderr.contains("Server error")
+                && stderr.contains(fourcc)
+                && stderr.contains("send H.264"),
+            "{fourcc}: the publisher reads why: {stderr}"
+        );
+        assert!(!daemon.channel_live("stage"));
+    }
+    let _push = Push::start(&daemon.rtmp_url(&key), 10, "160x120");
+    wait_for_segments(&daemon, "stage", 1);
+}
+
 #[test]
 fn after_kill_9_mid_stream_the_box_comes_back_with_its_channels_and_no_stale_stream() {
     let mut daemon = Daemon::start(CONFIG);

@@ -109,6 +109,17 @@ pub fn parse_video(body: &Bytes) -> Result<VideoTag, FlvError> {
 pub fn parse_audio(body: &Bytes) -> Result<AudioTag, FlvError> {
     let first = *body.first().ok_or(FlvError::Empty)?;
     let format = first >> 4;
+    if format == 9 {
+        // Enhanced RTMP v2: a FourCC follows (Opus, fLaC, ac-3, mp4a). Name it for the
+        // refusal; AAC comes the legacy way from every encoder we know.
+        let fourcc = body
+            .get(1..5)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        return Err(FlvError::UnsupportedAudio(format!(
+            "enhanced-RTMP '{fourcc}'"
+        )));
+    }
     if format != 10 {
         return Err(FlvError::UnsupportedAudio(audio_codec_name(format)));
     }
@@ -159,6 +170,16 @@ mod tests {
         assert!(err.to_string().contains("H.263"));
         let err = parse_video(&b(&[0x90, b'h', b'v', b'c', b'1'])).expect_err("ertmp");
         assert!(err.to_string().contains("hvc1"), "{err}");
+    }
+
+    #[test]
+    fn refuses_opus_over_enhanced_rtmp_by_name() {
+        // SoundFormat 9 (ExHeader), packet type 0 (sequence start), FourCC `Opus`.
+        let err = parse_audio(&b(&[0x90, b'O', b'p', b'u', b's', 1, 2])).expect_err("opus");
+        assert!(
+            err.to_string().contains("'Opus'") && err.to_string().contains("AAC"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -559,7 +559,22 @@ impl Push {
     /// options), with a tone if `audio`: AAC unless `video` names an audio codec (`-c:a`).
     pub fn start_with(url: &str, seconds: u32, size: &str, video: &[&str], audio: bool) -> Push {
         let input = format!("testsrc2=size={size}:rate=30");
-        Push::start_from(&input, url, seconds, video, audio)
+        Push::start_from("ffmpeg", &input, url, seconds, video, audio)
+    }
+
+    /// The same with a newer FFmpeg (7.0, static, fetched by `.ci/setup-debian`), which
+    /// pushes HEVC and AV1 over Enhanced RTMP as newer OBS and FFmpeg do.
+    pub fn with_newer_ffmpeg(url: &str, seconds: u32, size: &str, video: &[&str]) -> Push {
+        let program = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/tools/ffmpeg-enhanced-rtmp"
+        );
+        assert!(
+            Path::new(program).exists(),
+            "{program} is missing: run .ci/setup-debian"
+        );
+        let input = format!("testsrc2=size={size}:rate=30");
+        Push::start_from(program, &input, url, seconds, video, true)
     }
 
     /// What OBS's Simple output mode sends (x264 `veryfast`, its default keyframe interval
@@ -582,11 +597,18 @@ impl Push {
             "-pix_fmt",
             "yuv420p",
         ];
-        Push::start_from(&input, url, seconds, &x264, true)
+        Push::start_from("ffmpeg", &input, url, seconds, &x264, true)
     }
 
-    fn start_from(input: &str, url: &str, seconds: u32, video: &[&str], audio: bool) -> Push {
-        let mut command = Command::new("ffmpeg");
+    fn start_from(
+        program: &str,
+        input: &str,
+        url: &str,
+        seconds: u32,
+        video: &[&str],
+        audio: bool,
+    ) -> Push {
+        let mut command = Command::new(program);
         command
             .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
             .args(["-f", "lavfi", "-i", input]);
