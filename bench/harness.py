@@ -64,6 +64,20 @@ def wait_listening(port, timeout=15.0):
             time.sleep(0.05)
 
 
+def wait_for_url(url, timeout=30.0):
+    """Polls until `url` answers 200 (a playlist that exists)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
 class Nginx:
     """nginx-rtmp: RTMP on `rtmp_port`, its HLS at http://127.0.0.1:`http_port`/hls/<name>.m3u8."""
 

@@ -14,24 +14,10 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 
-from harness import OUT, ROOT, Commeowd, Nginx, free_port, percentile, wait_listening, write_report
+from harness import OUT, ROOT, Commeowd, Nginx, free_port, percentile, wait_for_url, wait_listening, write_report
 
 LATENCY = ROOT / "bench" / "latency"
-
-
-def wait_for_url(url, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 def main():

@@ -19,24 +19,10 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.request
 
-from harness import OUT, Commeowd, Nginx, write_report
+from harness import OUT, Commeowd, Nginx, wait_for_url, write_report
 
 FPS = 30
-
-
-def wait_for_url(url, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 def push(urls, seconds, size):

@@ -1003,8 +1003,8 @@ mod tests {
     }
 
     /// The publisher drops and comes back within the linger time: the same playlists
-    /// carry on, numbers counting up on a new timeline, and once the new publish has a
-    /// segment, nothing from before the drop is listed.
+    /// carry on, numbers counting up on a new timeline, the window sliding on over the
+    /// drop, and new players are let in once the return fills where they start.
     #[test]
     fn a_publisher_back_within_the_linger_continues_the_playlists() {
         let broadcasts = Broadcasts::new(3, Duration::from_secs(2), Duration::from_millis(334));
