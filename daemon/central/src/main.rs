@@ -1,0 +1,175 @@
+//! `commeow-central`: the service (`serve`) and the fleet admin's commands.
+
+use clap::{Parser, Subcommand};
+use commeow_central::service::{self, Config};
+use commeow_central::store::{EventFilter, Sqlite, Storage};
+use fleet_proto::broker::Broker;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(version, about = "The central side of a Commeow Edge fleet")]
+struct Cli {
+    /// The central database (SQLite).
+    #[arg(
+        long,
+        env = "COMMEOW_CENTRAL_DB",
+        default_value = "central.db",
+        global = true
+    )]
+    db: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Receive every box's events and status, store them, acknowledge them.
+    Serve {
+        /// mqtt://host:port or mqtts://host:port
+        #[arg(long, env = "COMMEOW_CENTRAL_BROKER")]
+        broker: String,
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        #[arg(long)]
+        cert_file: Option<PathBuf>,
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// This replica's MQTT client id (unique per replica).
+        #[arg(long, default_value = "central-1")]
+        client_id: String,
+        /// Replicas in one group split the boxes' messages.
+        #[arg(long, default_value = "central")]
+        group: String,
+    },
+    /// Every box: high water, events held, last status.
+    Boxes {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stored events, in each box's sequence order.
+    Events {
+        #[arg(long = "box")]
+        box_id: Option<String>,
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Received at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sequences boxes lost before central stored them.
+    Gaps {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn print<T: serde::Serialize>(rows: &[T], json: bool, line: impl Fn(&T) -> String) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows).unwrap_or_default());
+    } else {
+        for row in rows {
+            println!("{}", line(row));
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve {
+            broker,
+            ca_file,
+            cert_file,
+            key_file,
+            client_id,
+            group,
+        } => {
+            let config = Config {
+                broker: Broker {
+                    url: broker,
+                    ca_file,
+                    cert_file,
+                    key_file,
+                },
+                client_id,
+                group,
+                db: cli.db,
+                keepalive: Duration::from_secs(15),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    stop.cancel();
+                });
+                service::run(config, shutdown).await
+            })
+        }
+        Command::Boxes { json } => {
+            let rows = Sqlite::open(&cli.db)?.boxes()?;
+            print(&rows, json, |b| {
+                format!(
+                    "{}\thigh water {}\t{} events\t{}{}",
+                    b.box_id,
+                    b.high_water,
+                    b.events,
+                    match b.online {
+                        Some(true) => "online",
+                        Some(false) => "offline",
+                        None => "never seen",
+                    },
+                    b.quarantined
+                        .as_ref()
+                        .map(|q| format!("\tQUARANTINED: {q}"))
+                        .unwrap_or_default()
+                )
+            });
+            Ok(())
+        }
+        Command::Events {
+            box_id,
+            kind,
+            since,
+            limit,
+            json,
+        } => {
+            let filter = EventFilter {
+                box_id,
+                kind,
+                since,
+                limit,
+            };
+            let rows = Sqlite::open(&cli.db)?.events(&filter)?;
+            print(&rows, json, |e| {
+                format!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    e.box_id, e.seq, e.kind, e.at, e.payload
+                )
+            });
+            Ok(())
+        }
+        Command::Gaps { json } => {
+            let rows = Sqlite::open(&cli.db)?.gaps()?;
+            print(&rows, json, |g| {
+                format!(
+                    "{}\t{}..={}\tfound {}",
+                    g.box_id, g.from_seq, g.to_seq, g.found_at
+                )
+            });
+            Ok(())
+        }
+    }
+}
