@@ -39,6 +39,94 @@ pub struct Config {
     pub points: PointsConfig,
     pub kakao_pay: KakaoPayConfig,
     pub onboarding: OnboardingConfig,
+    pub fleet: FleetConfig,
+}
+
+/// The fleet relay: the outbox's events to the central service over MQTT. Off by default:
+/// a box works fully without it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    pub enabled: bool,
+    /// `mqtts://host:8883` (or `mqtt://` on a trusted network and in tests).
+    pub broker: String,
+    /// This box's id in the fleet: its certificate's CN. 1 to 64 of a-z, 0-9 and -.
+    pub box_id: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Events per message.
+    pub batch: usize,
+    /// Events sent and not yet acknowledged, at most.
+    pub window: usize,
+    /// With events in flight and no acknowledgement for this long, send again from the
+    /// oldest unacknowledged one.
+    pub ack_timeout_seconds: f64,
+    pub keepalive_seconds: u64,
+    /// Status is republished this often.
+    pub status_seconds: u64,
+    /// Past this many unacknowledged events, the box says so loudly (status, logs,
+    /// `/healthz`). Nothing is dropped.
+    pub outbox_warn: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            enabled: false,
+            broker: String::new(),
+            box_id: String::new(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            batch: 200,
+            window: 2000,
+            ack_timeout_seconds: 10.0,
+            keepalive_seconds: 15,
+            status_seconds: 10,
+            outbox_warn: 100_000,
+        }
+    }
+}
+
+impl FleetConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let invalid = |key, message: &str| ConfigError::Invalid {
+            key,
+            message: message.to_string(),
+        };
+        if fleet_proto::BoxId::new(&self.box_id).is_err() {
+            return Err(invalid("fleet.box_id", "use 1 to 64 of a-z, 0-9 and -"));
+        }
+        if !(self.broker.starts_with("mqtt://") || self.broker.starts_with("mqtts://")) {
+            return Err(invalid(
+                "fleet.broker",
+                "use mqtts://host:port or mqtt://host:port",
+            ));
+        }
+        if self.batch == 0 || self.window < self.batch {
+            return Err(invalid(
+                "fleet.window",
+                "must be at least fleet.batch (>= 1)",
+            ));
+        }
+        if !(0.1..=3600.0).contains(&self.ack_timeout_seconds) {
+            return Err(invalid(
+                "fleet.ack_timeout_seconds",
+                "must be within 0.1..=3600",
+            ));
+        }
+        if self.keepalive_seconds < 5 || self.status_seconds == 0 {
+            return Err(invalid(
+                "fleet.keepalive_seconds",
+                "keepalive at least 5 s, status_seconds at least 1",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The first visitor's set-up of a fresh box (the image's first boot).
@@ -520,6 +608,7 @@ impl Config {
             });
         }
         self.kakao_pay.validate()?;
+        self.fleet.validate()?;
         if self.rtmp.max_connections == 0 {
             return Err(ConfigError::Invalid {
                 key: "rtmp.max_connections",

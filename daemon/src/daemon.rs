@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::store::{Store, StoreHandle};
-use crate::{auth, chat, hls, http, ingest, obs, payments, store, system, throttle};
+use crate::{auth, chat, fleet, hls, http, ingest, obs, payments, store, system, throttle};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -48,6 +48,7 @@ pub async fn run(
     let health = system::Health::new();
     let store_activity = system::Activity::new("store");
     health.watch(&store_activity);
+    let store_path = store.path();
     let (store, store_thread) =
         StoreHandle::spawn_watched(store, Arc::new(WatchedStore(store_activity)))?;
     let broadcasts = Arc::new(hls::Broadcasts::new(
@@ -107,6 +108,24 @@ pub async fn run(
         access_ttl,
         shutdown.clone(),
     ));
+    if config.fleet.enabled {
+        let path = store_path
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("the fleet relay needs the database's file"))?;
+        let relay = fleet::Relay {
+            box_id: fleet_proto::BoxId::new(&config.fleet.box_id)?,
+            config: config.fleet.clone(),
+            outbox: store::outbox::OutboxReader::open(&path, store.commits())?,
+            store: store.clone(),
+            live: {
+                let (broadcasts, chat) = (broadcasts.clone(), chat.clone());
+                Box::new(move || (broadcasts.live_slugs(), chat.total_viewers() as u64))
+            },
+            activity: health.register("fleet relay"),
+            boot_id: fleet::boot_id(),
+        };
+        tracker.spawn(relay.run(shutdown.clone()));
+    }
     let status = {
         let (broadcasts, chat) = (broadcasts.clone(), chat.clone());
         Box::new(move || status_line(broadcasts.live_count(), chat.total_viewers()))

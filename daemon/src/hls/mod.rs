@@ -880,6 +880,18 @@ impl Broadcasts {
         self.lock().get(slug).cloned()
     }
 
+    /// The channels live now, by slug.
+    pub fn live_slugs(&self) -> Vec<String> {
+        let mut slugs: Vec<String> = self
+            .lock()
+            .values()
+            .filter(|b| b.is_live())
+            .map(|b| b.slug.clone())
+            .collect();
+        slugs.sort();
+        slugs
+    }
+
     /// How many channels are live now (not counting ended broadcasts that linger).
     pub fn live_count(&self) -> usize {
         self.lock().values().filter(|b| b.is_live()).count()

@@ -99,6 +99,11 @@ impl Store {
         (dir, store)
     }
 
+    /// The database file, for readers that open their own connection (the fleet relay).
+    pub fn path(&self) -> Option<std::path::PathBuf> {
+        self.conn.path().map(std::path::PathBuf::from)
+    }
+
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         // The file holds the token signing key and password hashes: readable by the daemon's
         // user only, under systemd or not (SQLite gives its -wal and -shm files the same

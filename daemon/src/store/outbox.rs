@@ -162,6 +162,31 @@ fn pending_on(conn: &Connection, after: i64, limit: usize) -> Result<Vec<Stored>
 }
 
 impl Store {
+    /// The fleet relay's next session number: bumped on every connect to the broker and
+    /// kept across restarts, so central can tell a stale last will from the box's newest
+    /// status.
+    pub fn next_fleet_session(&mut self) -> Result<u64, StoreError> {
+        let tx = self.conn_mut().savepoint()?;
+        let last: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT value FROM secrets WHERE name = 'fleet_session'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let last = last
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let next = last + 1;
+        tx.execute(
+            "INSERT INTO secrets (name, value) VALUES ('fleet_session', ?1)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            params![next.to_be_bytes().to_vec()],
+        )?;
+        tx.commit()?;
+        Ok(next)
+    }
+
     /// Appends `event` with the box's next sequence number, in the caller's transaction.
     /// Returns its event id.
     pub fn add_event(&self, event: &Event) -> Result<String, StoreError> {
@@ -237,6 +262,21 @@ impl OutboxReader {
             conn: Arc::new(Mutex::new(conn)),
             commits,
         })
+    }
+
+    /// How many events wait for central's acknowledgement, and when the oldest was made.
+    pub async fn depth(&self) -> Result<(u64, Option<String>), StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().map_err(|_| StoreError::Closed)?;
+            let (count, oldest): (i64, Option<String>) =
+                conn.query_row("SELECT COUNT(*), MIN(created_at) FROM outbox", [], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?;
+            Ok((u64::try_from(count).unwrap_or(0), oldest))
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
     }
 
     /// Events after `after`, oldest first, at most `limit`, read now.

@@ -145,6 +145,12 @@ impl Daemon {
         daemon
     }
 
+    /// SIGKILL, no goodbye, and no restart.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
     /// SIGKILL, no goodbye; then a new process on the same data directory and config.
     pub fn crash_and_restart(&mut self) {
         self.child.kill().expect("SIGKILL");

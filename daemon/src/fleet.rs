@@ -1,0 +1,337 @@
+//! The fleet relay: the outbox's events to the central service over MQTT, exactly once
+//! through any outage (the protocol is in the `fleet-proto` crate).
+//!
+//! It reads the outbox in sequence order on its own read-only connection, publishes
+//! batches, keeps at most `window` events in flight, and deletes rows only when central
+//! acknowledges them by event id. After a reconnect, or when acknowledgements stop for
+//! `ack_timeout`, it sends again from the oldest unacknowledged event (go-back-N): central
+//! drops what it already has. Nothing here ever makes a donation wait: the ledger writes
+//! its outbox rows whether or not a broker is reachable, and the relay only reads them
+//! and, on an ack, deletes them through the store like any other write.
+//!
+//! Each connection is a new MQTT session with a new session number (kept in the store),
+//! whose last will is a retained `status` saying `online: false` for that session; central
+//! ignores a will older than the newest status it has seen. Reconnects back off
+//! exponentially with full jitter.
+
+use crate::config::FleetConfig;
+use crate::store::outbox::{OutboxReader, Stored};
+use crate::store::StoreHandle;
+use crate::system::Activity;
+use fleet_proto::broker::Broker;
+use fleet_proto::{Ack, BoxId, Envelope, EventsBatch, Status, Topic, WireEvent};
+use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What the status reports of the box besides the outbox: live channels and viewers.
+pub type Live = Box<dyn Fn() -> (Vec<String>, u64) + Send + Sync>;
+
+pub struct Relay {
+    pub config: FleetConfig,
+    pub box_id: BoxId,
+    pub store: StoreHandle,
+    pub outbox: OutboxReader,
+    pub live: Live,
+    /// Watched by the watchdog while the relay works (not while it waits on the network).
+    pub activity: Arc<Activity>,
+    pub boot_id: Option<String>,
+}
+
+/// What the connection task hands the relay.
+enum Incoming {
+    Connected,
+    Ack(Vec<u8>),
+    Lost(String),
+}
+
+/// Events sent and not yet acknowledged, by sequence.
+#[derive(Default)]
+struct InFlight {
+    events: BTreeMap<i64, String>,
+    /// The highest sequence sent on this connection.
+    sent_up_to: i64,
+    last_progress: Option<Instant>,
+}
+
+impl Relay {
+    /// Runs until `shutdown`: connect, relay, and on any failure back off and connect again.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let broker = Broker {
+            url: self.config.broker.clone(),
+            ca_file: self.config.ca_file.clone(),
+            cert_file: self.config.cert_file.clone(),
+            key_file: self.config.key_file.clone(),
+        };
+        let mut failures = 0u32;
+        loop {
+            match self.connection(&broker, &shutdown).await {
+                Ok(()) => return,
+                Err(why) => {
+                    failures += 1;
+                    let wait = fleet_proto::backoff(failures);
+                    tracing::warn!(reason = %why, ?wait, "fleet broker unreachable; events wait in the outbox");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One MQTT session, from connect until it fails (`Err`) or shutdown (`Ok`).
+    async fn connection(
+        &self,
+        broker: &Broker,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        let session = self
+            .store
+            .write(|store| store.next_fleet_session())
+            .await
+            .map_err(|e| format!("store: {e}"))?;
+        let mut options = broker
+            .options(
+                self.box_id.as_str(),
+                Duration::from_secs(self.config.keepalive_seconds),
+            )
+            .map_err(|e| e.to_string())?;
+        let will = Status::will(self.box_id.clone(), session, now());
+        options.set_last_will(LastWill::new(
+            Topic::Status.of(&self.box_id),
+            will.to_bytes(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let (tell, mut incoming) = mpsc::channel(256);
+        let connection = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if tell.send(Incoming::Connected).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        // Never wait on the relay here (it may be waiting on us to send): a
+                        // dropped ack only means those events are sent again.
+                        let _ = tell.try_send(Incoming::Ack(publish.payload.to_vec()));
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        let _ = tell.send(Incoming::Lost(error.to_string())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        let result = self.relay(&client, session, &mut incoming, shutdown).await;
+        if result.is_ok() {
+            // Shutting down: say so, rather than leave it to the will.
+            let mut bye = Status::will(self.box_id.clone(), session, now());
+            bye.online = false;
+            let _ = client
+                .publish(
+                    Topic::Status.of(&self.box_id),
+                    QoS::AtLeastOnce,
+                    true,
+                    bye.to_bytes(),
+                )
+                .await;
+            let _ = client.disconnect().await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
+        } else {
+            connection.abort();
+        }
+        result
+    }
+
+    async fn relay(
+        &self,
+        client: &AsyncClient,
+        session: u64,
+        incoming: &mut mpsc::Receiver<Incoming>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        let mut outbox = self.outbox.clone();
+        let ack_timeout = Duration::from_secs_f64(self.config.ack_timeout_seconds);
+        let mut status_every =
+            tokio::time::interval(Duration::from_secs(self.config.status_seconds));
+        status_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut connected = false;
+        let mut flight = InFlight::default();
+        loop {
+            let room = self
+                .config
+                .window
+                .saturating_sub(flight.events.len())
+                .min(self.config.batch);
+            let want_more = connected && room > 0;
+            let stalled = flight
+                .last_progress
+                .filter(|_| !flight.events.is_empty())
+                .map_or(Duration::MAX, |at| ack_timeout.saturating_sub(at.elapsed()));
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                message = incoming.recv() => match message {
+                    None => return Err("connection task ended".into()),
+                    Some(Incoming::Lost(why)) => return Err(why),
+                    Some(Incoming::Connected) => {
+                        connected = true;
+                        // A new session: whatever was in flight may be lost. Send again
+                        // from the oldest unacknowledged event (all the outbox holds).
+                        flight = InFlight::default();
+                        client
+                            .subscribe(Topic::Ack.of(&self.box_id), QoS::AtLeastOnce)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        self.publish_status(client, session).await?;
+                        tracing::info!(broker = %self.config.broker, session, "fleet relay connected");
+                    }
+                    Some(Incoming::Ack(payload)) => {
+                        let _busy = self.activity.begin();
+                        self.acknowledged(&payload, &mut flight).await;
+                    }
+                },
+                events = outbox.next(flight.sent_up_to, room.max(1)), if want_more => {
+                    let events = events.map_err(|e| format!("outbox: {e}"))?;
+                    let _busy = self.activity.begin();
+                    self.send(client, events, &mut flight).await?;
+                }
+                () = tokio::time::sleep(stalled), if connected && stalled != Duration::MAX => {
+                    tracing::warn!(in_flight = flight.events.len(), "no acknowledgement from central; sending again from the oldest");
+                    flight = InFlight::default();
+                }
+                _ = status_every.tick(), if connected => {
+                    self.publish_status(client, session).await?;
+                }
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        client: &AsyncClient,
+        events: Vec<Stored>,
+        flight: &mut InFlight,
+    ) -> Result<(), String> {
+        let Some(last) = events.last().map(|e| e.seq) else {
+            return Ok(());
+        };
+        let floor = match flight.events.keys().next() {
+            Some(oldest) => (*oldest).min(events[0].seq),
+            None => events[0].seq,
+        };
+        let batch = EventsBatch {
+            box_id: self.box_id.clone(),
+            floor,
+            sent_at: now(),
+            events: events
+                .iter()
+                .map(|e| WireEvent {
+                    seq: e.seq,
+                    event_id: e.event_id.clone(),
+                    kind: e.kind.clone(),
+                    v: e.v,
+                    at: e.at.clone(),
+                    payload: e.payload.clone(),
+                })
+                .collect(),
+        };
+        client
+            .publish(
+                Topic::Events.of(&self.box_id),
+                QoS::AtLeastOnce,
+                false,
+                batch.to_bytes(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if flight.events.is_empty() {
+            // The acknowledgement clock starts with the first event in flight.
+            flight.last_progress = Some(Instant::now());
+        }
+        for event in events {
+            flight.events.insert(event.seq, event.event_id);
+        }
+        flight.sent_up_to = last;
+        Ok(())
+    }
+
+    async fn acknowledged(&self, payload: &[u8], flight: &mut InFlight) {
+        let ack = match Ack::read(payload, &self.box_id) {
+            Ok(ack) => ack,
+            Err(error) => {
+                tracing::warn!(%error, "ignored a message on the ack topic");
+                return;
+            }
+        };
+        let ids = ack.event_ids;
+        let deleting = ids.clone();
+        // Deleted through the store like any write: group committed with the rest.
+        match self
+            .store
+            .write(move |store| store.acknowledge_events(&deleting))
+            .await
+        {
+            Ok(_) => {
+                flight.events.retain(|_, id| !ids.contains(id));
+                flight.last_progress = Some(Instant::now());
+            }
+            // Kept: the events are sent again and acknowledged again.
+            Err(error) => tracing::error!(%error, "could not delete acknowledged events"),
+        }
+    }
+
+    async fn publish_status(&self, client: &AsyncClient, session: u64) -> Result<(), String> {
+        let (depth, oldest) = self.outbox.depth().await.unwrap_or((0, None));
+        let oldest_age = oldest.and_then(|at| {
+            let at = chrono::DateTime::parse_from_rfc3339(&at).ok()?;
+            let age = chrono::Utc::now().signed_duration_since(at);
+            Some(age.num_milliseconds().max(0) as f64 / 1000.0)
+        });
+        let over = depth > self.config.outbox_warn;
+        if over {
+            tracing::error!(depth, bound = self.config.outbox_warn, "the fleet outbox is past its bound: central is not acknowledging (nothing is lost)");
+        }
+        let (live_channels, viewers) = (self.live)();
+        let status = Status {
+            box_id: self.box_id.clone(),
+            online: true,
+            session,
+            version: Some(env!("CARGO_PKG_VERSION").to_string()),
+            boot_id: self.boot_id.clone(),
+            outbox_depth: Some(depth),
+            oldest_unacked_seconds: oldest_age,
+            outbox_over_bound: over,
+            live_channels,
+            viewers,
+            at: now(),
+        };
+        client
+            .publish(
+                Topic::Status.of(&self.box_id),
+                QoS::AtLeastOnce,
+                true,
+                status.to_bytes(),
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The kernel's id for this boot, if it has one (status tells central a box rebooted).
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
