@@ -86,14 +86,21 @@ impl Drop for Mosquitto {
 struct Central {
     db: PathBuf,
     shutdown: tokio_util::sync::CancellationToken,
-    thread: Option<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    thread: Option<std::thread::JoinHandle<commeow_central::service::Summary>>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Central {
     fn start(broker: &str) -> Central {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("central.db");
+        let mut central = Central::replica(broker, db, "central-test");
+        central._dir = Some(dir);
+        central
+    }
+
+    /// A replica named `client_id` on the database `db`, in the shared group `central`.
+    fn replica(broker: &str, db: PathBuf, client_id: &str) -> Central {
         let config = commeow_central::service::Config {
             broker: fleet_proto::broker::Broker {
                 url: broker.to_string(),
@@ -101,7 +108,7 @@ impl Central {
                 cert_file: None,
                 key_file: None,
             },
-            client_id: "central-test".into(),
+            client_id: client_id.into(),
             group: "central".into(),
             db: db.clone(),
             keepalive: Duration::from_secs(5),
@@ -112,14 +119,23 @@ impl Central {
             let runtime = tokio::runtime::Runtime::new().expect("runtime");
             runtime
                 .block_on(commeow_central::service::run(config, token))
-                .expect("central service");
+                .expect("central service")
         });
         Central {
             db,
             shutdown,
             thread: Some(thread),
-            _dir: dir,
+            _dir: None,
         }
+    }
+
+    /// Stops the replica: how many batches it stored.
+    fn stop(mut self) -> u64 {
+        self.shutdown.cancel();
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .map_or(0, |s| s.batches)
     }
 
     fn storage(&self) -> Sqlite {
@@ -286,4 +302,30 @@ fn a_box_killed_mid_relay_loses_nothing_and_its_last_will_says_offline() {
         .storage()
         .boxes()
         .is_ok_and(|b| b[0].online == Some(true))));
+}
+
+#[test]
+fn two_central_replicas_split_the_work_and_store_each_event_once() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("central.db");
+    let one = Central::replica(&broker.url(), db.clone(), "central-1");
+    let two = Central::replica(&broker.url(), db.clone(), "central-2");
+    // Small batches, so there are many messages to share.
+    let daemon = Daemon::start(&format!(
+        "{}batch = 5\nwindow = 50\n",
+        fleet_config(&broker.url())
+    ));
+    let fan = venue(&daemon, 100 * 300);
+    for n in 0..300 {
+        donate(&daemon, &fan, n);
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || outbox_depth(&daemon) == 0),
+        "the outbox drains"
+    );
+    let events = one.events();
+    assert_eq!(events.len(), 301, "each event once");
+    let (a, b) = (one.stop(), two.stop());
+    assert!(a > 0 && b > 0, "both replicas stored batches: {a} and {b}");
 }

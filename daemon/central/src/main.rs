@@ -115,7 +115,7 @@ fn main() -> anyhow::Result<()> {
                     let _ = tokio::signal::ctrl_c().await;
                     stop.cancel();
                 });
-                service::run(config, shutdown).await
+                service::run(config, shutdown).await.map(|_| ())
             })
         }
         Command::Boxes { json } => {

@@ -32,8 +32,15 @@ pub struct Config {
 /// Messages waiting for storage.
 const QUEUE: usize = 256;
 
+/// What a replica did, when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Events batches it stored (and acknowledged).
+    pub batches: u64,
+}
+
 /// Runs until `shutdown`.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Summary> {
     let storage = Arc::new(Mutex::new(Sqlite::open(&config.db)?));
     let options = config.broker.options(&config.client_id, config.keepalive)?;
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
@@ -74,8 +81,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     drop(queue);
     let _ = client.disconnect().await;
-    let _ = worker.await;
-    Ok(())
+    let batches = worker.await.unwrap_or(0);
+    Ok(Summary { batches })
 }
 
 /// Stores each message, then acknowledges what was stored.
@@ -83,7 +90,8 @@ async fn store_and_acknowledge(
     storage: Arc<Mutex<Sqlite>>,
     client: AsyncClient,
     mut inbox: mpsc::Receiver<(String, Vec<u8>)>,
-) {
+) -> u64 {
+    let mut batches = 0;
     while let Some((topic, payload)) = inbox.recv().await {
         let (box_id, kind) = match Topic::parse(&topic) {
             Ok(parsed) => parsed,
@@ -121,6 +129,7 @@ async fn store_and_acknowledge(
                         if !stored.conflicts.is_empty() {
                             tracing::error!(box_id = %box_id, seqs = ?stored.conflicts, "quarantined: sequences came back with other event ids (the box's data was reset?)");
                         }
+                        batches += 1;
                         acknowledge(&client, &box_id, stored.acknowledge, stored.high_water, now)
                             .await;
                     }
@@ -150,6 +159,7 @@ async fn store_and_acknowledge(
             _ => {}
         }
     }
+    batches
 }
 
 async fn acknowledge(

@@ -160,7 +160,11 @@ fn ensure_box(tx: &rusqlite::Transaction<'_>, box_id: &BoxId) -> rusqlite::Resul
 impl Storage for Sqlite {
     fn store_batch(&mut self, batch: &EventsBatch, now: &str) -> Result<Stored, StorageError> {
         let box_id = batch.box_id.as_str();
-        let tx = self.conn.transaction()?;
+        // Take the write lock first: replicas sharing the file wait their turn rather than
+        // fail to upgrade a read (SQLITE_BUSY_SNAPSHOT).
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         ensure_box(&tx, &batch.box_id)?;
         let mut stored = Stored::default();
         for event in &batch.events {
@@ -259,7 +263,9 @@ impl Storage for Sqlite {
     }
 
     fn note_status(&mut self, status: &Status, now: &str) -> Result<bool, StorageError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         ensure_box(&tx, &status.box_id)?;
         let newest: Option<i64> = tx.query_row(
             "SELECT session FROM boxes WHERE box_id = ?1",
