@@ -9,7 +9,7 @@ mod common;
 use commeow_central::store::{EventFilter, Sqlite, Storage};
 use common::{send_json_with, wait_until, Daemon};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -24,21 +24,44 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start() -> Mosquitto {
+        Mosquitto::with(|port, _| {
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        })
+    }
+
+    /// The fleet's production set-up (README, "Fleet"): TLS, a client certificate
+    /// required, its CN as the username and the client id, and the fleet ACL.
+    fn start_tls(certs: &Path) -> Mosquitto {
+        let certs = certs.to_path_buf();
+        Mosquitto::with(move |port, dir| {
+            let acl = dir.join("acl");
+            std::fs::write(&acl, FLEET_ACL).expect("acl");
+            format!(
+                "per_listener_settings false\nallow_anonymous false\npersistence false\n\
+                 listener {port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
+                 require_certificate true\nuse_identity_as_username true\n\
+                 use_username_as_clientid true\nacl_file {acl}\n",
+                ca = certs.join("ca.pem").display(),
+                cert = certs.join("server.pem").display(),
+                key = certs.join("server.key").display(),
+                acl = acl.display(),
+            )
+        })
+    }
+
+    fn with(config: impl FnOnce(u16, &Path) -> String) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let config = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &config,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .expect("config");
+        let path = dir.path().join("mosquitto.conf");
+        std::fs::write(&path, config(port, dir.path())).expect("config");
+        readable_by_all(dir.path());
         let mut broker = Mosquitto {
             child: None,
             port,
-            config,
+            config: path,
             _dir: dir,
         };
         broker.run();
@@ -82,6 +105,59 @@ impl Drop for Mosquitto {
     }
 }
 
+/// The fleet ACL (the README's): central reads and writes everything; a box writes only
+/// its own events, status, reported and command results, and reads only its own ack,
+/// desired and commands.
+const FLEET_ACL: &str = "user central\ntopic readwrite commeow/v1/#\n\
+pattern write commeow/v1/%u/events\npattern write commeow/v1/%u/status\n\
+pattern write commeow/v1/%u/reported\npattern write commeow/v1/%u/cmd/res\n\
+pattern read commeow/v1/%u/ack\npattern read commeow/v1/%u/desired\npattern read commeow/v1/%u/cmd\n";
+
+/// Runs the documented `fleet-certs` command: a CA, the broker's certificate for
+/// 127.0.0.1, and client certificates for `names`.
+fn fleet_certs(names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/central/fleet-certs");
+    let run = |args: &[&str]| {
+        let out = Command::new(script)
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .expect("run fleet-certs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["ca"]);
+    run(&["server", "127.0.0.1"]);
+    for name in names {
+        run(&["client", name]);
+    }
+    readable_by_all(dir.path());
+    dir
+}
+
+/// mosquitto started as root drops to its own user before reading its files: the test's
+/// files must be readable by it (on a broker they belong to the mosquitto user).
+fn readable_by_all(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    for entry in std::fs::read_dir(dir).expect("dir").flatten() {
+        let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o644));
+    }
+}
+
+fn tls_broker(url: &str, certs: &Path, name: &str) -> fleet_proto::broker::Broker {
+    fleet_proto::broker::Broker {
+        url: url.to_string(),
+        ca_file: Some(certs.join("ca.pem")),
+        cert_file: Some(certs.join(format!("{name}.pem"))),
+        key_file: Some(certs.join(format!("{name}.key"))),
+    }
+}
+
 /// The central service, in this process, on its own runtime.
 struct Central {
     db: PathBuf,
@@ -101,13 +177,21 @@ impl Central {
 
     /// A replica named `client_id` on the database `db`, in the shared group `central`.
     fn replica(broker: &str, db: PathBuf, client_id: &str) -> Central {
-        let config = commeow_central::service::Config {
-            broker: fleet_proto::broker::Broker {
+        Central::connect(
+            fleet_proto::broker::Broker {
                 url: broker.to_string(),
                 ca_file: None,
                 cert_file: None,
                 key_file: None,
             },
+            db,
+            client_id,
+        )
+    }
+
+    fn connect(broker: fleet_proto::broker::Broker, db: PathBuf, client_id: &str) -> Central {
+        let config = commeow_central::service::Config {
+            broker,
             client_id: client_id.into(),
             group: "central".into(),
             db: db.clone(),
@@ -328,4 +412,198 @@ fn two_central_replicas_split_the_work_and_store_each_event_once() {
     assert_eq!(events.len(), 301, "each event once");
     let (a, b) = (one.stop(), two.stop());
     assert!(a > 0 && b > 0, "both replicas stored batches: {a} and {b}");
+}
+
+/// What a box's certificate lets it do, with the production broker set-up: speak only as
+/// itself. Forgeries come from a raw MQTT client holding hall-1's certificate.
+#[test]
+fn a_box_certificate_speaks_only_for_its_own_box() {
+    use fleet_proto::{Envelope, EventsBatch, Status, Topic, WireEvent};
+    use rumqttc::{AsyncClient, Event, Packet, QoS};
+
+    let certs = fleet_certs(&["hall-1", "hall-2", "central"]);
+    let broker = Mosquitto::start_tls(certs.path());
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let central = Central::connect(
+        tls_broker(&url, certs.path(), "central"),
+        dir.path().join("central.db"),
+        "central",
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let hall = |n: &str| fleet_proto::BoxId::new(n).expect("box id");
+    let batch = |named: &str, id: &str| {
+        EventsBatch {
+            box_id: hall(named),
+            floor: 1,
+            sent_at: "2026-12-05T00:00:00Z".into(),
+            events: vec![WireEvent {
+                seq: 1,
+                event_id: id.to_string(),
+                kind: "grant".into(),
+                v: 1,
+                at: "2026-12-05T00:00:00Z".into(),
+                payload: serde_json::json!({"type": "grant", "points": 1_000_000}),
+            }],
+        }
+        .to_bytes()
+    };
+    // The real hall-2 is connected; hall-1's certificate asks for client id hall-2 and
+    // subscribes to hall-2's acks.
+    let (hall_2, forger_heard) = runtime.block_on(async {
+        let connect = |name: &str, client_id: &str| {
+            let options = tls_broker(&url, certs.path(), name)
+                .options(client_id, Duration::from_secs(5))
+                .expect("options");
+            AsyncClient::new(options, 16)
+        };
+        let (two, mut two_loop) = connect("hall-2", "hall-2");
+        let two_events = tokio::spawn(async move {
+            let (mut connects, mut acks) = (0, 0);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+            while tokio::time::Instant::now() < deadline {
+                match tokio::time::timeout_at(deadline, two_loop.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => connects += 1,
+                    Ok(Ok(Event::Incoming(Packet::Publish(_)))) => acks += 1,
+                    Ok(Err(_)) => connects += 100,
+                    _ => {}
+                }
+            }
+            (connects, acks)
+        });
+        // Central is listening once it has hall-2's retained status (it subscribes to
+        // events and status together).
+        let mut hello = Status::will(hall("hall-2"), 1, "2026-12-05T00:00:00Z".into());
+        hello.online = true;
+        two.publish(
+            Topic::Status.of(&hall("hall-2")),
+            QoS::AtLeastOnce,
+            true,
+            hello.to_bytes(),
+        )
+        .await
+        .expect("publish");
+        let db = central.db.clone();
+        let listening = tokio::task::spawn_blocking(move || {
+            wait_until(Duration::from_secs(10), || {
+                Sqlite::open(&db)
+                    .and_then(|s| s.boxes())
+                    .is_ok_and(|b| b.iter().any(|b| b.box_id == "hall-2"))
+            })
+        });
+        assert!(
+            listening.await.unwrap_or(false),
+            "central never heard hall-2"
+        );
+        let (forger, mut forger_loop) = connect("hall-1", "hall-2");
+        let forger_events = tokio::spawn(async move {
+            let mut heard = 0;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+            while let Ok(Ok(event)) = tokio::time::timeout_at(deadline, forger_loop.poll()).await {
+                if matches!(event, Event::Incoming(Packet::Publish(_))) {
+                    heard += 1;
+                }
+            }
+            heard
+        });
+        forger
+            .subscribe(Topic::Ack.of(&hall("hall-2")), QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        // As hall-2, on hall-2's topic: the ACL stops it at the broker.
+        forger
+            .publish(
+                Topic::Events.of(&hall("hall-2")),
+                QoS::AtLeastOnce,
+                false,
+                batch("hall-2", "forged"),
+            )
+            .await
+            .expect("publish");
+        // On its own topic, naming hall-2: central refuses the envelope.
+        forger
+            .publish(
+                Topic::Events.of(&hall("hall-1")),
+                QoS::AtLeastOnce,
+                false,
+                batch("hall-2", "forged"),
+            )
+            .await
+            .expect("publish");
+        // Then a status of its own, which central stores: everything before it was seen.
+        let mut marker = Status::will(hall("hall-1"), 777, "2026-12-05T00:00:00Z".into());
+        marker.online = true;
+        forger
+            .publish(
+                Topic::Status.of(&hall("hall-1")),
+                QoS::AtLeastOnce,
+                true,
+                marker.to_bytes(),
+            )
+            .await
+            .expect("publish");
+        // The real hall-2 sends an event of its own: central acks it, to hall-2 only.
+        two.subscribe(Topic::Ack.of(&hall("hall-2")), QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        two.publish(
+            Topic::Events.of(&hall("hall-2")),
+            QoS::AtLeastOnce,
+            false,
+            batch("hall-2", "real"),
+        )
+        .await
+        .expect("publish");
+        let hall_2 = two_events.await.unwrap_or((0, 0));
+        (hall_2, forger_events.await.unwrap_or(99))
+    });
+    assert_eq!(
+        hall_2,
+        (1, 1),
+        "hall-2 connected once, was never pushed off by hall-1's certificate, and got its ack"
+    );
+    assert_eq!(forger_heard, 0, "hall-1 may not read hall-2's acks");
+    assert!(
+        wait_until(Duration::from_secs(10), || central
+            .storage()
+            .boxes()
+            .is_ok_and(|b| b
+                .iter()
+                .any(|b| b.box_id == "hall-1" && b.session == Some(777)))),
+        "hall-1's own status arrived"
+    );
+    let everything = central
+        .storage()
+        .events(&EventFilter {
+            limit: 100,
+            ..EventFilter::default()
+        })
+        .expect("events");
+    let ids: Vec<(&str, &str)> = everything
+        .iter()
+        .map(|e| (e.box_id.as_str(), e.event_id.as_str()))
+        .collect();
+    assert_eq!(
+        ids,
+        [("hall-2", "real")],
+        "only hall-2's own event is stored"
+    );
+
+    // The real box, with its own certificate, is heard.
+    let daemon = Daemon::start(&format!(
+        "{}ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        fleet_config(&url),
+        certs.path().join("ca.pem").display(),
+        certs.path().join("hall-1.pem").display(),
+        certs.path().join("hall-1.key").display(),
+    ));
+    let fan = venue(&daemon, 100 * 20);
+    for n in 0..20 {
+        donate(&daemon, &fan, n);
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || outbox_depth(&daemon) == 0),
+        "hall-1's events are acknowledged over TLS"
+    );
+    assert_eq!(central.events().len(), 21);
 }
