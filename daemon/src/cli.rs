@@ -302,11 +302,11 @@ fn channel_command(config: &Config, command: ChannelCommand) -> anyhow::Result<(
     let mut store = Store::open_in(&config.data_dir())?;
     match command {
         ChannelCommand::Add { slug, title, json } => {
-            let (channel, key) = store.add_channel(&slug, &title)?;
+            let (channel, key) = store.in_transaction(|store| store.add_channel(&slug, &title))?;
             print_key(config, &channel.slug, &key, json, "created");
         }
         ChannelCommand::RotateKey { slug, json } => {
-            let key = store.rotate_stream_key(&slug)?;
+            let key = store.in_transaction(|store| store.rotate_stream_key(&slug))?;
             print_key(
                 config,
                 &slug,

@@ -305,8 +305,8 @@ fn every_event_reaches_central_exactly_once_through_a_broker_outage() {
         donate(&daemon, &fan, n);
     }
     assert!(
-        wait_until(Duration::from_secs(30), || central.events().len() == 201),
-        "central has {} of 201 events",
+        wait_until(Duration::from_secs(30), || central.events().len() == 202),
+        "central has {} of 202 events",
         central.events().len()
     );
 
@@ -330,14 +330,30 @@ fn every_event_reaches_central_exactly_once_through_a_broker_outage() {
         outbox_depth(&daemon)
     );
     let events = central.events();
-    assert_eq!(events.len(), 401, "every event exactly once");
+    assert_eq!(events.len(), 402, "every event exactly once");
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=401).collect::<Vec<i64>>(), "in sequence, no gap");
+    assert_eq!(seqs, (1..=402).collect::<Vec<i64>>(), "in sequence, no gap");
     let donations = events.iter().filter(|e| e.kind == "donation").count();
     assert_eq!(donations, 400);
+    let created: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "channel_created")
+        .collect();
+    assert_eq!(
+        created.len(),
+        1,
+        "the channel, made on the box, is an event too"
+    );
+    assert_eq!(created[0].payload["channel"], "stage");
+    assert_eq!(created[0].payload["owner"], "djay", "named by username");
+    assert!(
+        !created[0].payload.to_string().contains("key"),
+        "no stream key travels: {}",
+        created[0].payload
+    );
     let boxes = central.storage().boxes().expect("boxes");
     assert_eq!(boxes.len(), 1);
-    assert_eq!(boxes[0].high_water, 401);
+    assert_eq!(boxes[0].high_water, 402);
     assert!(central.storage().gaps().expect("gaps").is_empty());
     assert!(
         wait_until(Duration::from_secs(10), || central
@@ -381,7 +397,7 @@ fn a_box_killed_mid_relay_loses_nothing_and_its_last_will_says_offline() {
         "the outbox drains after the restart"
     );
     let events = central.events();
-    assert_eq!(events.len(), 301, "each event once");
+    assert_eq!(events.len(), 302, "each event once");
     assert!(wait_until(Duration::from_secs(10), || central
         .storage()
         .boxes()
@@ -409,7 +425,7 @@ fn two_central_replicas_split_the_work_and_store_each_event_once() {
         "the outbox drains"
     );
     let events = one.events();
-    assert_eq!(events.len(), 301, "each event once");
+    assert_eq!(events.len(), 302, "each event once");
     let (a, b) = (one.stop(), two.stop());
     assert!(a > 0 && b > 0, "both replicas stored batches: {a} and {b}");
 }
@@ -605,5 +621,5 @@ fn a_box_certificate_speaks_only_for_its_own_box() {
         wait_until(Duration::from_secs(30), || outbox_depth(&daemon) == 0),
         "hall-1's events are acknowledged over TLS"
     );
-    assert_eq!(central.events().len(), 21);
+    assert_eq!(central.events().len(), 22);
 }

@@ -128,6 +128,24 @@ impl Store {
                 limit.try_into().unwrap_or(usize::MAX),
             ));
         }
+        let owner_name: Option<String> = match owner {
+            Some(id) => self
+                .conn()
+                .prepare_cached("SELECT username FROM users WHERE id = ?1")?
+                .query_row(params![id], |row| row.get(0))
+                .optional()?,
+            None => None,
+        };
+        // In the same transaction as the insert (the caller's: a store write, or the CLI's
+        // `in_transaction`), so central hears of every channel and of no channel that
+        // was not made.
+        self.add_event(&super::outbox::Event::ChannelCreated {
+            channel: slug.to_string(),
+            title: title.to_string(),
+            owner_id: owner,
+            owner: owner_name,
+            at: created_at.clone(),
+        })?;
         let channel = Channel {
             slug: slug.to_string(),
             title: title.to_string(),
@@ -166,6 +184,10 @@ impl Store {
         if updated == 0 {
             return Err(StoreError::NoSuchChannel(slug.to_string()));
         }
+        self.add_event(&super::outbox::Event::StreamKeyRotated {
+            channel: slug.to_string(),
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        })?;
         Ok(key)
     }
 

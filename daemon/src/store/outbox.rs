@@ -64,6 +64,18 @@ pub enum Event {
         kakao_pay: serde_json::Value,
         at: String,
     },
+    /// A channel was made (on the box: its dashboard, or the operator's CLI). Its stream
+    /// key is not here: keys never leave the box.
+    ChannelCreated {
+        channel: String,
+        title: String,
+        owner_id: Option<i64>,
+        /// The owner's username, so central can name them across boxes.
+        owner: Option<String>,
+        at: String,
+    },
+    /// A channel's stream key was replaced (the new key stays on the box).
+    StreamKeyRotated { channel: String, at: String },
 }
 
 /// The order an event is about, as the box stored it.
@@ -104,6 +116,8 @@ impl Event {
             Event::TopupCanceled(_) => "topup_canceled",
             Event::TopupFailed(_) => "topup_failed",
             Event::PaymentNote { .. } => "payment_note",
+            Event::ChannelCreated { .. } => "channel_created",
+            Event::StreamKeyRotated { .. } => "stream_key_rotated",
         }
     }
 }
