@@ -108,7 +108,8 @@ pub async fn run(
         access_ttl,
         shutdown.clone(),
     ));
-    if config.fleet.enabled {
+    let fleet_health = config.fleet.enabled.then(fleet::HealthWatch::default);
+    if let Some(health_watch) = &fleet_health {
         let path = store_path
             .clone()
             .ok_or_else(|| anyhow::anyhow!("the fleet relay needs the database's file"))?;
@@ -123,6 +124,7 @@ pub async fn run(
             },
             activity: health.register("fleet relay"),
             boot_id: fleet::boot_id(),
+            health: health_watch.clone(),
         };
         tracker.spawn(relay.run(shutdown.clone()));
     }
@@ -163,6 +165,7 @@ pub async fn run(
         setup_code,
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
+        fleet: fleet_health,
     });
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {

@@ -30,6 +30,21 @@ use tokio_util::sync::CancellationToken;
 /// What the status reports of the box besides the outbox: live channels and viewers.
 pub type Live = Box<dyn Fn() -> (Vec<String>, u64) + Send + Sync>;
 
+/// The relay's state for `/healthz`, updated as it goes.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Health {
+    pub connected: bool,
+    /// Events waiting for central's acknowledgement, as of the last status.
+    pub outbox_depth: u64,
+    /// Past `fleet.outbox_warn`: the uplink or central is down for long. Nothing is lost.
+    pub outbox_over_bound: bool,
+    /// When central last acknowledged something (RFC 3339).
+    pub last_ack_at: Option<String>,
+}
+
+/// Shared between the relay (writer) and HTTP (reader).
+pub type HealthWatch = Arc<std::sync::Mutex<Health>>;
+
 pub struct Relay {
     pub config: FleetConfig,
     pub box_id: BoxId,
@@ -39,6 +54,7 @@ pub struct Relay {
     /// Watched by the watchdog while the relay works (not while it waits on the network).
     pub activity: Arc<Activity>,
     pub boot_id: Option<String>,
+    pub health: HealthWatch,
 }
 
 /// What the connection task hands the relay.
@@ -180,9 +196,13 @@ impl Relay {
                 () = shutdown.cancelled() => return Ok(()),
                 message = incoming.recv() => match message {
                     None => return Err("connection task ended".into()),
-                    Some(Incoming::Lost(why)) => return Err(why),
+                    Some(Incoming::Lost(why)) => {
+                        self.note(|h| h.connected = false);
+                        return Err(why);
+                    }
                     Some(Incoming::Connected) => {
                         connected = true;
+                        self.note(|h| h.connected = true);
                         // A new session: whatever was in flight may be lost. Send again
                         // from the oldest unacknowledged event (all the outbox holds).
                         flight = InFlight::default();
@@ -282,10 +302,15 @@ impl Relay {
             Ok(_) => {
                 flight.events.retain(|_, id| !ids.contains(id));
                 flight.last_progress = Some(Instant::now());
+                self.note(|h| h.last_ack_at = Some(now()));
             }
             // Kept: the events are sent again and acknowledged again.
             Err(error) => tracing::error!(%error, "could not delete acknowledged events"),
         }
+    }
+
+    fn note(&self, update: impl FnOnce(&mut Health)) {
+        update(&mut self.health.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     async fn publish_status(&self, client: &AsyncClient, session: u64) -> Result<(), String> {
@@ -296,6 +321,10 @@ impl Relay {
             Some(age.num_milliseconds().max(0) as f64 / 1000.0)
         });
         let over = depth > self.config.outbox_warn;
+        self.note(|h| {
+            h.outbox_depth = depth;
+            h.outbox_over_bound = over;
+        });
         if over {
             tracing::error!(depth, bound = self.config.outbox_warn, "the fleet outbox is past its bound: central is not acknowledging (nothing is lost)");
         }

@@ -322,6 +322,12 @@ fn every_event_reaches_central_exactly_once_through_a_broker_outage() {
         donate(&daemon, &fan, n);
     }
     assert_eq!(outbox_depth(&daemon), 200, "kept while the broker is away");
+    assert!(
+        wait_until(Duration::from_secs(10), || daemon.get("/healthz").json()
+            ["fleet"]["connected"]
+            == false),
+        "/healthz says the relay is not connected"
+    );
     broker.run();
 
     assert!(
@@ -362,6 +368,87 @@ fn every_event_reaches_central_exactly_once_through_a_broker_outage() {
             .is_ok_and(|b| b[0].online == Some(true))),
         "the box says it is online"
     );
+    let health = daemon.get("/healthz").json();
+    assert_eq!(health["fleet"]["connected"], true, "{health}");
+    assert!(health["fleet"]["last_ack_at"].is_string(), "{health}");
+}
+
+/// A batch delivered three times (a proxy republishing every one twice) is stored once.
+#[test]
+fn batches_delivered_several_times_are_stored_once() {
+    use rumqttc::{AsyncClient, Event, Packet, QoS};
+    let broker = Mosquitto::start();
+    let central = Central::start(&broker.url());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let options = fleet_proto::broker::Broker {
+        url: broker.url(),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+    }
+    .options("proxy", Duration::from_secs(5))
+    .expect("options");
+    let republished = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = republished.clone();
+    let subscribed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listening = subscribed.clone();
+    let proxy = runtime.spawn(async move {
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let topic = "commeow/v1/hall-1/events";
+        // It hears its own copies too (MQTT 3.1.1 has no "no local"): each batch once.
+        let mut seen = std::collections::HashSet::new();
+        while let Ok(event) = eventloop.poll().await {
+            match event {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    let _ = client.subscribe(topic, QoS::AtLeastOnce).await;
+                }
+                Event::Incoming(Packet::SubAck(_)) => {
+                    listening.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Event::Incoming(Packet::Publish(publish))
+                    if publish.topic == topic && seen.insert(publish.payload.clone()) =>
+                {
+                    for _ in 0..2 {
+                        let sent = client.try_publish(
+                            topic,
+                            QoS::AtLeastOnce,
+                            false,
+                            publish.payload.clone(),
+                        );
+                        if sent.is_ok() {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    assert!(wait_until(Duration::from_secs(10), || subscribed
+        .load(std::sync::atomic::Ordering::Relaxed)));
+    // Small batches, so there are many.
+    let daemon = Daemon::start(&format!(
+        "{}batch = 10\nwindow = 100\n",
+        fleet_config(&broker.url())
+    ));
+    let fan = venue(&daemon, 100 * 200);
+    for n in 0..200 {
+        donate(&daemon, &fan, n);
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || outbox_depth(&daemon) == 0),
+        "the outbox drains"
+    );
+    let events = central.events();
+    assert_eq!(events.len(), 202, "each event once");
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=202).collect::<Vec<i64>>());
+    assert!(central.storage().boxes().expect("boxes")[0]
+        .quarantined
+        .is_none());
+    let copies = republished.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(copies >= 20, "the proxy delivered {copies} extra copies");
+    proxy.abort();
 }
 
 #[test]

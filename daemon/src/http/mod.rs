@@ -60,6 +60,8 @@ pub struct AppState {
     /// their goodbyes; they watch `shutdown` to say them.
     pub tracker: tokio_util::task::TaskTracker,
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The fleet relay's state, when it runs.
+    pub fleet: Option<crate::fleet::HealthWatch>,
 }
 
 pub fn app(state: AppState) -> Router {
@@ -252,6 +254,15 @@ async fn fallback(method: Method, uri: axum::http::Uri, headers: HeaderMap) -> R
     ApiError::not_found("no such page").into_response()
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// `ok`, and with the fleet relay on, its state: a box whose outbox grows past its bound
+/// says so here as well as in its status and logs.
+async fn healthz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Json<serde_json::Value> {
+    let mut health = serde_json::json!({ "status": "ok" });
+    if let Some(fleet) = &state.fleet {
+        let fleet = fleet.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        health["fleet"] = serde_json::to_value(fleet).unwrap_or_default();
+    }
+    Json(health)
 }
