@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Fleet relay: events from a box's outbox to central over a real mosquitto, measured.
+
+Runs the release commeowd (with [fleet]), the release commeow-central and a mosquitto on
+loopback ports. Phases:
+  steady   donations through the HTTP API from 8 threads; throughput of the box's own
+           durable donations vs the relay's delivery, and latency from the box's commit
+           (the event's `at`) to central's row (`received_at`), p50/p99;
+  outage   the broker is stopped, N donations are made, the broker comes back: time until
+           the box's outbox is empty and central holds every event;
+  baseline `mosquitto_pub -q 1`, one process per event (what a shell script would do):
+           events/s for the same count.
+Every run checks: zero lost, zero duplicated (central's rows = the box's events).
+Run through bench/fleet.sh.
+"""
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import sqlite3
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from harness import BIN, OUT, ROOT, Commeowd, free_port, percentile, wait_listening, write_report
+
+CENTRAL = ROOT / "target" / "release" / "commeow-central"
+
+
+class Broker:
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp())
+        self.port = free_port()
+        self.config = self.dir / "mosquitto.conf"
+        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.config)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.port)
+
+    def stop(self):
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def url(self):
+        return f"mqtt://127.0.0.1:{self.port}"
+
+
+def post(url, body, token=None, headers=None):
+    request = urllib.request.Request(url, method="POST", data=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json", **(headers or {})})
+    if token:
+        request.add_header("authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
+def box_outbox(data):
+    with sqlite3.connect(f"file:{data}/commeow.db?mode=ro", uri=True) as db:
+        return db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+
+
+def central_rows(db):
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT seq, event_id, at, received_at FROM events ORDER BY seq").fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
+def parse(at):
+    return datetime.datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+
+
+def donate_many(box, fan, count, start):
+    url = box.url("/api/channels/stage/donations")
+
+    def one(n):
+        post(url, {"amount": 100, "message": "bench"}, fan, {"idempotency-key": f"b-{n}"})
+
+    began = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(start, start + count)))
+    return time.monotonic() - began
+
+
+def wait_for(condition, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steady", type=int, default=5000, help="donations in the steady phase")
+    parser.add_argument("--outage", type=int, nargs="+", default=[10000], help="backlogs to catch up")
+    parser.add_argument("--baseline", type=int, default=2000, help="mosquitto_pub runs")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    broker = Broker()
+    central_db = Path(tempfile.mkdtemp()) / "central.db"
+    central = subprocess.Popen([str(CENTRAL), "--db", str(central_db), "serve", "--broker", broker.url()],
+                               stdout=subprocess.DEVNULL, stderr=open(OUT / "central.log", "w"))
+    box = Commeowd(log_level="warn", config=(
+        f'[fleet]\nenabled = true\nbroker = "{broker.url()}"\nbox_id = "bench-1"\n'))
+    total = args.steady + sum(args.outage)
+    try:
+        subprocess.run([str(BIN), "--data-dir", str(box.data), "user", "add", "djay", "--role", "streamer",
+                        "--password-stdin"], input="bench password 1\n", text=True, check=True,
+                       stdout=subprocess.DEVNULL)
+        streamer = post(box.url("/api/auth/login"), {"username": "djay", "password": "bench password 1"})
+        post(box.url("/api/channels"), {"slug": "stage", "title": "Stage"}, streamer["access_token"])
+        fan = box.add_user("fan")
+        subprocess.run([str(BIN), "--data-dir", str(box.data), "wallet", "grant", "fan", str(100 * total),
+                        "--reason", "bench"], check=True, stdout=subprocess.DEVNULL)
+        baseline_events = 2  # channel_created, grant
+        wait_for(lambda: box_outbox(box.data) == 0, 30)
+
+        # Steady: the box's own durable donation rate, and the relay keeping up with it.
+        seconds = donate_many(box, fan, args.steady, 0)
+        made = args.steady + baseline_events
+        drained = wait_for(lambda: len(central_rows(central_db)) >= made and box_outbox(box.data) == 0, 120)
+        rows = central_rows(central_db)
+        latencies = [parse(received) - parse(at) for _, _, at, received in rows[baseline_events:]]
+        steady = {
+            "donations": args.steady, "box_rate": args.steady / seconds,
+            "relayed_all": drained,
+            "latency_p50_ms": statistics.median(latencies) * 1000 if latencies else float("nan"),
+            "latency_p99_ms": percentile(latencies, 99) * 1000,
+        }
+        first_made = parse(rows[baseline_events][2]) if len(rows) > baseline_events else 0
+        steady["relay_rate"] = args.steady / max(1e-9, (parse(rows[-1][3]) - first_made)) if rows else 0
+
+        outages = []
+        start = args.steady
+        for backlog in args.outage:
+            broker.stop()
+            donate_many(box, fan, backlog, start)
+            start += backlog
+            made += backlog
+            held = box_outbox(box.data)
+            broker.start()
+            began = time.monotonic()
+            caught_up = wait_for(lambda: box_outbox(box.data) == 0 and len(central_rows(central_db)) >= made, 300)
+            outages.append({"backlog": backlog, "held_during": held, "caught_up": caught_up,
+                            "seconds": time.monotonic() - began})
+        rows = central_rows(central_db)
+        seqs = [seq for seq, _, _, _ in rows]
+        ids = {event_id for _, event_id, _, _ in rows}
+        integrity = {"made": made, "central_rows": len(rows), "distinct_ids": len(ids),
+                     "contiguous": seqs == list(range(1, len(seqs) + 1))}
+    finally:
+        box.stop()
+        central.terminate()
+        central.wait(timeout=15)
+
+    # Baseline: one mosquitto_pub process per event, QoS 1.
+    began = time.monotonic()
+    for n in range(args.baseline):
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
+                        "-t", "bench/baseline", "-m", json.dumps({"seq": n})], check=True)
+    baseline_rate = args.baseline / (time.monotonic() - began)
+    broker.stop()
+
+    lines = [
+        "# Fleet relay: box outbox → mosquitto → central (loopback, release builds)",
+        "",
+        "| measure | value |",
+        "| --- | ---: |",
+        f"| box's own durable donation rate (8 HTTP clients) | {steady['box_rate']:.0f} /s |",
+        f"| relay delivery rate over the same run | {steady['relay_rate']:.0f} /s |",
+        f"| box commit → central row, p50 | {steady['latency_p50_ms']:.1f} ms |",
+        f"| box commit → central row, p99 | {steady['latency_p99_ms']:.1f} ms |",
+    ]
+    for o in outages:
+        lines.append(f"| catch-up after an outage, {o['backlog']:,} events held | {o['seconds']:.2f} s "
+                     f"({o['backlog'] / o['seconds']:.0f} /s) |")
+    lines += [
+        f"| baseline: `mosquitto_pub -q 1`, one process per event | {baseline_rate:.0f} /s |",
+        "",
+        f"Integrity: {integrity['made']} events made, central holds {integrity['central_rows']} rows, "
+        f"{integrity['distinct_ids']} distinct ids, sequences contiguous: {integrity['contiguous']}.",
+    ]
+    write_report("fleet", "\n".join(lines) + "\n",
+                 {"steady": steady, "outages": outages, "baseline_rate": baseline_rate, "integrity": integrity})
+
+
+if __name__ == "__main__":
+    main()
