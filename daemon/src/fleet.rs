@@ -276,7 +276,12 @@ impl Relay {
             // The acknowledgement clock starts with the first event in flight.
             flight.last_progress = Some(Instant::now());
         }
-        tracing::debug!(from = events[0].seq, to = last, in_flight = flight.events.len(), "events sent");
+        tracing::debug!(
+            from = events[0].seq,
+            to = last,
+            in_flight = flight.events.len(),
+            "events sent"
+        );
         for event in events {
             flight.events.insert(event.seq, event.event_id);
         }
