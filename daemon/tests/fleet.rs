@@ -339,8 +339,16 @@ fn every_event_reaches_central_exactly_once_through_a_broker_outage() {
     assert_eq!(events.len(), 402, "every event exactly once");
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=402).collect::<Vec<i64>>(), "in sequence, no gap");
-    let donations = events.iter().filter(|e| e.kind == "donation").count();
-    assert_eq!(donations, 400);
+    let donations: Vec<_> = events.iter().filter(|e| e.kind == "donation").collect();
+    assert_eq!(donations.len(), 400);
+    assert_eq!(
+        (
+            &donations[0].payload["donor"],
+            &donations[0].payload["streamer"]
+        ),
+        (&serde_json::json!("fan"), &serde_json::json!("djay")),
+        "people are named by username, not only by the box's ids"
+    );
     let created: Vec<_> = events
         .iter()
         .filter(|e| e.kind == "channel_created")

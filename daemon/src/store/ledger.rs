@@ -270,6 +270,7 @@ impl Store {
             reason,
             |transaction_id, at| Event::Grant {
                 user_id: user.id,
+                user: user.username.clone(),
                 points,
                 reason: reason.to_string(),
                 transaction_id,
@@ -344,6 +345,10 @@ impl Store {
         if streamer == request.donor_id {
             return Ok(Err(DonationRefused::OwnChannel));
         }
+        let name = |id| -> Result<String, StoreError> {
+            Ok(self.user_by_id(id)?.map(|u| u.username).unwrap_or_default())
+        };
+        let (donor_name, streamer_name) = (name(request.donor_id)?, name(streamer)?);
         let memo = format!("donation to {}", request.channel);
         let Some((transaction, at, balance)) = self.transfer(
             "donation",
@@ -355,6 +360,8 @@ impl Store {
                 channel: request.channel.clone(),
                 donor_id: request.donor_id,
                 streamer_id: streamer,
+                donor: donor_name.clone(),
+                streamer: streamer_name.clone(),
                 amount: request.amount,
                 message: request.message.clone(),
                 transaction_id,

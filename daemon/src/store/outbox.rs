@@ -26,6 +26,9 @@ pub enum Event {
     /// The venue gave a user points (`commeowd wallet grant`).
     Grant {
         user_id: i64,
+        /// The user's username, so central can name them across boxes (ids are the box's).
+        #[serde(default)]
+        user: String,
         points: i64,
         reason: String,
         transaction_id: i64,
@@ -36,6 +39,11 @@ pub enum Event {
         channel: String,
         donor_id: i64,
         streamer_id: i64,
+        /// Usernames, so central can name people across boxes (ids are the box's).
+        #[serde(default)]
+        donor: String,
+        #[serde(default)]
+        streamer: String,
         amount: i64,
         message: String,
         transaction_id: i64,
@@ -335,11 +343,23 @@ mod tests {
     fn grant(n: i64) -> Event {
         Event::Grant {
             user_id: 1,
+            user: "fan".into(),
             points: n,
             reason: format!("r{n}"),
             transaction_id: n,
             at: "2026-12-04T00:00:00.000Z".into(),
         }
+    }
+
+    /// Rows written before an added field read back typed (the field empty): within a
+    /// version, fields are only added.
+    #[test]
+    fn rows_from_before_an_added_field_still_read() {
+        let old = serde_json::json!({"type": "donation", "channel": "stage", "donor_id": 2,
+            "streamer_id": 1, "amount": 100, "message": "", "transaction_id": 7,
+            "at": "2026-12-04T00:00:00.000Z"});
+        let event: Event = serde_json::from_value(old).expect("reads");
+        assert!(matches!(event, Event::Donation { ref donor, .. } if donor.is_empty()));
     }
 
     #[test]
