@@ -40,6 +40,9 @@ pub struct Health {
     pub outbox_over_bound: bool,
     /// When central last acknowledged something (RFC 3339).
     pub last_ack_at: Option<String>,
+    /// Central's clock minus this box's, learned from acks: a box with no real-time clock
+    /// judges time-limited things (command expiry) by central's time.
+    pub clock_offset_seconds: Option<f64>,
 }
 
 /// Shared between the relay (writer) and HTTP (reader).
@@ -297,6 +300,15 @@ impl Relay {
                 return;
             }
         };
+        let offset = chrono::DateTime::parse_from_rfc3339(&ack.central_now)
+            .ok()
+            .map(|central| {
+                central
+                    .signed_duration_since(chrono::Utc::now())
+                    .num_milliseconds() as f64
+                    / 1000.0
+            });
+        self.note(|h| h.clock_offset_seconds = offset.or(h.clock_offset_seconds));
         let ids = ack.event_ids;
         let deleting = ids.clone();
         // Deleted through the store like any write: group committed with the rest.

@@ -718,3 +718,45 @@ fn a_box_certificate_speaks_only_for_its_own_box() {
     );
     assert_eq!(central.events().len(), 22);
 }
+
+/// A box with no real-time clock, two years behind: central takes its events in sequence
+/// order all the same and flags the skew; the box learns central's time from the acks.
+#[test]
+fn a_box_two_years_behind_is_heard_in_order_and_flagged() {
+    let broker = Mosquitto::start();
+    let central = Central::start(&broker.url());
+    let daemon = Daemon::start_with(
+        &fleet_config(&broker.url()),
+        common::Launch {
+            wrapper: vec!["faketime".into(), "-f".into(), "-730d".into()],
+            // Timers and timeouts run on the real monotonic clock; only the date is wrong.
+            env: vec![("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into())],
+        },
+    );
+    let fan = venue(&daemon, 100 * 50);
+    for n in 0..50 {
+        donate(&daemon, &fan, n);
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || outbox_depth(&daemon) == 0),
+        "the outbox drains"
+    );
+    let events = central.events();
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=52).collect::<Vec<i64>>(), "in sequence order");
+    assert!(
+        events[2].at.starts_with("2024-"),
+        "the event keeps the box's own time: {}",
+        events[2].at
+    );
+    let skew = central.storage().boxes().expect("boxes")[0].clock_skew_seconds;
+    assert!(
+        skew.is_some_and(|s| s < -700.0 * 86_400.0),
+        "the skew is flagged: {skew:?}"
+    );
+    let offset = daemon.get("/healthz").json()["fleet"]["clock_offset_seconds"].as_f64();
+    assert!(
+        offset.is_some_and(|o| o > 700.0 * 86_400.0),
+        "the box knows central's time: {offset:?}"
+    );
+}

@@ -126,6 +126,9 @@ async fn store_and_acknowledge(
                         if let Some((from, to)) = stored.gap {
                             tracing::error!(box_id = %box_id, from, to, "gap: the box no longer holds events central never stored");
                         }
+                        if let Some(skew) = stored.clock_skew_seconds {
+                            tracing::warn!(box_id = %box_id, skew_seconds = skew, "the box's clock is off; its events are taken in sequence order");
+                        }
                         if !stored.conflicts.is_empty() {
                             tracing::error!(box_id = %box_id, seqs = ?stored.conflicts, "quarantined: sequences came back with other event ids (the box's data was reset?)");
                         }

@@ -37,6 +37,18 @@ pub struct Stored {
     pub high_water: i64,
     /// Sequences the box no longer holds that central never stored.
     pub gap: Option<(i64, i64)>,
+    /// The box's clock is this far from central's (only when past a minute).
+    pub clock_skew_seconds: Option<f64>,
+}
+
+/// A box's clock off by more than this is flagged.
+pub const SKEW_FLAG_SECONDS: f64 = 60.0;
+
+/// `box_time - central_time`, seconds, if both read as RFC 3339.
+fn skew_seconds(box_time: &str, central_time: &str) -> Option<f64> {
+    let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
+    let (b, c) = (at(box_time)?, at(central_time)?);
+    Some(b.signed_duration_since(c).num_milliseconds() as f64 / 1000.0)
 }
 
 /// A box as central knows it.
@@ -50,6 +62,10 @@ pub struct BoxRow {
     pub last_status: Option<serde_json::Value>,
     pub last_seen: Option<String>,
     pub quarantined: Option<String>,
+    /// The box's clock minus central's, when it was off by more than a minute at its last
+    /// batch (a box with no real-time clock and no NTP). Its events are taken in sequence
+    /// order all the same; their `at` is the box's.
+    pub clock_skew_seconds: Option<f64>,
 }
 
 /// One stored event.
@@ -127,7 +143,8 @@ impl Sqlite {
                  session INTEGER,
                  last_status TEXT,
                  last_seen TEXT,
-                 quarantined TEXT
+                 quarantined TEXT,
+                 clock_skew_seconds REAL
              );
              CREATE TABLE IF NOT EXISTS quarantine (
                  box_id TEXT NOT NULL,
@@ -253,9 +270,12 @@ impl Storage for Sqlite {
                 None => break,
             }
         }
+        let skew = skew_seconds(&batch.sent_at, now).filter(|s| s.abs() > SKEW_FLAG_SECONDS);
+        stored.clock_skew_seconds = skew;
         tx.execute(
-            "UPDATE boxes SET high_water = ?2, last_seen = ?3 WHERE box_id = ?1",
-            params![box_id, high, now],
+            "UPDATE boxes SET high_water = ?2, last_seen = ?3, clock_skew_seconds = ?4
+             WHERE box_id = ?1",
+            params![box_id, high, now, skew],
         )?;
         tx.commit()?;
         stored.high_water = high;
@@ -290,7 +310,8 @@ impl Storage for Sqlite {
     fn boxes(&self) -> Result<Vec<BoxRow>, StorageError> {
         let mut statement = self.conn.prepare(
             "SELECT b.box_id, b.high_water, (SELECT COUNT(*) FROM events e WHERE e.box_id = b.box_id),
-                    b.online, b.session, b.last_status, b.last_seen, b.quarantined
+                    b.online, b.session, b.last_status, b.last_seen, b.quarantined,
+                    b.clock_skew_seconds
              FROM boxes b ORDER BY b.box_id",
         )?;
         let rows = statement.query_map([], |row| {
@@ -304,6 +325,7 @@ impl Storage for Sqlite {
                 last_status: status.and_then(|s| serde_json::from_str(&s).ok()),
                 last_seen: row.get(6)?,
                 quarantined: row.get(7)?,
+                clock_skew_seconds: row.get(8)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
