@@ -16,10 +16,13 @@
 
 use crate::config::FleetConfig;
 use crate::store::outbox::{OutboxReader, Stored};
-use crate::store::StoreHandle;
+use crate::store::{Store, StoreError, StoreHandle};
 use crate::system::Activity;
 use fleet_proto::broker::Broker;
-use fleet_proto::{Ack, BoxId, Envelope, EventsBatch, Status, Topic, WireEvent};
+use fleet_proto::{
+    Ack, BoxId, Desired, Envelope, EventsBatch, Refusal, Reported, ReportedChannel, Status, Topic,
+    WireEvent,
+};
 use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,7 +66,8 @@ pub struct Relay {
 /// What the connection task hands the relay.
 enum Incoming {
     Connected,
-    Ack(Vec<u8>),
+    /// A message on one of our topics (`ack`, `desired`).
+    Message(String, Vec<u8>),
     Lost(String),
 }
 
@@ -139,7 +143,10 @@ impl Relay {
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         // Never wait on the relay here (it may be waiting on us to send): a
                         // dropped ack only means those events are sent again.
-                        let _ = tell.try_send(Incoming::Ack(publish.payload.to_vec()));
+                        let _ = tell.try_send(Incoming::Message(
+                            publish.topic.clone(),
+                            publish.payload.to_vec(),
+                        ));
                     }
                     Ok(_) => {}
                     Err(error) => {
@@ -209,16 +216,23 @@ impl Relay {
                         // A new session: whatever was in flight may be lost. Send again
                         // from the oldest unacknowledged event (all the outbox holds).
                         flight = InFlight::default();
-                        client
-                            .subscribe(Topic::Ack.of(&self.box_id), QoS::AtLeastOnce)
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        for topic in [Topic::Ack, Topic::Desired] {
+                            client
+                                .subscribe(topic.of(&self.box_id), QoS::AtLeastOnce)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                        }
                         self.publish_status(client, session).await?;
+                        self.publish_reported(client, Vec::new()).await?;
                         tracing::info!(broker = %self.config.broker, session, "fleet relay connected");
                     }
-                    Some(Incoming::Ack(payload)) => {
+                    Some(Incoming::Message(topic, payload)) => {
                         let _busy = self.activity.begin();
-                        self.acknowledged(&payload, &mut flight).await;
+                        match Topic::parse(&topic) {
+                            Ok((_, Topic::Ack)) => self.acknowledged(&payload, &mut flight).await,
+                            Ok((_, Topic::Desired)) => self.provision(client, &payload).await?,
+                            _ => tracing::debug!(%topic, "ignored a message"),
+                        }
                     }
                 },
                 events = outbox.next(flight.sent_up_to, room.max(1)), if want_more => {
@@ -327,6 +341,77 @@ impl Relay {
         }
     }
 
+    /// Applies a `desired` state newer than the last applied, then reports.
+    async fn provision(&self, client: &AsyncClient, payload: &[u8]) -> Result<(), String> {
+        let desired = match Desired::read(payload, &self.box_id) {
+            Ok(desired) => desired,
+            Err(error) => {
+                tracing::warn!(%error, "ignored a desired state");
+                return Ok(());
+            }
+        };
+        let version = desired.version;
+        match self.store.write(move |store| apply(store, &desired)).await {
+            Ok(Some(refused)) => {
+                tracing::info!(
+                    version,
+                    refused = refused.len(),
+                    "applied the fleet's desired channels"
+                );
+                self.publish_reported(client, refused).await
+            }
+            Ok(None) => {
+                tracing::info!(
+                    version,
+                    "ignored a desired state no newer than the one applied"
+                );
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, version, "could not apply the desired channels");
+                Ok(())
+            }
+        }
+    }
+
+    async fn publish_reported(
+        &self,
+        client: &AsyncClient,
+        refused: Vec<Refusal>,
+    ) -> Result<(), String> {
+        let state = self
+            .store
+            .read(|store| {
+                Ok((
+                    store.fleet_desired_version()?,
+                    store.channels_with_owners()?,
+                ))
+            })
+            .await;
+        let Ok((applied_version, channels)) = state else {
+            return Ok(());
+        };
+        let reported = Reported {
+            box_id: self.box_id.clone(),
+            applied_version,
+            channels: channels
+                .into_iter()
+                .map(|(slug, title, owner)| ReportedChannel { slug, title, owner })
+                .collect(),
+            refused,
+            at: now(),
+        };
+        client
+            .publish(
+                Topic::Reported.of(&self.box_id),
+                QoS::AtLeastOnce,
+                true,
+                reported.to_bytes(),
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     fn note(&self, update: impl FnOnce(&mut Health)) {
         update(&mut self.health.lock().unwrap_or_else(|e| e.into_inner()));
     }
@@ -370,6 +455,66 @@ impl Relay {
             .await
             .map_err(|e| e.to_string())
     }
+}
+
+/// Applies `desired` if it is newer than the last version applied, all in the caller's
+/// transaction (with the new version): `None` if it was not newer, else what was refused.
+/// Idempotent: a channel already as desired is left alone; keys are made on the box.
+fn apply(store: &mut Store, desired: &Desired) -> Result<Option<Vec<Refusal>>, StoreError> {
+    if desired.version <= store.fleet_desired_version()? {
+        return Ok(None);
+    }
+    let mut refused = Vec::new();
+    for channel in &desired.channels {
+        let slug = channel.slug.as_str();
+        let outcome = if channel.absent {
+            match store.remove_channel(slug) {
+                Err(StoreError::NoSuchChannel(_)) => Ok(()),
+                other => other,
+            }
+        } else if store.channel_owner(slug)?.is_some() {
+            if channel.title.is_empty() {
+                Ok(())
+            } else {
+                store.retitle_channel(slug, &channel.title).map(|_| ())
+            }
+        } else {
+            let owner = match &channel.owner {
+                Some(name) => match store.user_by_name(name)? {
+                    Some(user) => Ok(Some(user.id)),
+                    None => Err(StoreError::NoSuchUser(name.clone())),
+                },
+                None => Ok(None),
+            };
+            let title = if channel.title.is_empty() {
+                slug
+            } else {
+                &channel.title
+            };
+            owner.and_then(|owner| {
+                store
+                    .add_channel_owned(slug, title, owner, None)
+                    .map(|_| ())
+            })
+        };
+        match outcome {
+            Ok(()) => {}
+            Err(
+                error @ (StoreError::InvalidSlug(_)
+                | StoreError::InvalidTitle(_)
+                | StoreError::ChannelExists(_)
+                | StoreError::ChannelHasDonations(_)
+                | StoreError::NoSuchUser(_)
+                | StoreError::TooManyChannels(_)),
+            ) => refused.push(Refusal {
+                slug: slug.to_string(),
+                reason: error.to_string(),
+            }),
+            Err(other) => return Err(other),
+        }
+    }
+    store.set_fleet_desired_version(desired.version)?;
+    Ok(Some(refused))
 }
 
 fn now() -> String {

@@ -760,3 +760,138 @@ fn a_box_two_years_behind_is_heard_in_order_and_flagged() {
         "the box knows central's time: {offset:?}"
     );
 }
+
+/// Provisioning: versions 1 then 2 while the box is offline; on return only v2 applies, a
+/// late v1 is ignored, a channel with donations is not removed, and the box reports what
+/// it has (channels made on it included).
+#[test]
+fn desired_channels_apply_newest_first_and_only_once() {
+    use fleet_proto::{BoxId, Desired, DesiredChannel};
+    let broker = Mosquitto::start();
+    let central = Central::start(&broker.url());
+    let mut daemon = Daemon::start(&fleet_config(&broker.url()));
+    let fan = venue(&daemon, 100 * 5);
+    donate(&daemon, &fan, 0);
+    let hall = BoxId::new("hall-1").expect("box id");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let plain = fleet_proto::broker::Broker {
+        url: broker.url(),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+    };
+    let publish = |desired: &Desired| {
+        runtime
+            .block_on(commeow_central::service::publish_desired(
+                &plain, "admin", desired,
+            ))
+            .expect("publish desired");
+    };
+    let channel = |slug: &str, title: &str, owner: Option<&str>, absent: bool| DesiredChannel {
+        slug: slug.into(),
+        title: title.into(),
+        owner: owner.map(Into::into),
+        absent,
+    };
+    let desired = |version, channels| Desired {
+        box_id: hall.clone(),
+        version,
+        channels,
+    };
+    let reported = |version: u64| {
+        let mut last = None;
+        let found = wait_until(Duration::from_secs(20), || {
+            last = central.storage().reported(&hall).ok().flatten();
+            last.as_ref().is_some_and(|r| r.applied_version == version)
+        });
+        assert!(found, "no report of version {version}: {last:?}");
+        last.expect("reported")
+    };
+
+    // The box is offline while v1 and then v2 are published (retained: the broker keeps
+    // the newest).
+    daemon.kill();
+    let v1 = desired(1, vec![channel("hall", "Hall v1", None, false)]);
+    publish(&v1);
+    publish(&desired(
+        2,
+        vec![
+            channel("hall", "Main hall", Some("djay"), false),
+            channel("second", "Second stage", None, false),
+        ],
+    ));
+    daemon.crash_and_restart();
+    let applied = reported(2);
+    let titles: Vec<(&str, &str, Option<&str>)> = applied
+        .channels
+        .iter()
+        .map(|c| (c.slug.as_str(), c.title.as_str(), c.owner.as_deref()))
+        .collect();
+    assert_eq!(
+        titles,
+        [
+            ("hall", "Main hall", Some("djay")),
+            ("second", "Second stage", None),
+            ("stage", "Title of stage", Some("djay")),
+        ],
+        "v2 applied, and the channel made on the box is reported too"
+    );
+
+    // A late v1 changes nothing; v3 (after it on the same topic) shows it was seen.
+    publish(&v1);
+    publish(&desired(
+        3,
+        vec![
+            channel("second", "", None, true),
+            channel("stage", "", None, true),
+        ],
+    ));
+    let after = reported(3);
+    let slugs: Vec<(&str, &str)> = after
+        .channels
+        .iter()
+        .map(|c| (c.slug.as_str(), c.title.as_str()))
+        .collect();
+    assert_eq!(
+        slugs,
+        [("hall", "Main hall"), ("stage", "Title of stage")],
+        "v1 ignored; `second` removed; `stage` kept"
+    );
+    assert_eq!(after.refused.len(), 1, "{:?}", after.refused);
+    assert_eq!(after.refused[0].slug, "stage");
+    assert!(
+        after.refused[0].reason.contains("donations"),
+        "{:?}",
+        after.refused
+    );
+    // v1 never applied: `hall` was made once, with v2's title, and never retitled.
+    assert!(wait_until(Duration::from_secs(20), || outbox_depth(
+        &daemon
+    ) == 0));
+    let events = central.events();
+    let hall_events: Vec<(&str, &serde_json::Value)> = events
+        .iter()
+        .filter(|e| e.payload["channel"] == "hall")
+        .map(|e| (e.kind.as_str(), &e.payload["title"]))
+        .collect();
+    assert_eq!(
+        hall_events,
+        [("channel_created", &serde_json::json!("Main hall"))],
+        "{hall_events:?}"
+    );
+    assert!(events
+        .iter()
+        .any(|e| e.kind == "channel_removed" && e.payload["channel"] == "second"));
+    // The channel list the viewers see agrees.
+    let listed = daemon.get("/api/channels").json();
+    let listed: Vec<&str> = listed
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|c| c["slug"].as_str())
+        .collect();
+    assert!(
+        listed.contains(&"hall") && !listed.contains(&"second"),
+        "{listed:?}"
+    );
+}

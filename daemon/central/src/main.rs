@@ -1,6 +1,6 @@
 //! `commeow-central`: the service (`serve`) and the fleet admin's commands.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use commeow_central::service::{self, Config};
 use commeow_central::store::{EventFilter, Sqlite, Storage};
 use fleet_proto::broker::Broker;
@@ -22,19 +22,37 @@ struct Cli {
     command: Command,
 }
 
+/// How to reach the broker.
+#[derive(Args)]
+struct BrokerArgs {
+    /// mqtt://host:port or mqtts://host:port
+    #[arg(long, env = "COMMEOW_CENTRAL_BROKER")]
+    broker: String,
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    #[arg(long)]
+    cert_file: Option<PathBuf>,
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+}
+
+impl BrokerArgs {
+    fn broker(self) -> Broker {
+        Broker {
+            url: self.broker,
+            ca_file: self.ca_file,
+            cert_file: self.cert_file,
+            key_file: self.key_file,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Receive every box's events and status, store them, acknowledge them.
     Serve {
-        /// mqtt://host:port or mqtts://host:port
-        #[arg(long, env = "COMMEOW_CENTRAL_BROKER")]
-        broker: String,
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
-        #[arg(long)]
-        cert_file: Option<PathBuf>,
-        #[arg(long)]
-        key_file: Option<PathBuf>,
+        #[command(flatten)]
+        broker: BrokerArgs,
         /// This replica's MQTT client id (unique per replica).
         #[arg(long, default_value = "central-1")]
         client_id: String,
@@ -66,6 +84,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One box: its row, what it reported it has, and its desired state.
+    Box {
+        box_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Provision a channel on a box: its desired state gets a new version, published
+    /// retained, applied by the box when it is newer than what it applied.
+    Provision {
+        box_id: String,
+        slug: String,
+        #[arg(long, default_value = "")]
+        title: String,
+        /// The owner's username on the box.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Remove the channel instead (the box refuses while it has donations).
+        #[arg(long)]
+        absent: bool,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn print<T: serde::Serialize>(rows: &[T], json: bool, line: impl Fn(&T) -> String) {
@@ -89,19 +131,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             broker,
-            ca_file,
-            cert_file,
-            key_file,
             client_id,
             group,
         } => {
             let config = Config {
-                broker: Broker {
-                    url: broker,
-                    ca_file,
-                    cert_file,
-                    key_file,
-                },
+                broker: broker.broker(),
                 client_id,
                 group,
                 db: cli.db,
@@ -159,6 +193,57 @@ fn main() -> anyhow::Result<()> {
                     e.box_id, e.seq, e.kind, e.at, e.payload
                 )
             });
+            Ok(())
+        }
+        Command::Box { box_id, json } => {
+            let id = fleet_proto::BoxId::new(&box_id)?;
+            let storage = Sqlite::open(&cli.db)?;
+            let row = storage.boxes()?.into_iter().find(|b| b.box_id == box_id);
+            let shown = serde_json::json!({
+                "box": row,
+                "reported": storage.reported(&id)?,
+            });
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&shown).unwrap_or_default()
+                );
+            } else {
+                println!("{shown:#}");
+            }
+            Ok(())
+        }
+        Command::Provision {
+            box_id,
+            slug,
+            title,
+            owner,
+            absent,
+            broker,
+            json,
+        } => {
+            let id = fleet_proto::BoxId::new(&box_id)?;
+            let change = fleet_proto::DesiredChannel {
+                slug,
+                title,
+                owner,
+                absent,
+            };
+            let desired = Sqlite::open(&cli.db)?.provision(&id, change)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(service::publish_desired(
+                &broker.broker(),
+                &format!("central-admin-{}", std::process::id()),
+                &desired,
+            ))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&desired).unwrap_or_default()
+                );
+            } else {
+                println!("{box_id}: desired version {} published", desired.version);
+            }
             Ok(())
         }
         Command::Gaps { json } => {

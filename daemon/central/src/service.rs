@@ -9,7 +9,7 @@
 
 use crate::store::{Sqlite, Storage};
 use fleet_proto::broker::Broker;
-use fleet_proto::{Ack, BoxId, Envelope, EventsBatch, Status, Topic};
+use fleet_proto::{Ack, BoxId, Desired, Envelope, EventsBatch, Reported, Status, Topic};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -56,7 +56,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 failures = 0;
                 tracing::info!(broker = %config.broker.url, "connected");
-                for topic in [Topic::Events, Topic::Status] {
+                for topic in [Topic::Events, Topic::Status, Topic::Reported] {
                     let filter = format!("$share/{}/{}", config.group, topic.of_every_box());
                     client.subscribe(filter, QoS::AtLeastOnce).await?;
                 }
@@ -159,10 +159,59 @@ async fn store_and_acknowledge(
                 }
                 Err(error) => tracing::warn!(box_id = %box_id, %error, "refused a status"),
             },
+            Topic::Reported => match Reported::read(&payload, &box_id) {
+                Ok(reported) => {
+                    let result = tokio::task::spawn_blocking(move || {
+                        let mut storage = storage
+                            .lock()
+                            .map_err(|_| "storage lock poisoned".to_string())?;
+                        storage.note_reported(&reported).map_err(|e| e.to_string())
+                    })
+                    .await;
+                    if let Ok(Err(error)) = result {
+                        tracing::error!(box_id = %box_id, %error, "could not store a reported state");
+                    }
+                }
+                Err(error) => tracing::warn!(box_id = %box_id, %error, "refused a reported state"),
+            },
             _ => {}
         }
     }
     batches
+}
+
+/// Publishes a box's desired state, retained (a box that is offline gets the newest when
+/// it connects), and waits for the broker to take it.
+pub async fn publish_desired(
+    broker: &Broker,
+    client_id: &str,
+    desired: &Desired,
+) -> anyhow::Result<()> {
+    let options = broker.options(client_id, Duration::from_secs(15))?;
+    let (client, mut eventloop) = AsyncClient::new(options, 8);
+    client
+        .publish(
+            Topic::Desired.of(&desired.box_id),
+            QoS::AtLeastOnce,
+            true,
+            desired.to_bytes(),
+        )
+        .await?;
+    let taken = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(error) => return Err(anyhow::anyhow!("broker: {error}")),
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the broker did not take the desired state within 15 s"))?;
+    taken?;
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
+    Ok(())
 }
 
 async fn acknowledge(

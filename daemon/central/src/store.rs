@@ -13,7 +13,7 @@
 //! - a box whose `floor` passes a sequence central never stored has lost events: a gap is
 //!   recorded.
 
-use fleet_proto::{BoxId, EventsBatch, Status};
+use fleet_proto::{BoxId, Desired, DesiredChannel, EventsBatch, Reported, Status};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::path::Path;
@@ -110,6 +110,17 @@ pub trait Storage: Send {
     fn boxes(&self) -> Result<Vec<BoxRow>, StorageError>;
     fn events(&self, filter: &EventFilter) -> Result<Vec<EventRow>, StorageError>;
     fn gaps(&self) -> Result<Vec<GapRow>, StorageError>;
+    /// Changes one channel of a box's desired state and bumps its version: the state to
+    /// publish (retained) on the box's `desired` topic.
+    fn provision(
+        &mut self,
+        box_id: &BoxId,
+        change: DesiredChannel,
+    ) -> Result<Desired, StorageError>;
+    /// Records what a box reports it has.
+    fn note_reported(&mut self, reported: &Reported) -> Result<(), StorageError>;
+    /// What a box last reported.
+    fn reported(&self, box_id: &BoxId) -> Result<Option<Reported>, StorageError>;
 }
 
 pub struct Sqlite {
@@ -144,7 +155,13 @@ impl Sqlite {
                  last_status TEXT,
                  last_seen TEXT,
                  quarantined TEXT,
-                 clock_skew_seconds REAL
+                 clock_skew_seconds REAL,
+                 reported TEXT
+             );
+             CREATE TABLE IF NOT EXISTS desired (
+                 box_id TEXT PRIMARY KEY,
+                 version INTEGER NOT NULL,
+                 channels TEXT NOT NULL
              );
              CREATE TABLE IF NOT EXISTS quarantine (
                  box_id TEXT NOT NULL,
@@ -356,6 +373,75 @@ impl Storage for Sqlite {
             },
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn provision(
+        &mut self,
+        box_id: &BoxId,
+        change: DesiredChannel,
+    ) -> Result<Desired, StorageError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT version, channels FROM desired WHERE box_id = ?1",
+                [box_id.as_str()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let (version, mut channels) = match current {
+            Some((version, text)) => (
+                u64::try_from(version).unwrap_or(0),
+                serde_json::from_str::<Vec<DesiredChannel>>(&text).unwrap_or_default(),
+            ),
+            None => (0, Vec::new()),
+        };
+        channels.retain(|c| c.slug != change.slug);
+        channels.push(change);
+        channels.sort_by(|a, b| a.slug.cmp(&b.slug));
+        let desired = Desired {
+            box_id: box_id.clone(),
+            version: version + 1,
+            channels,
+        };
+        tx.execute(
+            "INSERT INTO desired (box_id, version, channels) VALUES (?1, ?2, ?3)
+             ON CONFLICT (box_id) DO UPDATE SET version = excluded.version, channels = excluded.channels",
+            params![
+                box_id.as_str(),
+                i64::try_from(desired.version).unwrap_or(i64::MAX),
+                serde_json::to_string(&desired.channels).unwrap_or_default()
+            ],
+        )?;
+        tx.commit()?;
+        Ok(desired)
+    }
+
+    fn note_reported(&mut self, reported: &Reported) -> Result<(), StorageError> {
+        let tx = self.conn.transaction()?;
+        ensure_box(&tx, &reported.box_id)?;
+        tx.execute(
+            "UPDATE boxes SET reported = ?2 WHERE box_id = ?1",
+            params![
+                reported.box_id.as_str(),
+                serde_json::to_string(reported).unwrap_or_default()
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn reported(&self, box_id: &BoxId) -> Result<Option<Reported>, StorageError> {
+        let text: Option<Option<String>> = self
+            .conn
+            .query_row(
+                "SELECT reported FROM boxes WHERE box_id = ?1",
+                [box_id.as_str()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(text.flatten().and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     fn gaps(&self) -> Result<Vec<GapRow>, StorageError> {

@@ -259,6 +259,72 @@ pub fn backoff(failures: u32) -> std::time::Duration {
     std::time::Duration::from_millis(nanos % (cap_ms + 1))
 }
 
+/// `desired` (retained): the channels central wants on a box. The box applies a version
+/// only if it is newer than the last it applied, so a late or replayed older one changes
+/// nothing, and applying the same version twice is a no-op.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Desired {
+    pub box_id: BoxId,
+    pub version: u64,
+    pub channels: Vec<DesiredChannel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredChannel {
+    pub slug: String,
+    #[serde(default)]
+    pub title: String,
+    /// The owner's username on the box; the stream key is made on the box and shown only
+    /// to them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Remove it (refused while the channel has donations).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub absent: bool,
+}
+
+/// `reported` (retained): what the box has after applying `desired`, channels made on the
+/// box itself included, so drift is visible.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reported {
+    pub box_id: BoxId,
+    /// The last `desired` version applied (0: none).
+    pub applied_version: u64,
+    pub channels: Vec<ReportedChannel>,
+    /// What could not be applied, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<Refusal>,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportedChannel {
+    pub slug: String,
+    pub title: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub slug: String,
+    pub reason: String,
+}
+
+impl Envelope for Desired {
+    const WHAT: &'static str = "desired state";
+    fn box_id(&self) -> &BoxId {
+        &self.box_id
+    }
+}
+
+impl Envelope for Reported {
+    const WHAT: &'static str = "reported state";
+    fn box_id(&self) -> &BoxId {
+        &self.box_id
+    }
+}
+
 /// A message that names its box.
 pub trait Envelope: Serialize + for<'de> Deserialize<'de> {
     const WHAT: &'static str;

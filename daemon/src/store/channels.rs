@@ -191,6 +191,60 @@ impl Store {
         Ok(key)
     }
 
+    /// Gives a channel a new title; whether it changed. The change is an outbox event.
+    pub fn retitle_channel(&mut self, slug: &str, title: &str) -> Result<bool, StoreError> {
+        validate_title(title)?;
+        if self.channel_id_and_owner(slug)?.is_none() {
+            return Err(StoreError::NoSuchChannel(slug.to_string()));
+        }
+        let changed = self.conn().execute(
+            "UPDATE channels SET title = ?2 WHERE slug = ?1 AND title != ?2",
+            params![slug, title],
+        )? > 0;
+        if changed {
+            self.add_event(&super::outbox::Event::ChannelRetitled {
+                channel: slug.to_string(),
+                title: title.to_string(),
+                at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            })?;
+        }
+        Ok(changed)
+    }
+
+    /// Removes a channel, refused while it has donations (the ledger refers to them).
+    pub fn remove_channel(&mut self, slug: &str) -> Result<(), StoreError> {
+        let Some((id, _)) = self.channel_id_and_owner(slug)? else {
+            return Err(StoreError::NoSuchChannel(slug.to_string()));
+        };
+        let donations: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM donations WHERE channel_id = ?1",
+            params![id],
+            |row| row.get(0),
+        )?;
+        if donations > 0 {
+            return Err(StoreError::ChannelHasDonations(slug.to_string()));
+        }
+        self.conn()
+            .execute("DELETE FROM channels WHERE id = ?1", params![id])?;
+        self.add_event(&super::outbox::Event::ChannelRemoved {
+            channel: slug.to_string(),
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        })?;
+        Ok(())
+    }
+
+    /// Every channel with its owner's username, for the fleet's `reported` state.
+    pub fn channels_with_owners(
+        &self,
+    ) -> Result<Vec<(String, String, Option<String>)>, StoreError> {
+        let mut statement = self.conn().prepare_cached(
+            "SELECT c.slug, c.title, u.username
+             FROM channels c LEFT JOIN users u ON u.id = c.owner_id ORDER BY c.slug",
+        )?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn list_channels(&self) -> Result<Vec<Channel>, StoreError> {
         let mut statement = self
             .conn()

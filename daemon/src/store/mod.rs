@@ -51,6 +51,8 @@ pub enum StoreError {
     TooManyChannels(usize),
     #[error("no channel `{0}`")]
     NoSuchChannel(String),
+    #[error("channel `{0}` has donations: it is kept for the ledger")]
+    ChannelHasDonations(String),
     #[error("invalid channel slug `{0}`: use 1-32 characters a-z, 0-9 and '-', starting with a letter or digit")]
     InvalidSlug(String),
     #[error("invalid channel title: {0}")]

@@ -84,6 +84,14 @@ pub enum Event {
     },
     /// A channel's stream key was replaced (the new key stays on the box).
     StreamKeyRotated { channel: String, at: String },
+    /// A channel got a new title (fleet provisioning).
+    ChannelRetitled {
+        channel: String,
+        title: String,
+        at: String,
+    },
+    /// A channel with no donations was removed (fleet provisioning).
+    ChannelRemoved { channel: String, at: String },
 }
 
 /// The order an event is about, as the box stored it.
@@ -126,6 +134,8 @@ impl Event {
             Event::PaymentNote { .. } => "payment_note",
             Event::ChannelCreated { .. } => "channel_created",
             Event::StreamKeyRotated { .. } => "stream_key_rotated",
+            Event::ChannelRetitled { .. } => "channel_retitled",
+            Event::ChannelRemoved { .. } => "channel_removed",
         }
     }
 }
@@ -207,6 +217,31 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(next)
+    }
+
+    /// The last fleet `desired` version applied (0: none).
+    pub fn fleet_desired_version(&self) -> Result<u64, StoreError> {
+        let stored: Option<Vec<u8>> = self
+            .conn()
+            .query_row(
+                "SELECT value FROM secrets WHERE name = 'fleet_desired_version'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(stored
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Records the `desired` version applied, in the caller's transaction.
+    pub fn set_fleet_desired_version(&self, version: u64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO secrets (name, value) VALUES ('fleet_desired_version', ?1)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            params![version.to_be_bytes().to_vec()],
+        )?;
+        Ok(())
     }
 
     /// Appends `event` with the box's next sequence number, in the caller's transaction.
