@@ -20,8 +20,8 @@ use crate::store::{Store, StoreError, StoreHandle};
 use crate::system::Activity;
 use fleet_proto::broker::Broker;
 use fleet_proto::{
-    Ack, BoxId, Desired, Envelope, EventsBatch, Refusal, Reported, ReportedChannel, Status, Topic,
-    WireEvent,
+    Ack, BoxId, Command, CommandResult, Desired, Envelope, EventsBatch, Refusal, Reported,
+    ReportedChannel, Status, Topic, WireEvent,
 };
 use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use std::collections::BTreeMap;
@@ -216,7 +216,7 @@ impl Relay {
                         // A new session: whatever was in flight may be lost. Send again
                         // from the oldest unacknowledged event (all the outbox holds).
                         flight = InFlight::default();
-                        for topic in [Topic::Ack, Topic::Desired] {
+                        for topic in [Topic::Ack, Topic::Desired, Topic::Cmd] {
                             client
                                 .subscribe(topic.of(&self.box_id), QoS::AtLeastOnce)
                                 .await
@@ -231,6 +231,12 @@ impl Relay {
                         match Topic::parse(&topic) {
                             Ok((_, Topic::Ack)) => self.acknowledged(&payload, &mut flight).await,
                             Ok((_, Topic::Desired)) => self.provision(client, &payload).await?,
+                            Ok((_, Topic::Cmd)) => {
+                                if self.command(client, &payload).await? {
+                                    // `resync`: send everything again from the oldest.
+                                    flight = InFlight::default();
+                                }
+                            }
                             _ => tracing::debug!(%topic, "ignored a message"),
                         }
                     }
@@ -374,6 +380,60 @@ impl Relay {
         }
     }
 
+    /// Runs a command once (a repeated id replays the stored result) unless it expired by
+    /// central's clock, and answers on `cmd/res`. Whether it was a `resync` that ran.
+    async fn command(&self, client: &AsyncClient, payload: &[u8]) -> Result<bool, String> {
+        let command = match Command::read(payload, &self.box_id) {
+            Ok(command) => command,
+            Err(error) => {
+                tracing::warn!(%error, "ignored a command");
+                return Ok(false);
+            }
+        };
+        let offset = self
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clock_offset_seconds
+            .unwrap_or(0.0);
+        let central_now =
+            chrono::Utc::now() + chrono::Duration::milliseconds((offset * 1000.0) as i64);
+        let expired = chrono::DateTime::parse_from_rfc3339(&command.expires_at)
+            .map_or(true, |expires| central_now > expires);
+        let ran = command.clone();
+        let outcome = self
+            .store
+            .write(move |store| run_command(store, &ran, expired))
+            .await;
+        let (status, result, replayed) = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                // Nothing recorded, no answer: central may send it again.
+                tracing::error!(%error, id = %command.id, "could not run a command");
+                return Ok(false);
+            }
+        };
+        tracing::info!(id = %command.id, name = %command.name, %status, replayed, "fleet command");
+        let answer = CommandResult {
+            box_id: self.box_id.clone(),
+            id: command.id.clone(),
+            status: status.clone(),
+            result,
+            replayed,
+            at: now(),
+        };
+        client
+            .publish(
+                Topic::CmdRes.of(&self.box_id),
+                QoS::AtLeastOnce,
+                false,
+                answer.to_bytes(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(command.name == "resync" && status == "done" && !replayed)
+    }
+
     async fn publish_reported(
         &self,
         client: &AsyncClient,
@@ -455,6 +515,94 @@ impl Relay {
             .await
             .map_err(|e| e.to_string())
     }
+}
+
+/// Runs `command` in the caller's transaction with the record of it: `(status, result,
+/// replayed)`. A domain refusal (no such user, bad arguments) is an answer, recorded like
+/// success, so the same id always gets the same answer.
+fn run_command(
+    store: &mut Store,
+    command: &Command,
+    expired: bool,
+) -> Result<(String, serde_json::Value, bool), StoreError> {
+    if let Some((status, result)) = store.fleet_command(&command.id)? {
+        let result = serde_json::from_str(&result).unwrap_or(serde_json::Value::Null);
+        return Ok((status, result, true));
+    }
+    let (status, result) = if expired {
+        ("expired", serde_json::json!({}))
+    } else {
+        match effect(store, command) {
+            Ok(Some(result)) => ("done", result),
+            Ok(None) => (
+                "unknown",
+                serde_json::json!({"error": format!("no command `{}`", command.name)}),
+            ),
+            Err(
+                error @ (StoreError::NoSuchUser(_)
+                | StoreError::NoSuchChannel(_)
+                | StoreError::Invalid { .. }),
+            ) => ("refused", serde_json::json!({"error": error.to_string()})),
+            Err(other) => return Err(other),
+        }
+    };
+    store.record_fleet_command(&command.id, &command.name, status, &result.to_string())?;
+    Ok((status.to_string(), result, false))
+}
+
+/// What a command does; `None` for a name this box does not know.
+fn effect(store: &mut Store, command: &Command) -> Result<Option<serde_json::Value>, StoreError> {
+    let text = |name: &'static str| -> Result<String, StoreError> {
+        command.args[name]
+            .as_str()
+            .map(str::to_string)
+            .ok_or(StoreError::Invalid {
+                field: name,
+                reason: "is required",
+            })
+    };
+    let result = match command.name.as_str() {
+        "ping" => serde_json::json!({"pong": true, "version": env!("CARGO_PKG_VERSION")}),
+        "resync" => serde_json::json!({"resending": true}),
+        "grant" => {
+            let (user, reason) = (text("user")?, text("reason")?);
+            let points = command.args["points"].as_i64().ok_or(StoreError::Invalid {
+                field: "points",
+                reason: "must be a whole number",
+            })?;
+            let wallet = store.grant(&user, points, &reason)?;
+            serde_json::json!({"user": user, "points": points, "balance": wallet.balance})
+        }
+        "rotate_key" => {
+            let channel = text("channel")?;
+            // The new key stays on the box (its owner sees it on the dashboard); a publish
+            // on the old one ends within seconds.
+            store.rotate_stream_key(&channel)?;
+            serde_json::json!({"channel": channel, "rotated": true})
+        }
+        "set_role" => {
+            let user = text("user")?;
+            let role =
+                crate::store::Role::from_name(&text("role")?).ok_or(StoreError::Invalid {
+                    field: "role",
+                    reason: "must be viewer, streamer or admin",
+                })?;
+            store.set_role(&user, role)?;
+            serde_json::json!({"user": user, "role": role.as_str()})
+        }
+        "ledger_summary" => {
+            let accounts: Vec<serde_json::Value> = store
+                .ledger_summary()?
+                .into_iter()
+                .map(|(kind, accounts, balance)| {
+                    serde_json::json!({"kind": kind, "accounts": accounts, "balance": balance})
+                })
+                .collect();
+            serde_json::json!({"accounts": accounts, "problems": store.ledger_problems()?})
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(result))
 }
 
 /// Applies `desired` if it is newer than the last version applied, all in the caller's

@@ -759,6 +759,36 @@ fn a_box_two_years_behind_is_heard_in_order_and_flagged() {
         offset.is_some_and(|o| o > 700.0 * 86_400.0),
         "the box knows central's time: {offset:?}"
     );
+    // Expiry is judged by central's clock: by its own, the box would run anything dated
+    // within two years.
+    let plain = fleet_proto::broker::Broker {
+        url: broker.url(),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let ping = |id: &str, ttl_seconds: i64| {
+        let command = fleet_proto::Command {
+            box_id: fleet_proto::BoxId::new("hall-1").expect("box id"),
+            id: id.into(),
+            name: "ping".into(),
+            args: serde_json::json!({}),
+            expires_at: (chrono::Utc::now() + chrono::Duration::seconds(ttl_seconds))
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        runtime
+            .block_on(commeow_central::service::send_command(
+                &plain,
+                &format!("admin-{id}"),
+                &command,
+                Duration::from_secs(20),
+            ))
+            .expect("an answer")
+            .status
+    };
+    assert_eq!(ping("p-1", 60), "done", "60 s to live still runs");
+    assert_eq!(ping("p-2", -5), "expired");
 }
 
 /// Provisioning: versions 1 then 2 while the box is offline; on return only v2 applies, a
@@ -894,4 +924,96 @@ fn desired_channels_apply_newest_first_and_only_once() {
         listed.contains(&"hall") && !listed.contains(&"second"),
         "{listed:?}"
     );
+}
+
+/// Commands: the same `grant` id sent three times credits once (the box answers the
+/// repeats from its record); an expired one is answered `expired` and does nothing.
+#[test]
+fn a_command_runs_once_however_often_it_is_sent_and_not_once_expired() {
+    use fleet_proto::{BoxId, Command};
+    let broker = Mosquitto::start();
+    let central = Central::start(&broker.url());
+    let daemon = Daemon::start(&fleet_config(&broker.url()));
+    let fan = venue(&daemon, 1_000);
+    assert!(
+        wait_until(Duration::from_secs(20), || central
+            .storage()
+            .boxes()
+            .is_ok_and(|b| b.first().is_some_and(|b| b.online == Some(true)))),
+        "the box is connected and listening"
+    );
+    let plain = fleet_proto::broker::Broker {
+        url: broker.url(),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let send = |id: &str, name: &str, args: serde_json::Value, ttl_seconds: i64| {
+        let command = Command {
+            box_id: BoxId::new("hall-1").expect("box id"),
+            id: id.into(),
+            name: name.into(),
+            args,
+            expires_at: (chrono::Utc::now() + chrono::Duration::seconds(ttl_seconds))
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        runtime
+            .block_on(commeow_central::service::send_command(
+                &plain,
+                &format!("admin-{id}-{}", rand_suffix()),
+                &command,
+                Duration::from_secs(20),
+            ))
+            .expect("an answer")
+    };
+    let balance = || {
+        common::send_json("GET", &daemon.url("/api/wallet"), None, Some(&fan)).json()["balance"]
+            .as_i64()
+            .expect("balance")
+    };
+    assert_eq!(balance(), 1_000);
+    let grant = serde_json::json!({"user": "fan", "points": 500, "reason": "promo"});
+    let answers: Vec<_> = (0..3)
+        .map(|_| send("grant-1", "grant", grant.clone(), 60))
+        .collect();
+    assert_eq!(answers[0].status, "done");
+    assert!(!answers[0].replayed);
+    for repeat in &answers[1..] {
+        assert!(repeat.replayed, "{repeat:?}");
+        assert_eq!(
+            (&repeat.status, &repeat.result),
+            (&answers[0].status, &answers[0].result)
+        );
+    }
+    assert_eq!(balance(), 1_500, "credited once");
+
+    let late = send("grant-2", "grant", grant, -5);
+    assert_eq!(late.status, "expired");
+    assert_eq!(balance(), 1_500, "an expired command does nothing");
+
+    assert_eq!(
+        send("x-1", "reboot", serde_json::json!({}), 60).status,
+        "unknown"
+    );
+    let refused = send(
+        "g-3",
+        "grant",
+        serde_json::json!({"user": "nobody", "points": 1, "reason": "r"}),
+        60,
+    );
+    assert_eq!(refused.status, "refused", "{refused:?}");
+    let summary = send("s-1", "ledger_summary", serde_json::json!({}), 60);
+    assert_eq!(summary.status, "done");
+    assert_eq!(
+        summary.result["problems"],
+        serde_json::json!([]),
+        "{summary:?}"
+    );
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()))
 }

@@ -19,7 +19,7 @@ struct Cli {
     )]
     db: PathBuf,
     #[command(subcommand)]
-    command: Command,
+    command: Action,
 }
 
 /// How to reach the broker.
@@ -48,7 +48,7 @@ impl BrokerArgs {
 }
 
 #[derive(Subcommand)]
-enum Command {
+enum Action {
     /// Receive every box's events and status, store them, acknowledge them.
     Serve {
         #[command(flatten)]
@@ -90,6 +90,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Commands to boxes: `command send BOX NAME`.
+    #[command(subcommand)]
+    Command(CommandAction),
     /// Provision a channel on a box: its desired state gets a new version, published
     /// retained, applied by the box when it is newer than what it applied.
     Provision {
@@ -103,6 +106,33 @@ enum Command {
         /// Remove the channel instead (the box refuses while it has donations).
         #[arg(long)]
         absent: bool,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CommandAction {
+    /// Send a command to a box (ping, resync, grant, rotate_key, set_role, ledger_summary)
+    /// and wait for its result. The same --id sent again is answered from the box's record
+    /// instead of acting twice.
+    Send {
+        box_id: String,
+        name: String,
+        /// The command's arguments, as JSON (`{"user":"fan","points":500,"reason":"promo"}`).
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// Seconds it may wait to be run, by central's clock.
+        #[arg(long, default_value_t = 60)]
+        ttl: u64,
+        /// Its id (default: a new one).
+        #[arg(long)]
+        id: Option<String>,
+        /// How long to wait for the answer, seconds.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
         #[command(flatten)]
         broker: BrokerArgs,
         #[arg(long)]
@@ -129,7 +159,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve {
+        Action::Serve {
             broker,
             client_id,
             group,
@@ -152,7 +182,7 @@ fn main() -> anyhow::Result<()> {
                 service::run(config, shutdown).await.map(|_| ())
             })
         }
-        Command::Boxes { json } => {
+        Action::Boxes { json } => {
             let rows = Sqlite::open(&cli.db)?.boxes()?;
             print(&rows, json, |b| {
                 format!(
@@ -173,7 +203,7 @@ fn main() -> anyhow::Result<()> {
             });
             Ok(())
         }
-        Command::Events {
+        Action::Events {
             box_id,
             kind,
             since,
@@ -195,7 +225,7 @@ fn main() -> anyhow::Result<()> {
             });
             Ok(())
         }
-        Command::Box { box_id, json } => {
+        Action::Box { box_id, json } => {
             let id = fleet_proto::BoxId::new(&box_id)?;
             let storage = Sqlite::open(&cli.db)?;
             let row = storage.boxes()?.into_iter().find(|b| b.box_id == box_id);
@@ -213,7 +243,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Provision {
+        Action::Provision {
             box_id,
             slug,
             title,
@@ -246,7 +276,54 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Gaps { json } => {
+        Action::Command(CommandAction::Send {
+            box_id,
+            name,
+            args,
+            ttl,
+            id,
+            wait,
+            broker,
+            json,
+        }) => {
+            let args: serde_json::Value = serde_json::from_str(&args)
+                .map_err(|e| anyhow::anyhow!("--args is not JSON: {e}"))?;
+            let expires = chrono::Utc::now() + chrono::Duration::seconds(ttl as i64);
+            let command = fleet_proto::Command {
+                box_id: fleet_proto::BoxId::new(&box_id)?,
+                id: id.unwrap_or_else(|| format!("cmd-{:016x}", rand::random::<u64>())),
+                name,
+                args,
+                expires_at: expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            let result = runtime.block_on(service::send_command(
+                &broker.broker(),
+                &format!("central-admin-{}", std::process::id()),
+                &command,
+                Duration::from_secs(wait),
+            ))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&result).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{} {}: {} {}",
+                    box_id, result.id, result.status, result.result
+                );
+            }
+            if result.status == "done" {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!(
+                    "the command was not run: {}",
+                    result.status
+                ))
+            }
+        }
+        Action::Gaps { json } => {
             let rows = Sqlite::open(&cli.db)?.gaps()?;
             print(&rows, json, |g| {
                 format!(

@@ -243,3 +243,49 @@ async fn acknowledge(
         tracing::warn!(box_id = %box_id, %error, "could not send an ack");
     }
 }
+
+/// Sends a command to a box and waits up to `wait` for its result on `cmd/res`.
+pub async fn send_command(
+    broker: &Broker,
+    client_id: &str,
+    command: &fleet_proto::Command,
+    wait: Duration,
+) -> anyhow::Result<fleet_proto::CommandResult> {
+    let options = broker.options(client_id, Duration::from_secs(15))?;
+    let (client, mut eventloop) = AsyncClient::new(options, 8);
+    let results = Topic::CmdRes.of(&command.box_id);
+    let answer = tokio::time::timeout(wait, async {
+        loop {
+            match eventloop.poll().await? {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    client.subscribe(results.clone(), QoS::AtLeastOnce).await?;
+                }
+                // Subscribed before sending, so the answer cannot slip by.
+                Event::Incoming(Packet::SubAck(_)) => {
+                    client
+                        .publish(
+                            Topic::Cmd.of(&command.box_id),
+                            QoS::AtLeastOnce,
+                            false,
+                            command.to_bytes(),
+                        )
+                        .await?;
+                }
+                Event::Incoming(Packet::Publish(publish)) if publish.topic == results => {
+                    if let Ok(result) =
+                        fleet_proto::CommandResult::read(&publish.payload, &command.box_id)
+                    {
+                        if result.id == command.id {
+                            return Ok::<_, anyhow::Error>(result);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer from {} within {wait:?}", command.box_id))??;
+    let _ = client.disconnect().await;
+    Ok(answer)
+}

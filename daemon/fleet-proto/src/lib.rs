@@ -325,6 +325,51 @@ impl Envelope for Reported {
     }
 }
 
+/// `cmd`: something a fleet admin asks one box to do, once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub box_id: BoxId,
+    /// Unique per command: the box records it with the command's effect, so the same id
+    /// sent again replays the stored result instead of acting twice.
+    pub id: String,
+    /// `ping`, `resync`, `grant`, `rotate_key`, `set_role`, `ledger_summary`.
+    pub name: String,
+    #[serde(default)]
+    pub args: serde_json::Value,
+    /// On central's clock (RFC 3339): the box judges it with the offset it learned from
+    /// acks, so a box with a wrong clock still judges it right.
+    pub expires_at: String,
+}
+
+/// `cmd/res`: what became of a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub box_id: BoxId,
+    pub id: String,
+    /// `done`, `expired`, `refused` (bad arguments or not allowed) or `unknown`.
+    pub status: String,
+    #[serde(default)]
+    pub result: serde_json::Value,
+    /// The stored result of an earlier delivery of the same id.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+    pub at: String,
+}
+
+impl Envelope for Command {
+    const WHAT: &'static str = "command";
+    fn box_id(&self) -> &BoxId {
+        &self.box_id
+    }
+}
+
+impl Envelope for CommandResult {
+    const WHAT: &'static str = "command result";
+    fn box_id(&self) -> &BoxId {
+        &self.box_id
+    }
+}
+
 /// A message that names its box.
 pub trait Envelope: Serialize + for<'de> Deserialize<'de> {
     const WHAT: &'static str;

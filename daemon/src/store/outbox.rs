@@ -219,6 +219,50 @@ impl Store {
         Ok(next)
     }
 
+    /// A fleet command's recorded `(status, result)`, if it already ran here.
+    pub fn fleet_command(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT status, result FROM fleet_commands WHERE id = ?1",
+                params![id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Records a fleet command's outcome, in the caller's transaction (with its effect).
+    pub fn record_fleet_command(
+        &self,
+        id: &str,
+        name: &str,
+        status: &str,
+        result: &str,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO fleet_commands (id, name, status, result, done_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                id,
+                name,
+                status,
+                result,
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Balances by account kind, for the fleet's `ledger_summary` (central reconciles
+    /// them with the events it holds).
+    pub fn ledger_summary(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let mut statement = self.conn().prepare(
+            "SELECT kind, COUNT(*), COALESCE(SUM(balance), 0) FROM ledger_accounts
+             GROUP BY kind ORDER BY kind",
+        )?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The last fleet `desired` version applied (0: none).
     pub fn fleet_desired_version(&self) -> Result<u64, StoreError> {
         let stored: Option<Vec<u8>> = self

@@ -182,5 +182,17 @@ pub(super) fn migrations() -> Migrations<'static> {
         ALTER TABLE channels ADD COLUMN previous_key_seen_at TEXT;
         CREATE INDEX channels_previous_key ON channels (previous_key_hash);",
         ),
+        // Fleet commands run on this box, by id, with their result: a command delivered
+        // again replays its result instead of acting twice. Written in the same
+        // transaction as the command's effect.
+        M::up(
+            "CREATE TABLE fleet_commands (
+            id      TEXT PRIMARY KEY,
+            name    TEXT NOT NULL,
+            status  TEXT NOT NULL,
+            result  TEXT NOT NULL,
+            done_at TEXT NOT NULL
+        ) STRICT;",
+        ),
     ])
 }
