@@ -598,7 +598,11 @@ fn effect(store: &mut Store, command: &Command) -> Result<Option<serde_json::Val
                     serde_json::json!({"kind": kind, "accounts": accounts, "balance": balance})
                 })
                 .collect();
-            serde_json::json!({"accounts": accounts, "problems": store.ledger_problems()?})
+            serde_json::json!({
+                "accounts": accounts,
+                "problems": store.ledger_problems()?,
+                "outbox_depth": store.outbox_depth()?,
+            })
         }
         _ => return Ok(None),
     };

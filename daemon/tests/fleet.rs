@@ -1010,6 +1010,30 @@ fn a_command_runs_once_however_often_it_is_sent_and_not_once_expired() {
         serde_json::json!([]),
         "{summary:?}"
     );
+
+    // Reconcile: the balances central's events add up to are the box's own.
+    assert!(wait_until(Duration::from_secs(20), || outbox_depth(
+        &daemon
+    ) == 0));
+    let summary = send("s-2", "ledger_summary", serde_json::json!({}), 60);
+    let storage = central.storage();
+    let checked = commeow_central::reconcile::reconcile(&storage, "hall-1", &summary.result)
+        .expect("reconcile");
+    assert!(checked.reconciled, "{checked:?}");
+    assert_eq!(checked.expected.wallet, 1_500);
+    assert_eq!(checked.expected.promotions, -1_500);
+    // An event central lost (here: deleted) shows as a mismatch.
+    rusqlite::Connection::open(&central.db)
+        .expect("central db")
+        .execute(
+            "DELETE FROM events WHERE type = 'grant' AND payload LIKE '%promo%'",
+            [],
+        )
+        .expect("delete");
+    let checked = commeow_central::reconcile::reconcile(&storage, "hall-1", &summary.result)
+        .expect("reconcile");
+    assert!(!checked.reconciled, "{checked:?}");
+    assert_eq!(checked.expected.wallet, 1_000);
 }
 
 fn rand_suffix() -> u64 {

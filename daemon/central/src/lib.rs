@@ -2,5 +2,6 @@
 //! MQTT and stores each exactly once ([`store`]), acknowledging only what is committed
 //! ([`service`]); the fleet admin reads them with the CLI (`commeow-central`).
 
+pub mod reconcile;
 pub mod service;
 pub mod store;

@@ -93,6 +93,18 @@ enum Action {
     /// Commands to boxes: `command send BOX NAME`.
     #[command(subcommand)]
     Command(CommandAction),
+    /// Per box, the balances central's events add up to against the box's own
+    /// (`ledger_summary`), and Kakao Pay's takings across the fleet. Exits non-zero when a
+    /// box does not reconcile.
+    Reconcile {
+        /// Only this box (default: every box central knows).
+        #[arg(long = "box")]
+        box_id: Option<String>,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Provision a channel on a box: its desired state gets a new version, published
     /// retained, applied by the box when it is newer than what it applied.
     Provision {
@@ -321,6 +333,67 @@ fn main() -> anyhow::Result<()> {
                     "the command was not run: {}",
                     result.status
                 ))
+            }
+        }
+        Action::Reconcile {
+            box_id,
+            broker,
+            json,
+        } => {
+            let storage = Sqlite::open(&cli.db)?;
+            let boxes: Vec<String> = match box_id {
+                Some(id) => vec![id],
+                None => storage.boxes()?.into_iter().map(|b| b.box_id).collect(),
+            };
+            let broker = broker.broker();
+            let runtime = tokio::runtime::Runtime::new()?;
+            let mut results = Vec::new();
+            for id in boxes {
+                let command = fleet_proto::Command {
+                    box_id: fleet_proto::BoxId::new(&id)?,
+                    id: format!("reconcile-{:016x}", rand::random::<u64>()),
+                    name: "ledger_summary".into(),
+                    args: serde_json::json!({}),
+                    expires_at: (chrono::Utc::now() + chrono::Duration::seconds(60))
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                };
+                let answer = runtime.block_on(service::send_command(
+                    &broker,
+                    &format!("central-admin-{}", std::process::id()),
+                    &command,
+                    Duration::from_secs(30),
+                ))?;
+                results.push(commeow_central::reconcile::reconcile(
+                    &storage,
+                    &id,
+                    &answer.result,
+                )?);
+            }
+            let total_krw: i64 = results.iter().map(|r| r.kakao_pay_krw).sum();
+            if json {
+                let shown = serde_json::json!({"boxes": results, "kakao_pay_krw": total_krw});
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&shown).unwrap_or_default()
+                );
+            } else {
+                for r in &results {
+                    println!(
+                        "{}	{}	expected {:?}	reported {:?}	pending {}	Kakao Pay {} KRW",
+                        r.box_id,
+                        if r.reconciled { "ok" } else { "MISMATCH" },
+                        r.expected,
+                        r.reported,
+                        r.pending,
+                        r.kakao_pay_krw
+                    );
+                }
+                println!("Kakao Pay across the fleet: {total_krw} KRW");
+            }
+            if results.iter().all(|r| r.reconciled) {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("the fleet does not reconcile"))
             }
         }
         Action::Gaps { json } => {

@@ -252,6 +252,13 @@ impl Store {
         Ok(())
     }
 
+    /// How many events wait for central's acknowledgement.
+    pub fn outbox_depth(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM outbox", [], |row| row.get(0))?)
+    }
+
     /// Balances by account kind, for the fleet's `ledger_summary` (central reconciles
     /// them with the events it holds).
     pub fn ledger_summary(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
