@@ -194,7 +194,7 @@ impl Central {
             broker,
             client_id: client_id.into(),
             group: "central".into(),
-            db: db.clone(),
+            db: db.display().to_string(),
             keepalive: Duration::from_secs(5),
         };
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -598,7 +598,7 @@ fn a_box_certificate_speaks_only_for_its_own_box() {
         let listening = tokio::task::spawn_blocking(move || {
             wait_until(Duration::from_secs(10), || {
                 Sqlite::open(&db)
-                    .and_then(|s| s.boxes())
+                    .and_then(|mut s| s.boxes())
                     .is_ok_and(|b| b.iter().any(|b| b.box_id == "hall-2"))
             })
         });
@@ -1016,8 +1016,8 @@ fn a_command_runs_once_however_often_it_is_sent_and_not_once_expired() {
         &daemon
     ) == 0));
     let summary = send("s-2", "ledger_summary", serde_json::json!({}), 60);
-    let storage = central.storage();
-    let checked = commeow_central::reconcile::reconcile(&storage, "hall-1", &summary.result)
+    let mut storage = central.storage();
+    let checked = commeow_central::reconcile::reconcile(&mut storage, "hall-1", &summary.result)
         .expect("reconcile");
     assert!(checked.reconciled, "{checked:?}");
     assert_eq!(checked.expected.wallet, 1_500);
@@ -1030,7 +1030,7 @@ fn a_command_runs_once_however_often_it_is_sent_and_not_once_expired() {
             [],
         )
         .expect("delete");
-    let checked = commeow_central::reconcile::reconcile(&storage, "hall-1", &summary.result)
+    let checked = commeow_central::reconcile::reconcile(&mut storage, "hall-1", &summary.result)
         .expect("reconcile");
     assert!(!checked.reconciled, "{checked:?}");
     assert_eq!(checked.expected.wallet, 1_000);
@@ -1092,7 +1092,7 @@ impl CentralProcess {
 
     fn events(&self) -> usize {
         Sqlite::open(&self.db)
-            .and_then(|s| {
+            .and_then(|mut s| {
                 s.events(&EventFilter {
                     limit: 1_000_000,
                     ..EventFilter::default()

@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use commeow_central::service::{self, Config};
-use commeow_central::store::{EventFilter, Sqlite, Storage};
+use commeow_central::store::EventFilter;
 use fleet_proto::broker::Broker;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,14 +10,14 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(version, about = "The central side of a Commeow Edge fleet")]
 struct Cli {
-    /// The central database (SQLite).
+    /// The central database: a SQLite file, or a PostgreSQL URL (`postgres://…`).
     #[arg(
         long,
         env = "COMMEOW_CENTRAL_DB",
         default_value = "central.db",
         global = true
     )]
-    db: PathBuf,
+    db: String,
     #[command(subcommand)]
     command: Action,
 }
@@ -195,7 +195,7 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Action::Boxes { json } => {
-            let rows = Sqlite::open(&cli.db)?.boxes()?;
+            let rows = commeow_central::store::open(&cli.db)?.boxes()?;
             print(&rows, json, |b| {
                 format!(
                     "{}\thigh water {}\t{} events\t{}{}",
@@ -228,7 +228,7 @@ fn main() -> anyhow::Result<()> {
                 since,
                 limit,
             };
-            let rows = Sqlite::open(&cli.db)?.events(&filter)?;
+            let rows = commeow_central::store::open(&cli.db)?.events(&filter)?;
             print(&rows, json, |e| {
                 format!(
                     "{}\t{}\t{}\t{}\t{}",
@@ -239,7 +239,7 @@ fn main() -> anyhow::Result<()> {
         }
         Action::Box { box_id, json } => {
             let id = fleet_proto::BoxId::new(&box_id)?;
-            let storage = Sqlite::open(&cli.db)?;
+            let mut storage = commeow_central::store::open(&cli.db)?;
             let row = storage.boxes()?.into_iter().find(|b| b.box_id == box_id);
             let shown = serde_json::json!({
                 "box": row,
@@ -271,7 +271,7 @@ fn main() -> anyhow::Result<()> {
                 owner,
                 absent,
             };
-            let desired = Sqlite::open(&cli.db)?.provision(&id, change)?;
+            let desired = commeow_central::store::open(&cli.db)?.provision(&id, change)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(service::publish_desired(
                 &broker.broker(),
@@ -340,7 +340,7 @@ fn main() -> anyhow::Result<()> {
             broker,
             json,
         } => {
-            let storage = Sqlite::open(&cli.db)?;
+            let mut storage = commeow_central::store::open(&cli.db)?;
             let boxes: Vec<String> = match box_id {
                 Some(id) => vec![id],
                 None => storage.boxes()?.into_iter().map(|b| b.box_id).collect(),
@@ -364,7 +364,7 @@ fn main() -> anyhow::Result<()> {
                     Duration::from_secs(30),
                 ))?;
                 results.push(commeow_central::reconcile::reconcile(
-                    &storage,
+                    storage.as_mut(),
                     &id,
                     &answer.result,
                 )?);
@@ -397,7 +397,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Action::Gaps { json } => {
-            let rows = Sqlite::open(&cli.db)?.gaps()?;
+            let rows = commeow_central::store::open(&cli.db)?.gaps()?;
             print(&rows, json, |g| {
                 format!(
                     "{}\t{}..={}\tfound {}",

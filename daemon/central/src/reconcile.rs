@@ -38,7 +38,7 @@ pub struct Reconciliation {
 }
 
 /// What central's events say the box's balances are, and the won taken by Kakao Pay.
-pub fn expected(storage: &dyn Storage, box_id: &str) -> Result<(Balances, i64), StorageError> {
+pub fn expected(storage: &mut dyn Storage, box_id: &str) -> Result<(Balances, i64), StorageError> {
     let events = storage.events(&EventFilter {
         box_id: Some(box_id.to_string()),
         limit: usize::MAX >> 1,
@@ -70,7 +70,7 @@ pub fn expected(storage: &dyn Storage, box_id: &str) -> Result<(Balances, i64), 
 
 /// Compares central's view with the box's `ledger_summary` result.
 pub fn reconcile(
-    storage: &dyn Storage,
+    storage: &mut dyn Storage,
     box_id: &str,
     summary: &serde_json::Value,
 ) -> Result<Reconciliation, StorageError> {

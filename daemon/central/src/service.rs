@@ -7,11 +7,10 @@
 //! storage. When the queue is full a batch is dropped, which is safe: the box resends
 //! everything central has not acknowledged.
 
-use crate::store::{Sqlite, Storage};
+use crate::store::Storage;
 use fleet_proto::broker::Broker;
 use fleet_proto::{Ack, BoxId, Desired, Envelope, EventsBatch, Reported, Status, Topic};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -25,7 +24,8 @@ pub struct Config {
     pub client_id: String,
     /// The shared-subscription group: replicas in one group split the messages.
     pub group: String,
-    pub db: PathBuf,
+    /// A SQLite file's path or a `postgres://` URL.
+    pub db: String,
     pub keepalive: Duration,
 }
 
@@ -41,7 +41,7 @@ pub struct Summary {
 
 /// Runs until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Summary> {
-    let storage = Arc::new(Mutex::new(Sqlite::open(&config.db)?));
+    let storage = Arc::new(Mutex::new(crate::store::open(&config.db)?));
     let options = config.broker.options(&config.client_id, config.keepalive)?;
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
     let (queue, inbox) = mpsc::channel(QUEUE);
@@ -87,7 +87,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// Stores each message, then acknowledges what was stored.
 async fn store_and_acknowledge(
-    storage: Arc<Mutex<Sqlite>>,
+    storage: Arc<Mutex<Box<dyn Storage>>>,
     client: AsyncClient,
     mut inbox: mpsc::Receiver<(String, Vec<u8>)>,
 ) -> u64 {

@@ -18,10 +18,23 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::path::Path;
 
+pub mod postgres;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("database: {0}")]
     Database(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+}
+
+/// Opens the storage `db` names: a `postgres://` URL, or a SQLite file's path.
+pub fn open(db: &str) -> Result<Box<dyn Storage>, StorageError> {
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        Ok(Box::new(postgres::Postgres::open(db)?))
+    } else {
+        Ok(Box::new(Sqlite::open(Path::new(db))?))
+    }
 }
 
 /// What storing a batch did.
@@ -107,9 +120,9 @@ pub trait Storage: Send {
     /// Records a box's status, ignoring a last will from an older session than the newest
     /// status seen. Whether it was taken.
     fn note_status(&mut self, status: &Status, now: &str) -> Result<bool, StorageError>;
-    fn boxes(&self) -> Result<Vec<BoxRow>, StorageError>;
-    fn events(&self, filter: &EventFilter) -> Result<Vec<EventRow>, StorageError>;
-    fn gaps(&self) -> Result<Vec<GapRow>, StorageError>;
+    fn boxes(&mut self) -> Result<Vec<BoxRow>, StorageError>;
+    fn events(&mut self, filter: &EventFilter) -> Result<Vec<EventRow>, StorageError>;
+    fn gaps(&mut self) -> Result<Vec<GapRow>, StorageError>;
     /// Changes one channel of a box's desired state and bumps its version: the state to
     /// publish (retained) on the box's `desired` topic.
     fn provision(
@@ -120,7 +133,7 @@ pub trait Storage: Send {
     /// Records what a box reports it has.
     fn note_reported(&mut self, reported: &Reported) -> Result<(), StorageError>;
     /// What a box last reported.
-    fn reported(&self, box_id: &BoxId) -> Result<Option<Reported>, StorageError>;
+    fn reported(&mut self, box_id: &BoxId) -> Result<Option<Reported>, StorageError>;
 }
 
 pub struct Sqlite {
@@ -324,7 +337,7 @@ impl Storage for Sqlite {
         Ok(true)
     }
 
-    fn boxes(&self) -> Result<Vec<BoxRow>, StorageError> {
+    fn boxes(&mut self) -> Result<Vec<BoxRow>, StorageError> {
         let mut statement = self.conn.prepare(
             "SELECT b.box_id, b.high_water, (SELECT COUNT(*) FROM events e WHERE e.box_id = b.box_id),
                     b.online, b.session, b.last_status, b.last_seen, b.quarantined,
@@ -348,7 +361,7 @@ impl Storage for Sqlite {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn events(&self, filter: &EventFilter) -> Result<Vec<EventRow>, StorageError> {
+    fn events(&mut self, filter: &EventFilter) -> Result<Vec<EventRow>, StorageError> {
         let mut statement = self.conn.prepare(
             "SELECT box_id, seq, event_id, type, v, at, payload, received_at FROM events
              WHERE (?1 IS NULL OR box_id = ?1) AND (?2 IS NULL OR type = ?2)
@@ -432,7 +445,7 @@ impl Storage for Sqlite {
         Ok(())
     }
 
-    fn reported(&self, box_id: &BoxId) -> Result<Option<Reported>, StorageError> {
+    fn reported(&mut self, box_id: &BoxId) -> Result<Option<Reported>, StorageError> {
         let text: Option<Option<String>> = self
             .conn
             .query_row(
@@ -444,7 +457,7 @@ impl Storage for Sqlite {
         Ok(text.flatten().and_then(|t| serde_json::from_str(&t).ok()))
     }
 
-    fn gaps(&self) -> Result<Vec<GapRow>, StorageError> {
+    fn gaps(&mut self) -> Result<Vec<GapRow>, StorageError> {
         let mut statement = self.conn.prepare(
             "SELECT box_id, from_seq, to_seq, found_at FROM gaps ORDER BY box_id, from_seq",
         )?;
