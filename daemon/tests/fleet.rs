@@ -97,6 +97,49 @@ impl Mosquitto {
     fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+
+    /// How a plaintext client (an admin, a proxy) reaches it.
+    fn plain(&self) -> fleet_proto::broker::Broker {
+        plain_broker(&self.url())
+    }
+}
+
+fn plain_broker(url: &str) -> fleet_proto::broker::Broker {
+    fleet_proto::broker::Broker {
+        url: url.to_string(),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+    }
+}
+
+/// A command to hall-1 with `ttl_seconds` to live (negative: already expired), sent
+/// through `broker`; its answer.
+fn command(
+    runtime: &tokio::runtime::Runtime,
+    broker: &fleet_proto::broker::Broker,
+    id: &str,
+    name: &str,
+    args: serde_json::Value,
+    ttl_seconds: i64,
+) -> fleet_proto::CommandResult {
+    let command = fleet_proto::Command {
+        box_id: fleet_proto::BoxId::new("hall-1").expect("box id"),
+        id: id.into(),
+        name: name.into(),
+        args,
+        expires_at: (chrono::Utc::now() + chrono::Duration::seconds(ttl_seconds))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    };
+    runtime
+        .block_on(commeow_central::service::send_command(
+            broker,
+            // A client id of its own each time: the same command may be sent again.
+            &format!("admin-{id}-{}", rand_suffix()),
+            &command,
+            Duration::from_secs(20),
+        ))
+        .expect("an answer")
 }
 
 impl Drop for Mosquitto {
@@ -177,16 +220,7 @@ impl Central {
 
     /// A replica named `client_id` on the database `db`, in the shared group `central`.
     fn replica(broker: &str, db: PathBuf, client_id: &str) -> Central {
-        Central::connect(
-            fleet_proto::broker::Broker {
-                url: broker.to_string(),
-                ca_file: None,
-                cert_file: None,
-                key_file: None,
-            },
-            db,
-            client_id,
-        )
+        Central::connect(plain_broker(broker), db, client_id)
     }
 
     fn connect(broker: fleet_proto::broker::Broker, db: PathBuf, client_id: &str) -> Central {
@@ -388,14 +422,10 @@ fn batches_delivered_several_times_are_stored_once() {
     let broker = Mosquitto::start();
     let central = Central::start(&broker.url());
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let options = fleet_proto::broker::Broker {
-        url: broker.url(),
-        ca_file: None,
-        cert_file: None,
-        key_file: None,
-    }
-    .options("proxy", Duration::from_secs(5))
-    .expect("options");
+    let options = broker
+        .plain()
+        .options("proxy", Duration::from_secs(5))
+        .expect("options");
     let republished = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = republished.clone();
     let subscribed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -761,31 +791,18 @@ fn a_box_two_years_behind_is_heard_in_order_and_flagged() {
     );
     // Expiry is judged by central's clock: by its own, the box would run anything dated
     // within two years.
-    let plain = fleet_proto::broker::Broker {
-        url: broker.url(),
-        ca_file: None,
-        cert_file: None,
-        key_file: None,
-    };
+    let plain = broker.plain();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let ping = |id: &str, ttl_seconds: i64| {
-        let command = fleet_proto::Command {
-            box_id: fleet_proto::BoxId::new("hall-1").expect("box id"),
-            id: id.into(),
-            name: "ping".into(),
-            args: serde_json::json!({}),
-            expires_at: (chrono::Utc::now() + chrono::Duration::seconds(ttl_seconds))
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        };
-        runtime
-            .block_on(commeow_central::service::send_command(
-                &plain,
-                &format!("admin-{id}"),
-                &command,
-                Duration::from_secs(20),
-            ))
-            .expect("an answer")
-            .status
+        command(
+            &runtime,
+            &plain,
+            id,
+            "ping",
+            serde_json::json!({}),
+            ttl_seconds,
+        )
+        .status
     };
     assert_eq!(ping("p-1", 60), "done", "60 s to live still runs");
     assert_eq!(ping("p-2", -5), "expired");
@@ -804,12 +821,7 @@ fn desired_channels_apply_newest_first_and_only_once() {
     donate(&daemon, &fan, 0);
     let hall = BoxId::new("hall-1").expect("box id");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let plain = fleet_proto::broker::Broker {
-        url: broker.url(),
-        ca_file: None,
-        cert_file: None,
-        key_file: None,
-    };
+    let plain = broker.plain();
     let publish = |desired: &Desired| {
         runtime
             .block_on(commeow_central::service::publish_desired(
@@ -930,7 +942,6 @@ fn desired_channels_apply_newest_first_and_only_once() {
 /// repeats from its record); an expired one is answered `expired` and does nothing.
 #[test]
 fn a_command_runs_once_however_often_it_is_sent_and_not_once_expired() {
-    use fleet_proto::{BoxId, Command};
     let broker = Mosquitto::start();
     let central = Central::start(&broker.url());
     let daemon = Daemon::start(&fleet_config(&broker.url()));
@@ -942,30 +953,10 @@ fn a_command_runs_once_however_often_it_is_sent_and_not_once_expired() {
             .is_ok_and(|b| b.first().is_some_and(|b| b.online == Some(true)))),
         "the box is connected and listening"
     );
-    let plain = fleet_proto::broker::Broker {
-        url: broker.url(),
-        ca_file: None,
-        cert_file: None,
-        key_file: None,
-    };
+    let plain = broker.plain();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let send = |id: &str, name: &str, args: serde_json::Value, ttl_seconds: i64| {
-        let command = Command {
-            box_id: BoxId::new("hall-1").expect("box id"),
-            id: id.into(),
-            name: name.into(),
-            args,
-            expires_at: (chrono::Utc::now() + chrono::Duration::seconds(ttl_seconds))
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        };
-        runtime
-            .block_on(commeow_central::service::send_command(
-                &plain,
-                &format!("admin-{id}-{}", rand_suffix()),
-                &command,
-                Duration::from_secs(20),
-            ))
-            .expect("an answer")
+        command(&runtime, &plain, id, name, args, ttl_seconds)
     };
     let balance = || {
         common::send_json("GET", &daemon.url("/api/wallet"), None, Some(&fan)).json()["balance"]

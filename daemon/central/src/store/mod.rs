@@ -54,6 +54,33 @@ pub struct Stored {
     pub clock_skew_seconds: Option<f64>,
 }
 
+/// A box's desired state after `change` to one channel: the stored one (version and
+/// channels as JSON, if any) with that channel replaced, and the next version.
+fn next_desired(box_id: &BoxId, current: Option<(i64, String)>, change: DesiredChannel) -> Desired {
+    let (version, mut channels) = match current {
+        Some((version, text)) => (
+            u64::try_from(version).unwrap_or(0),
+            serde_json::from_str::<Vec<DesiredChannel>>(&text).unwrap_or_default(),
+        ),
+        None => (0, Vec::new()),
+    };
+    channels.retain(|c| c.slug != change.slug);
+    channels.push(change);
+    channels.sort_by(|a, b| a.slug.cmp(&b.slug));
+    Desired {
+        box_id: box_id.clone(),
+        version: version + 1,
+        channels,
+    }
+}
+
+/// Whether a status is taken: a last will (offline) from an older session than the
+/// newest status seen arrives after the box is already back, and is stale.
+fn takes_status(newest_session: Option<i64>, status: &Status) -> bool {
+    let session = i64::try_from(status.session).unwrap_or(i64::MAX);
+    status.online || newest_session.is_none_or(|newest| newest <= session)
+}
+
 /// A box's clock off by more than this is flagged.
 pub const SKEW_FLAG_SECONDS: f64 = 60.0;
 
@@ -322,11 +349,10 @@ impl Storage for Sqlite {
             [status.box_id.as_str()],
             |row| row.get(0),
         )?;
-        let session = i64::try_from(status.session).unwrap_or(i64::MAX);
-        // A will from an older session arrives after the box is already back: stale.
-        if !status.online && newest.is_some_and(|n| n > session) {
+        if !takes_status(newest, status) {
             return Ok(false);
         }
+        let session = i64::try_from(status.session).unwrap_or(i64::MAX);
         let text = serde_json::to_string(status).unwrap_or_default();
         tx.execute(
             "UPDATE boxes SET online = ?2, session = MAX(COALESCE(session, 0), ?3),
@@ -403,21 +429,7 @@ impl Storage for Sqlite {
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()?;
-        let (version, mut channels) = match current {
-            Some((version, text)) => (
-                u64::try_from(version).unwrap_or(0),
-                serde_json::from_str::<Vec<DesiredChannel>>(&text).unwrap_or_default(),
-            ),
-            None => (0, Vec::new()),
-        };
-        channels.retain(|c| c.slug != change.slug);
-        channels.push(change);
-        channels.sort_by(|a, b| a.slug.cmp(&b.slug));
-        let desired = Desired {
-            box_id: box_id.clone(),
-            version: version + 1,
-            channels,
-        };
+        let desired = next_desired(box_id, current, change);
         tx.execute(
             "INSERT INTO desired (box_id, version, channels) VALUES (?1, ?2, ?3)
              ON CONFLICT (box_id) DO UPDATE SET version = excluded.version, channels = excluded.channels",

@@ -4,8 +4,8 @@
 //! and the same tables as the SQLite one.
 
 use super::{
-    skew_seconds, BoxRow, EventFilter, EventRow, GapRow, Storage, StorageError, Stored,
-    SKEW_FLAG_SECONDS,
+    next_desired, skew_seconds, takes_status, BoxRow, EventFilter, EventRow, GapRow, Storage,
+    StorageError, Stored, SKEW_FLAG_SECONDS,
 };
 use fleet_proto::{BoxId, Desired, DesiredChannel, EventsBatch, Reported, Status};
 use postgres::{Client, NoTls};
@@ -208,10 +208,10 @@ impl Storage for Postgres {
             .query_one("SELECT session FROM boxes WHERE box_id = $1", &[&box_id])
             .map_err(db)?
             .get(0);
-        let session = i64::try_from(status.session).unwrap_or(i64::MAX);
-        if !status.online && newest.is_some_and(|n| n > session) {
+        if !takes_status(newest, status) {
             return Ok(false);
         }
+        let session = i64::try_from(status.session).unwrap_or(i64::MAX);
         let text = serde_json::to_string(status).unwrap_or_default();
         tx.execute(
             "UPDATE boxes SET online = $2, session = GREATEST(COALESCE(session, 0), $3),
@@ -315,21 +315,7 @@ impl Storage for Postgres {
             )
             .map_err(db)?
             .map(|row| (row.get::<_, i64>(0), row.get::<_, String>(1)));
-        let (version, mut channels) = match current {
-            Some((version, text)) => (
-                u64::try_from(version).unwrap_or(0),
-                serde_json::from_str::<Vec<DesiredChannel>>(&text).unwrap_or_default(),
-            ),
-            None => (0, Vec::new()),
-        };
-        channels.retain(|c| c.slug != change.slug);
-        channels.push(change);
-        channels.sort_by(|a, b| a.slug.cmp(&b.slug));
-        let desired = Desired {
-            box_id: box_id.clone(),
-            version: version + 1,
-            channels,
-        };
+        let desired = next_desired(box_id, current, change);
         tx.execute(
             "INSERT INTO desired (box_id, version, channels) VALUES ($1, $2, $3)
              ON CONFLICT (box_id) DO UPDATE SET version = excluded.version, channels = excluded.channels",
