@@ -9,7 +9,9 @@ loopback ports. Phases:
   outage   the broker is stopped, N donations are made, the broker comes back: time until
            the box's outbox is empty and central holds every event;
   baseline `mosquitto_pub -q 1`, one process per event (what a shell script would do):
-           events/s for the same count.
+           events/s for the same count;
+  direct   rumqttc QoS 1 straight from where events happen, no outbox (bench/load's
+           mqttdirect), through an outage of the same kind: what it loses.
 Every run checks: zero lost, zero duplicated (central's rows = the box's events).
 Run through bench/fleet.sh.
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 from harness import BIN, OUT, ROOT, Commeowd, free_port, percentile, wait_listening, write_report
 
 CENTRAL = ROOT / "target" / "release" / "commeow-central"
+DIRECT = ROOT / "target" / "release" / "mqttdirect"
 
 
 class Broker:
@@ -107,6 +110,8 @@ def main():
     parser.add_argument("--steady", type=int, default=5000, help="donations in the steady phase")
     parser.add_argument("--outage", type=int, nargs="+", default=[10000], help="backlogs to catch up")
     parser.add_argument("--baseline", type=int, default=2000, help="mosquitto_pub runs")
+    parser.add_argument("--direct", type=int, default=20000, help="events the no-outbox baseline publishes")
+    parser.add_argument("--direct-outage", type=float, default=5.0, help="seconds its broker is away")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     broker = Broker()
@@ -187,6 +192,19 @@ def main():
     baseline_rate = args.baseline / (time.monotonic() - began)
     broker.stop()
 
+    # The no-outbox baseline: 2,000 events/s published straight with rumqttc, the broker
+    # stopped a third of the way through and back after --direct-outage seconds.
+    broker.start()
+    direct = subprocess.Popen([str(DIRECT), "--port", str(broker.port), "--events", str(args.direct),
+                               "--rate", "2000"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5 + args.direct / 2000 / 3)
+    broker.stop()
+    time.sleep(args.direct_outage)
+    broker.start()
+    out, _ = direct.communicate(timeout=120)
+    broker.stop()
+    direct_result = json.loads(out)
+
     lines = [
         "# Fleet relay: box outbox → mosquitto → central (loopback, release builds)",
         "",
@@ -204,12 +222,16 @@ def main():
                      f"({o['backlog'] / max(o['drain_s'], 1e-9):.0f} /s) / {o['seconds']:.2f} s |")
     lines += [
         f"| baseline: `mosquitto_pub -q 1`, one process per event | {baseline_rate:.0f} /s |",
+        f"| baseline: rumqttc QoS 1 with no outbox, {direct_result['sent']:,} events at 2,000/s through a "
+        f"{args.direct_outage:.0f} s outage: lost | {direct_result['lost']:,} "
+        f"({direct_result['refused_at_once']:,} refused at once, {direct_result['duplicates']} duplicated) |",
         "",
         f"Integrity: {integrity['made']} events made, central holds {integrity['central_rows']} rows, "
         f"{integrity['distinct_ids']} distinct ids, sequences contiguous: {integrity['contiguous']}.",
     ]
     write_report("fleet", "\n".join(lines) + "\n",
-                 {"steady": steady, "outages": outages, "baseline_rate": baseline_rate, "integrity": integrity})
+                 {"steady": steady, "outages": outages, "baseline_rate": baseline_rate,
+                  "direct": direct_result, "integrity": integrity})
 
 
 if __name__ == "__main__":

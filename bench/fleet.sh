@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 .ci/setup-debian
 bench/install-needs mosquitto mosquitto-clients python3
 
-cargo build --release -p commeowd -p commeow-central
+cargo build --release -p commeowd -p commeow-central -p commeow-bench --bin mqttdirect
 exec python3 bench/fleet.py "$@"
