@@ -84,12 +84,9 @@ enum Action {
         #[arg(long)]
         json: bool,
     },
-    /// One box: its row, what it reported it has, and its desired state.
-    Box {
-        box_id: String,
-        #[arg(long)]
-        json: bool,
-    },
+    /// One box: `box show BOX`.
+    #[command(subcommand)]
+    Box(BoxAction),
     /// Commands to boxes: `command send BOX NAME`.
     #[command(subcommand)]
     Command(CommandAction),
@@ -105,9 +102,27 @@ enum Action {
         #[arg(long)]
         json: bool,
     },
+    /// What boxes should have: `provision channel BOX SLUG`.
+    #[command(subcommand)]
+    Provision(ProvisionAction),
+}
+
+#[derive(Subcommand)]
+enum BoxAction {
+    /// A box's row (high water, events, status, skew, quarantine) and what it reported it
+    /// has.
+    Show {
+        box_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProvisionAction {
     /// Provision a channel on a box: its desired state gets a new version, published
     /// retained, applied by the box when it is newer than what it applied.
-    Provision {
+    Channel {
         box_id: String,
         slug: String,
         #[arg(long, default_value = "")]
@@ -127,9 +142,9 @@ enum Action {
 
 #[derive(Subcommand)]
 enum CommandAction {
-    /// Send a command to a box (ping, resync, grant, rotate_key, set_role, ledger_summary)
-    /// and wait for its result. The same --id sent again is answered from the box's record
-    /// instead of acting twice.
+    /// Send a command to a box (ping, resync, grant, rotate_key, set_role, ledger_summary);
+    /// with --wait, wait for its result. The same --id sent again is answered from the
+    /// box's record instead of acting twice.
     Send {
         box_id: String,
         name: String,
@@ -142,9 +157,12 @@ enum CommandAction {
         /// Its id (default: a new one).
         #[arg(long)]
         id: Option<String>,
-        /// How long to wait for the answer, seconds.
+        /// Wait for the box's answer (and exit non-zero unless it is `done`).
+        #[arg(long)]
+        wait: bool,
+        /// How long to wait for it, seconds.
         #[arg(long, default_value_t = 30)]
-        wait: u64,
+        timeout: u64,
         #[command(flatten)]
         broker: BrokerArgs,
         #[arg(long)]
@@ -237,7 +255,7 @@ fn main() -> anyhow::Result<()> {
             });
             Ok(())
         }
-        Action::Box { box_id, json } => {
+        Action::Box(BoxAction::Show { box_id, json }) => {
             let id = fleet_proto::BoxId::new(&box_id)?;
             let mut storage = commeow_central::store::open(&cli.db)?;
             let row = storage.boxes()?.into_iter().find(|b| b.box_id == box_id);
@@ -255,7 +273,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Action::Provision {
+        Action::Provision(ProvisionAction::Channel {
             box_id,
             slug,
             title,
@@ -263,7 +281,7 @@ fn main() -> anyhow::Result<()> {
             absent,
             broker,
             json,
-        } => {
+        }) => {
             let id = fleet_proto::BoxId::new(&box_id)?;
             let change = fleet_proto::DesiredChannel {
                 slug,
@@ -295,6 +313,7 @@ fn main() -> anyhow::Result<()> {
             ttl,
             id,
             wait,
+            timeout,
             broker,
             json,
         }) => {
@@ -309,11 +328,21 @@ fn main() -> anyhow::Result<()> {
                 expires_at: expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             };
             let runtime = tokio::runtime::Runtime::new()?;
+            let client_id = format!("central-admin-{}", std::process::id());
+            if !wait {
+                runtime.block_on(service::publish_command(
+                    &broker.broker(),
+                    &client_id,
+                    &command,
+                ))?;
+                println!("{box_id}: command {} sent", command.id);
+                return Ok(());
+            }
             let result = runtime.block_on(service::send_command(
                 &broker.broker(),
-                &format!("central-admin-{}", std::process::id()),
+                &client_id,
                 &command,
-                Duration::from_secs(wait),
+                Duration::from_secs(timeout),
             ))?;
             if json {
                 println!(

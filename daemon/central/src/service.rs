@@ -187,15 +187,32 @@ pub async fn publish_desired(
     client_id: &str,
     desired: &Desired,
 ) -> anyhow::Result<()> {
+    let topic = Topic::Desired.of(&desired.box_id);
+    publish(broker, client_id, topic, desired.to_bytes(), true).await
+}
+
+/// Sends a command without waiting for its answer (it comes on `cmd/res`).
+pub async fn publish_command(
+    broker: &Broker,
+    client_id: &str,
+    command: &fleet_proto::Command,
+) -> anyhow::Result<()> {
+    let topic = Topic::Cmd.of(&command.box_id);
+    publish(broker, client_id, topic, command.to_bytes(), false).await
+}
+
+/// One QoS 1 publish from a short-lived client, once the broker has taken it.
+async fn publish(
+    broker: &Broker,
+    client_id: &str,
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+) -> anyhow::Result<()> {
     let options = broker.options(client_id, Duration::from_secs(15))?;
     let (client, mut eventloop) = AsyncClient::new(options, 8);
     client
-        .publish(
-            Topic::Desired.of(&desired.box_id),
-            QoS::AtLeastOnce,
-            true,
-            desired.to_bytes(),
-        )
+        .publish(topic, QoS::AtLeastOnce, retain, payload)
         .await?;
     let taken = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
@@ -207,7 +224,7 @@ pub async fn publish_desired(
         }
     })
     .await
-    .map_err(|_| anyhow::anyhow!("the broker did not take the desired state within 15 s"))?;
+    .map_err(|_| anyhow::anyhow!("the broker did not take the message within 15 s"))?;
     taken?;
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
