@@ -71,13 +71,22 @@ enum Incoming {
     Lost(String),
 }
 
-/// Events sent and not yet acknowledged, by sequence.
+/// Events sent and not yet acknowledged, by sequence, with when each was sent.
 #[derive(Default)]
 struct InFlight {
-    events: BTreeMap<i64, String>,
+    events: BTreeMap<i64, (String, Instant)>,
     /// The highest sequence sent on this connection.
     sent_up_to: i64,
-    last_progress: Option<Instant>,
+}
+
+impl InFlight {
+    /// How long until the oldest unacknowledged event has waited `timeout`: then
+    /// everything from it is sent again. Judged per event, not by the last ack: a batch
+    /// central dropped must not wait behind later ones that were acknowledged.
+    fn until_timeout(&self, timeout: Duration) -> Option<Duration> {
+        let (_, sent) = self.events.values().next()?;
+        Some(timeout.saturating_sub(sent.elapsed()))
+    }
 }
 
 impl Relay {
@@ -198,10 +207,7 @@ impl Relay {
                 .saturating_sub(flight.events.len())
                 .min(self.config.batch);
             let want_more = connected && room > 0;
-            let stalled = flight
-                .last_progress
-                .filter(|_| !flight.events.is_empty())
-                .map_or(Duration::MAX, |at| ack_timeout.saturating_sub(at.elapsed()));
+            let stalled = flight.until_timeout(ack_timeout).unwrap_or(Duration::MAX);
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 message = incoming.recv() => match message {
@@ -295,10 +301,7 @@ impl Relay {
             )
             .await
             .map_err(|e| e.to_string())?;
-        if flight.events.is_empty() {
-            // The acknowledgement clock starts with the first event in flight.
-            flight.last_progress = Some(Instant::now());
-        }
+        let sent = Instant::now();
         tracing::debug!(
             from = events[0].seq,
             to = last,
@@ -306,7 +309,7 @@ impl Relay {
             "events sent"
         );
         for event in events {
-            flight.events.insert(event.seq, event.event_id);
+            flight.events.insert(event.seq, (event.event_id, sent));
         }
         flight.sent_up_to = last;
         Ok(())
@@ -338,8 +341,8 @@ impl Relay {
             .await
         {
             Ok(_) => {
-                flight.events.retain(|_, id| !ids.contains(id));
-                flight.last_progress = Some(Instant::now());
+                let acked: std::collections::HashSet<&String> = ids.iter().collect();
+                flight.events.retain(|_, (id, _)| !acked.contains(id));
                 self.note(|h| h.last_ack_at = Some(now()));
             }
             // Kept: the events are sent again and acknowledged again.
@@ -678,4 +681,27 @@ pub fn boot_id() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .ok()
         .map(|s| s.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ack timeout runs from the oldest event still in flight: acknowledgements of later
+    /// batches do not hide one that central dropped.
+    #[test]
+    fn the_oldest_unacknowledged_event_sets_the_timeout() {
+        let timeout = Duration::from_secs(10);
+        let mut flight = InFlight::default();
+        assert_eq!(flight.until_timeout(timeout), None, "nothing in flight");
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(9))
+            .unwrap_or_else(Instant::now);
+        flight.events.insert(1, ("dropped".into(), long_ago));
+        flight.events.insert(2, ("later".into(), Instant::now()));
+        // The later one is acknowledged; the dropped one still counts.
+        flight.events.remove(&2);
+        let left = flight.until_timeout(timeout).unwrap_or(Duration::MAX);
+        assert!(left <= Duration::from_secs(1), "{left:?}");
+    }
 }
