@@ -329,6 +329,20 @@ fn donate(daemon: &Daemon, fan: &str, n: usize) {
     assert_eq!(answer.status, 201, "{}", answer.text());
 }
 
+/// Donations `from..to` (a multiple of 4 apart) from 4 clients at once.
+fn donate_range(daemon: &Daemon, fan: &str, from: usize, to: usize) {
+    std::thread::scope(|threads| {
+        let share = (to - from) / 4;
+        for part in 0..4 {
+            threads.spawn(move || {
+                for n in (from + part * share)..(from + (part + 1) * share) {
+                    donate(daemon, fan, n);
+                }
+            });
+        }
+    });
+}
+
 #[test]
 fn every_event_reaches_central_exactly_once_through_a_broker_outage() {
     let mut broker = Mosquitto::start();
@@ -337,20 +351,7 @@ fn every_event_reaches_central_exactly_once_through_a_broker_outage() {
     let fan = venue(&daemon, 100 * 10_000);
     // 10,000 donations through the HTTP API from 4 clients: 5,000 with the broker up, then
     // 5,000 with it away, and it stays away a full minute.
-    let donate_range = |from: usize, to: usize| {
-        std::thread::scope(|threads| {
-            let share = (to - from) / 4;
-            for part in 0..4 {
-                let (daemon, fan) = (&daemon, &fan);
-                threads.spawn(move || {
-                    for n in (from + part * share)..(from + (part + 1) * share) {
-                        donate(daemon, fan, n);
-                    }
-                });
-            }
-        });
-    };
-    donate_range(0, 5_000);
+    donate_range(&daemon, &fan, 0, 5_000);
     assert!(
         wait_until(Duration::from_secs(60), || central.events().len() == 5_002),
         "central has {} of 5,002 events",
@@ -366,7 +367,7 @@ fn every_event_reaches_central_exactly_once_through_a_broker_outage() {
     let stopped = std::time::Instant::now();
     assert!(wait_until(Duration::from_secs(20), || daemon
         .logged("fleet broker unreachable")));
-    donate_range(5_000, 10_000);
+    donate_range(&daemon, &fan, 5_000, 10_000);
     assert_eq!(
         outbox_depth(&daemon),
         5_000,
@@ -1151,23 +1152,10 @@ fn a_frozen_central_and_a_killed_box_lose_nothing_and_store_nothing_twice() {
         wait_until(Duration::from_secs(20), || central.events() == 2),
         "central is running"
     );
-    let donate_range = |from: usize, to: usize| {
-        std::thread::scope(|threads| {
-            let share = (to - from) / 4;
-            for part in 0..4 {
-                let (daemon, fan) = (&daemon, &fan);
-                threads.spawn(move || {
-                    for n in (from + part * share)..(from + (part + 1) * share) {
-                        donate(daemon, fan, n);
-                    }
-                });
-            }
-        });
-    };
     // Frozen in the middle of the stream: likely between storing a batch and acking it.
-    donate_range(0, 1_000);
+    donate_range(&daemon, &fan, 0, 1_000);
     central.signal(nix::sys::signal::Signal::SIGSTOP);
-    donate_range(1_000, 2_000);
+    donate_range(&daemon, &fan, 1_000, 2_000);
     daemon.kill();
     central.crash_and_restart();
     daemon.crash_and_restart();
