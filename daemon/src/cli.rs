@@ -213,6 +213,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::CheckConfig) => {
+            config.fleet.check_broker()?;
             println!(
                 "configuration is valid; data directory: {}",
                 config.data_dir().display()

@@ -52,6 +52,9 @@ pub struct FleetConfig {
     pub broker: String,
     /// This box's id in the fleet: its certificate's CN. 1 to 64 of a-z, 0-9 and -.
     pub box_id: String,
+    /// The fleet CA, this box's certificate and its key. Unset: the service's systemd
+    /// credentials `fleet_ca.pem`, `fleet_box.pem`, `fleet_box.key` (the card image loads
+    /// its `/etc/commeowd/fleet/` so, the key readable by the service alone).
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -90,6 +93,38 @@ impl Default for FleetConfig {
 }
 
 impl FleetConfig {
+    /// Where and how to reach the broker, with each TLS file from the config or else from
+    /// the systemd credential of that name.
+    pub fn broker(&self) -> fleet_proto::broker::Broker {
+        let or_credential = |set: &Option<PathBuf>, name: &str| {
+            set.clone().or_else(|| {
+                let credentials = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+                Some(Path::new(&credentials).join(name)).filter(|p| p.is_file())
+            })
+        };
+        fleet_proto::broker::Broker {
+            url: self.broker.clone(),
+            ca_file: or_credential(&self.ca_file, "fleet_ca.pem"),
+            cert_file: or_credential(&self.cert_file, "fleet_box.pem"),
+            key_file: or_credential(&self.key_file, "fleet_box.key"),
+        }
+    }
+
+    /// Reads the broker's TLS files as the relay will, so `check-config` reports a bad
+    /// certificate or key before the box runs on it.
+    pub fn check_broker(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.broker()
+            .options(&self.box_id, Duration::from_secs(self.keepalive_seconds))
+            .map(|_| ())
+            .map_err(|e| ConfigError::Invalid {
+                key: "fleet.broker",
+                message: e.to_string(),
+            })
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if !self.enabled {
             return Ok(());

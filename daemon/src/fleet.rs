@@ -92,12 +92,7 @@ impl InFlight {
 impl Relay {
     /// Runs until `shutdown`: connect, relay, and on any failure back off and connect again.
     pub async fn run(self, shutdown: CancellationToken) {
-        let broker = Broker {
-            url: self.config.broker.clone(),
-            ca_file: self.config.ca_file.clone(),
-            cert_file: self.config.cert_file.clone(),
-            key_file: self.config.key_file.clone(),
-        };
+        let broker = self.config.broker();
         let mut failures = 0u32;
         loop {
             match self.connection(&broker, &shutdown).await {

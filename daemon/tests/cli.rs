@@ -49,6 +49,17 @@ fn invalid_config_names_the_key_and_fails() {
         ("[http]\nlisten = \"not an address\"\n", "http.listen"),
         ("[hls]\ntarget_duration = -1\n", "hls.target_duration"),
         ("[rtmp]\nlisten_on = \"0.0.0.0:1935\"\n", "listen_on"),
+        // check-config reads the fleet's TLS files as the relay would: none here.
+        (
+            "[fleet]\nenabled = true\nbroker = \"mqtts://fleet:8883\"\nbox_id = \"hall-1\"\n",
+            "mqtts needs ca_file, cert_file and key_file",
+        ),
+        (
+            "[fleet]\nenabled = true\nbroker = \"mqtts://fleet:8883\"\nbox_id = \"hall-1\"\n\
+             ca_file = \"/nonexistent/ca.pem\"\ncert_file = \"/nonexistent/box.pem\"\n\
+             key_file = \"/nonexistent/box.key\"\n",
+            "/nonexistent/ca.pem",
+        ),
     ] {
         std::fs::write(&path, text).expect("write");
         let out = commeowd(
