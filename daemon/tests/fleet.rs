@@ -787,6 +787,168 @@ fn a_box_certificate_speaks_only_for_its_own_box() {
     assert_eq!(central.events().len(), 22);
 }
 
+/// Runs the card image's `fleet-intake` on `bundle` (the folder on the boot partition) into
+/// `etc` (standing in for /etc/commeowd), with the commeowd under test.
+fn fleet_intake(bundle: &Path, etc: &Path) -> std::process::Output {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../image/rootfs/usr/lib/commeowd/fleet-intake"
+    );
+    Command::new(script)
+        .arg(bundle)
+        .env("COMMEOW_ETC", etc)
+        .env("COMMEOWD", env!("CARGO_BIN_EXE_commeowd"))
+        .output()
+        .expect("run fleet-intake")
+}
+
+/// How a box joins the fleet without a shell: the fleet admin makes the box's folder with
+/// `fleet-certs … box`, copies it to the card's boot partition, and at boot the card's
+/// intake checks it, installs it and deletes the key from the partition; commeowd then
+/// finds the files as systemd hands them over (credentials) and central hears the box.
+/// A folder that names the wrong box, or carries another box's key, changes nothing.
+#[test]
+fn a_card_joins_the_fleet_with_the_folder_fleet_certs_made() {
+    let certs = fleet_certs(&["central", "hall-2"]);
+    let broker = Mosquitto::start_tls(certs.path());
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let made = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/central/fleet-certs"))
+        .arg(certs.path())
+        .args(["box", "hall-1", &url])
+        .output()
+        .expect("fleet-certs box");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let folder = PathBuf::from(String::from_utf8_lossy(&made.stdout).trim());
+
+    // The card: its boot partition, and /etc/commeowd with the operator's own settings
+    // (and an old [fleet] section) that must survive.
+    let card = tempfile::tempdir().expect("tempdir");
+    let (boot, etc) = (card.path().join("boot"), card.path().join("etc"));
+    std::fs::create_dir_all(&etc).expect("etc");
+    let operator = "[hls]\nwindow_segments = 6\n\n[fleet]\nenabled = false\nbroker = \"mqtt://old:1\"\n\n[chat]\nhistory = 80\n";
+    std::fs::write(etc.join("commeowd.toml"), operator).expect("config");
+    let bundle = boot.join("commeow-fleet");
+    let copy_folder = |edit: &dyn Fn(&Path)| {
+        let _ = std::fs::remove_dir_all(&bundle);
+        std::fs::create_dir_all(&bundle).expect("bundle");
+        for file in ["ca.pem", "box.pem", "box.key", "fleet.toml"] {
+            std::fs::copy(folder.join(file), bundle.join(file)).expect("copy");
+        }
+        edit(&bundle);
+    };
+
+    // Refused, and nothing changed: another box's key; a folder naming another box than its
+    // certificate; a certificate that is not one.
+    type Edit<'a> = &'a dyn Fn(&Path);
+    let refusals: [(Edit, &str); 3] = [
+        (
+            &|b| {
+                std::fs::copy(certs.path().join("hall-2.key"), b.join("box.key")).expect("key");
+            },
+            "box.key is not box.pem's key",
+        ),
+        (
+            &|b| {
+                let toml = std::fs::read_to_string(b.join("fleet.toml")).expect("toml");
+                std::fs::write(b.join("fleet.toml"), toml.replace("hall-1", "hall-2"))
+                    .expect("toml");
+            },
+            "box 'hall-1''s certificate, and fleet.toml says 'hall-2'",
+        ),
+        (
+            &|b| std::fs::write(b.join("box.pem"), "garbage").expect("pem"),
+            "box.pem is not a certificate",
+        ),
+    ];
+    for (edit, reason) in refusals {
+        copy_folder(edit);
+        let out = fleet_intake(&bundle, &etc);
+        assert!(
+            out.status.success(),
+            "a refused folder must not fail the boot"
+        );
+        let note = std::fs::read_to_string(boot.join("commeow-fleet-error.txt")).expect("note");
+        assert!(note.contains(reason), "{reason}: {note}");
+        assert!(note.ends_with("\r\n"), "CRLF for Notepad");
+        assert_eq!(
+            std::fs::read_to_string(etc.join("commeowd.toml")).expect("config"),
+            operator
+        );
+        assert!(
+            !etc.join("fleet").exists(),
+            "nothing installed for: {reason}"
+        );
+        assert!(
+            bundle.join("box.key").exists(),
+            "the folder stays for the admin to fix"
+        );
+    }
+
+    copy_folder(&|_| {});
+    let out = fleet_intake(&bundle, &etc);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!bundle.exists(), "the key is gone from the boot partition");
+    assert!(!boot.join("commeow-fleet-error.txt").exists());
+    let receipt = std::fs::read_to_string(boot.join("commeow-fleet.txt")).expect("receipt");
+    assert!(receipt.contains("'hall-1'"), "{receipt}");
+    let config = std::fs::read_to_string(etc.join("commeowd.toml")).expect("config");
+    assert!(config.contains("window_segments = 6") && config.contains("history = 80"));
+    assert!(
+        !config.contains("mqtt://old:1") && config.contains(&url),
+        "{config}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&etc.join("fleet")), 0o700);
+    assert_eq!(mode(&etc.join("fleet/box.key")), 0o600);
+
+    // Under systemd, LoadCredential=fleet:/etc/commeowd/fleet hands each file over as
+    // fleet_<name>; the config names no files.
+    let credentials = tempfile::tempdir().expect("tempdir");
+    for file in ["ca.pem", "box.pem", "box.key"] {
+        std::fs::copy(
+            etc.join("fleet").join(file),
+            credentials.path().join(format!("fleet_{file}")),
+        )
+        .expect("credential");
+    }
+    let central = Central::connect(
+        tls_broker(&url, certs.path(), "central"),
+        card.path().join("central.db"),
+        "central",
+    );
+    let daemon = Daemon::start_with(
+        &config,
+        common::Launch {
+            env: vec![(
+                "CREDENTIALS_DIRECTORY".into(),
+                credentials.path().display().to_string(),
+            )],
+            ..common::Launch::default()
+        },
+    );
+    daemon.add_streamer_channel("djay", "stage");
+    let heard = wait_until(Duration::from_secs(20), || {
+        central.storage().boxes().is_ok_and(|boxes| {
+            boxes
+                .iter()
+                .any(|b| b.box_id == "hall-1" && b.online == Some(true))
+        }) && central.events().iter().any(|e| e.kind == "channel_created")
+    });
+    assert!(
+        heard,
+        "central did not hear the box online with its channel"
+    );
+}
+
 /// A box with no real-time clock, two years behind: central takes its events in sequence
 /// order all the same and flags the skew; the box learns central's time from the acks.
 #[test]
