@@ -98,6 +98,14 @@ impl Mosquitto {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
+    /// Replaces the broker's ACL file and has it reread (SIGHUP), as an operator would.
+    fn allow(&mut self, acl: String) {
+        std::fs::write(self._dir.path().join("acl"), acl).expect("acl");
+        let child = self.child.as_ref().expect("running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    }
+
     /// How a plaintext client (an admin, a proxy) reaches it.
     fn plain(&self) -> fleet_proto::broker::Broker {
         plain_broker(&self.url())
@@ -453,12 +461,34 @@ fn every_event_reaches_central_exactly_once_through_a_broker_outage() {
     assert_eq!(checked.expected.earnings, 100 * 10_000);
 }
 
-/// A batch delivered three times (a proxy republishing every one twice) is stored once.
+/// What the broker lets anonymous clients do before central's acks are let through: all
+/// of the fleet's topics but writing `ack`.
+const ACL_NO_ACKS: &str = "topic readwrite commeow/v1/+/events\n\
+topic readwrite commeow/v1/+/status\ntopic readwrite commeow/v1/+/reported\n\
+topic readwrite commeow/v1/+/desired\ntopic readwrite commeow/v1/+/cmd\n\
+topic readwrite commeow/v1/+/cmd/res\ntopic read commeow/v1/+/ack\n";
+
+/// Central killed between its commits and its acks, and every batch delivered three times
+/// (a proxy republishing each twice): each event is stored once. Until the kill, the
+/// broker drops what central publishes on `ack` (its ACL), so every batch central commits
+/// is one whose ack never leaves: central holds the box's window of events, and the box
+/// still holds every event.
+/// Central is killed -9, the acks allowed, central restarted: the box sends everything
+/// again, central acknowledges what it already holds, and the outbox drains.
 #[test]
-fn batches_delivered_several_times_are_stored_once() {
+fn batches_stored_and_never_acknowledged_or_delivered_thrice_are_stored_once() {
     use rumqttc::{AsyncClient, Event, Packet, QoS};
-    let broker = Mosquitto::start();
-    let central = Central::start(&broker.url());
+    let mut broker = Mosquitto::with(|port, dir| {
+        let acl = dir.join("acl");
+        std::fs::write(&acl, ACL_NO_ACKS).expect("acl");
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nacl_file {}\n",
+            acl.display()
+        )
+    });
+    let db_dir = tempfile::tempdir().expect("tempdir");
+    let db = db_dir.path().join("central.db");
+    let mut central = CentralProcess::start(&broker.url(), &db);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let options = broker
         .plain()
@@ -511,17 +541,30 @@ fn batches_delivered_several_times_are_stored_once() {
     for n in 0..200 {
         donate(&daemon, &fan, n);
     }
+    // The relay has a window (100) of events out and waits for acks before sending more:
+    // central holds those 100, and the box all 202.
+    assert!(
+        wait_until(Duration::from_secs(60), || central.events() == 100),
+        "central stores the window the box sent"
+    );
+    assert_eq!(outbox_depth(&daemon), 202, "no ack reached the box");
+    central.signal(nix::sys::signal::Signal::SIGKILL);
+    broker.allow(ACL_NO_ACKS.to_string() + "topic write commeow/v1/+/ack\n");
+    central.crash_and_restart();
     assert!(
         wait_until(Duration::from_secs(60), || outbox_depth(&daemon) == 0),
-        "the outbox drains"
+        "the outbox drains once central acknowledges again"
     );
-    let events = central.events();
-    assert_eq!(events.len(), 202, "each event once");
+    let mut storage = Sqlite::open(&db).expect("central db");
+    let events = storage
+        .events(&EventFilter {
+            limit: 1_000_000,
+            ..EventFilter::default()
+        })
+        .expect("events");
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=202).collect::<Vec<i64>>());
-    assert!(central.storage().boxes().expect("boxes")[0]
-        .quarantined
-        .is_none());
+    assert_eq!(seqs, (1..=202).collect::<Vec<i64>>(), "each event once");
+    assert!(storage.boxes().expect("boxes")[0].quarantined.is_none());
     let copies = republished.load(std::sync::atomic::Ordering::Relaxed);
     assert!(copies >= 20, "the proxy delivered {copies} extra copies");
     proxy.abort();
