@@ -28,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from harness import BIN, OUT, ROOT, Commeowd, free_port, percentile, wait_listening, write_report
+from harness import BIN, OUT, ROOT, Commeowd, cpu_seconds, free_port, percentile, wait_listening, write_report
 
 CENTRAL = ROOT / "target" / "release" / "commeow-central"
 DIRECT = ROOT / "target" / "release" / "mqttdirect"
@@ -96,6 +96,36 @@ def donate_many(box, fan, count, start):
     return time.monotonic() - began
 
 
+def memory_mib(pid):
+    """The process's resident memory now and its peak (VmRSS, VmHWM), MiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":" in line)
+    return tuple(int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
+
+
+def venue(box, points):
+    """Streamer djay with channel stage, viewer fan granted `points`: fan's token."""
+    subprocess.run([str(BIN), "--data-dir", str(box.data), "user", "add", "djay", "--role", "streamer",
+                    "--password-stdin"], input="bench password 1\n", text=True, check=True,
+                   stdout=subprocess.DEVNULL)
+    streamer = post(box.url("/api/auth/login"), {"username": "djay", "password": "bench password 1"})
+    post(box.url("/api/channels"), {"slug": "stage", "title": "Stage"}, streamer["access_token"])
+    fan = box.add_user("fan")
+    subprocess.run([str(BIN), "--data-dir", str(box.data), "wallet", "grant", "fan", str(points),
+                    "--reason", "bench"], check=True, stdout=subprocess.DEVNULL)
+    return fan
+
+
+def steady_cost(box, fan, count, start):
+    """Donations from 8 clients: rate, box CPU ms per 1,000, RSS at the end and peak."""
+    cpu = cpu_seconds([box.proc.pid])
+    seconds = donate_many(box, fan, count, start)
+    used = cpu_seconds([box.proc.pid]) - cpu
+    rss, peak = memory_mib(box.proc.pid)
+    return {"rate": count / seconds, "cpu_ms_per_1000": used * 1000 / count * 1000, "cpu_share": used / seconds,
+            "rss_mib": rss, "peak_mib": peak}
+
+
 def wait_for(condition, timeout):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -114,6 +144,15 @@ def main():
     parser.add_argument("--direct-outage", type=float, default=5.0, help="seconds its broker is away")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+
+    # The same box with no [fleet]: what the donations alone cost it, for the relay's share.
+    box = Commeowd(log_level="warn")
+    try:
+        fan = venue(box, 100 * args.steady)
+        alone = steady_cost(box, fan, args.steady, 0)
+    finally:
+        box.stop()
+
     broker = Broker()
     central_db = Path(tempfile.mkdtemp()) / "central.db"
     central = subprocess.Popen([str(CENTRAL), "--db", str(central_db), "serve", "--broker", broker.url()],
@@ -122,27 +161,23 @@ def main():
         f'[fleet]\nenabled = true\nbroker = "{broker.url()}"\nbox_id = "bench-1"\n'))
     total = args.steady + sum(args.outage)
     try:
-        subprocess.run([str(BIN), "--data-dir", str(box.data), "user", "add", "djay", "--role", "streamer",
-                        "--password-stdin"], input="bench password 1\n", text=True, check=True,
-                       stdout=subprocess.DEVNULL)
-        streamer = post(box.url("/api/auth/login"), {"username": "djay", "password": "bench password 1"})
-        post(box.url("/api/channels"), {"slug": "stage", "title": "Stage"}, streamer["access_token"])
-        fan = box.add_user("fan")
-        subprocess.run([str(BIN), "--data-dir", str(box.data), "wallet", "grant", "fan", str(100 * total),
-                        "--reason", "bench"], check=True, stdout=subprocess.DEVNULL)
+        fan = venue(box, 100 * total)
         baseline_events = 2  # channel_created, grant
         wait_for(lambda: box_outbox(box.data) == 0, 30)
 
         # Steady: the box's own durable donation rate, and the relay keeping up with it.
-        seconds = donate_many(box, fan, args.steady, 0)
+        cpu_before = cpu_seconds([box.proc.pid])
+        relaying = steady_cost(box, fan, args.steady, 0)
         made = args.steady + baseline_events
         drained = wait_for(lambda: len(central_rows(central_db)) >= made and box_outbox(box.data) == 0, 120)
+        # Until central holds the last event: what relaying added to the donations' cost.
+        relaying["cpu_ms_per_1000_relayed"] = (cpu_seconds([box.proc.pid]) - cpu_before) * 1000 / args.steady * 1000
         rows = central_rows(central_db)
         latencies = [parse(received) - parse(at) for _, _, at, received in rows[baseline_events:]]
         relayed = rows[baseline_events:]
         received = sorted(parse(r) for _, _, _, r in relayed)
         steady = {
-            "donations": args.steady, "box_rate": args.steady / seconds,
+            "donations": args.steady, "box_rate": relaying["rate"], "alone": alone, "relaying": relaying,
             "relayed_all": drained,
             "latency_p50_ms": statistics.median(latencies) * 1000 if latencies else float("nan"),
             "latency_p99_ms": percentile(latencies, 99) * 1000,
@@ -160,10 +195,14 @@ def main():
             start += backlog
             made += backlog
             held = box_outbox(box.data)
+            rss_before, _ = memory_mib(box.proc.pid)
+            cpu = cpu_seconds([box.proc.pid])
             broker.start()
             restarted = time.time()
             began = time.monotonic()
             caught_up = wait_for(lambda: box_outbox(box.data) == 0 and len(central_rows(central_db)) >= made, 300)
+            drain_cpu = cpu_seconds([box.proc.pid]) - cpu
+            rss_after, peak = memory_mib(box.proc.pid)
             backlog_rows = central_rows(central_db)[-backlog:]
             arrivals = sorted(parse(r) for _, _, _, r in backlog_rows)
             outages.append({"backlog": backlog, "held_during": held, "caught_up": caught_up,
@@ -171,7 +210,9 @@ def main():
                             # The relay waits out its backoff before reconnecting (jittered,
                             # up to 30 s after a long outage), then drains.
                             "reconnect_s": arrivals[0] - restarted if arrivals else float("nan"),
-                            "drain_s": arrivals[-1] - arrivals[0] if arrivals else float("nan")})
+                            "drain_s": arrivals[-1] - arrivals[0] if arrivals else float("nan"),
+                            "box_cpu_s": drain_cpu, "rss_before_mib": rss_before,
+                            "rss_after_mib": rss_after, "peak_mib": peak})
         rows = central_rows(central_db)
         seqs = [seq for seq, _, _, _ in rows]
         ids = {event_id for _, event_id, _, _ in rows}
@@ -216,10 +257,22 @@ def main():
         f"| box commit → central row, p50 | {steady['latency_p50_ms']:.1f} ms |",
         f"| box commit → central row, p99 | {steady['latency_p99_ms']:.1f} ms |",
     ]
+    a, r = steady["alone"], steady["relaying"]
+    lines += [
+        f"| box CPU per 1,000 donations, no [fleet] / relaying (until central holds them) | "
+        f"{a['cpu_ms_per_1000']:.0f} ms / {r['cpu_ms_per_1000_relayed']:.0f} ms "
+        f"(×{r['cpu_ms_per_1000_relayed'] / a['cpu_ms_per_1000']:.2f}) |",
+        f"| box RSS after the steady donations, no [fleet] / relaying (peak) | "
+        f"{a['rss_mib']:.0f} MiB ({a['peak_mib']:.0f}) / {r['rss_mib']:.0f} MiB ({r['peak_mib']:.0f}) |",
+        f"| box's own donation rate with no [fleet], same run | {a['rate']:.0f} /s |",
+    ]
     for o in outages:
         lines.append(f"| {o['backlog']:,} events held through an outage: reconnect after the broker is back "
                      f"(backoff) / drain / total | {o['reconnect_s']:.2f} s / {o['drain_s']:.2f} s "
                      f"({o['backlog'] / max(o['drain_s'], 1e-9):.0f} /s) / {o['seconds']:.2f} s |")
+        lines.append(f"| {o['backlog']:,} events: box CPU for the whole catch-up / RSS before → after (peak) | "
+                     f"{o['box_cpu_s']:.2f} s / {o['rss_before_mib']:.0f} → {o['rss_after_mib']:.0f} MiB "
+                     f"({o['peak_mib']:.0f}) |")
     lines += [
         f"| baseline: `mosquitto_pub -q 1`, one process per event | {baseline_rate:.0f} /s |",
         f"| baseline: rumqttc QoS 1 with no outbox, {direct_result['sent']:,} events at 2,000/s through a "
