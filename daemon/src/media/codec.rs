@@ -1,7 +1,10 @@
 //! Codec facts the pipeline needs from a stream's configuration records: RFC 6381 codec
-//! strings for the master playlist, the picture size, an AAC AudioSpecificConfig's fields.
-//! Pure functions of bytes, used by ingest (which receives the records) and the muxers
-//! (which need them), so they live below both.
+//! strings for the master playlist, the picture size, an AAC AudioSpecificConfig's fields;
+//! and the adapter from an encoder's Annex B output to what the muxers take (AVCC frames
+//! and an avcC record built from the stream's own SPS and PPS, since some hardware
+//! encoders never fill in extradata). Pure functions of bytes, used by ingest (which
+//! receives the records), the ladder (which encodes) and the muxers, so they live below
+//! all three.
 
 /// What the master playlist needs from an AVCDecoderConfigurationRecord: the RFC 6381
 /// codec string, e.g. `avc1.64001f`.
@@ -79,9 +82,150 @@ pub fn aac_codec_string(asc: &[u8]) -> Option<String> {
     parse_aac_config(asc).map(|c| format!("mp4a.40.{}", c.object_type))
 }
 
+/// NAL unit types the adapter treats apart (ITU-T H.264 Table 7-1).
+const NAL_IDR: u8 = 5;
+const NAL_SPS: u8 = 7;
+const NAL_PPS: u8 = 8;
+const NAL_AUD: u8 = 9;
+
+/// The NAL units of an Annex B byte stream, without their start codes (`00 00 01`, or
+/// `00 00 00 01`: the extra zero is trailing padding of the unit before).
+pub fn annexb_nals(data: &[u8]) -> Vec<&[u8]> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= data.len() {
+        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let mut nals = Vec::with_capacity(starts.len());
+    for (k, &start) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).map_or(data.len(), |next| next - 3);
+        let mut nal = &data[start..end.max(start)];
+        while let [rest @ .., 0] = nal {
+            nal = rest;
+        }
+        if !nal.is_empty() {
+            nals.push(nal);
+        }
+    }
+    nals
+}
+
+/// One encoded picture as the muxers take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessUnit {
+    /// AVCC: each NAL unit behind its 4-byte length; no SPS, PPS or AUD (those go in the
+    /// avcC record).
+    pub data: Vec<u8>,
+    /// Holds an IDR picture: a player can start here.
+    pub idr: bool,
+    /// The SPS and PPS it carried, if any (an encoder sends them with each IDR, or, as
+    /// the Pi's V4L2 encoder, only once).
+    pub sps: Option<Vec<u8>>,
+    pub pps: Option<Vec<u8>>,
+}
+
+/// Converts an encoder's Annex B access unit.
+pub fn annexb_to_avcc(data: &[u8]) -> AccessUnit {
+    let mut unit = AccessUnit {
+        data: Vec::with_capacity(data.len() + 16),
+        idr: false,
+        sps: None,
+        pps: None,
+    };
+    for nal in annexb_nals(data) {
+        match nal[0] & 0x1f {
+            NAL_SPS => unit.sps = Some(nal.to_vec()),
+            NAL_PPS => unit.pps = Some(nal.to_vec()),
+            NAL_AUD => {}
+            kind => {
+                unit.idr |= kind == NAL_IDR;
+                let length = u32::try_from(nal.len()).unwrap_or(u32::MAX);
+                unit.data.extend_from_slice(&length.to_be_bytes());
+                unit.data.extend_from_slice(nal);
+            }
+        }
+    }
+    unit
+}
+
+/// An AVCDecoderConfigurationRecord (ISO 14496-15 §5.3.3.1) for one SPS and one PPS,
+/// with 4-byte NAL lengths. `None` when the SPS is too short to name a profile.
+pub fn avcc_record(sps: &[u8], pps: &[u8]) -> Option<Vec<u8>> {
+    let [_, profile, compatibility, level, ..] = *sps else {
+        return None;
+    };
+    let sps_len = u16::try_from(sps.len()).ok()?;
+    let pps_len = u16::try_from(pps.len()).ok()?;
+    let mut record = vec![1, profile, compatibility, level, 0xff, 0xe1];
+    record.extend_from_slice(&sps_len.to_be_bytes());
+    record.extend_from_slice(sps);
+    record.push(1);
+    record.extend_from_slice(&pps_len.to_be_bytes());
+    record.extend_from_slice(pps);
+    Some(record)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The SPS libx264 (`ultrafast`, Constrained Baseline, level 3.1) makes for 1280x720,
+    /// and its PPS.
+    const SPS_720P: [u8; 23] = [
+        0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xec, 0x04, 0x40, 0x00, 0x00, 0x03, 0x00,
+        0x40, 0x00, 0x00, 0x0f, 0x23, 0xc6, 0x0c, 0xa8,
+    ];
+    const PPS: [u8; 4] = [0x68, 0xce, 0x0f, 0xc8];
+
+    #[test]
+    fn annexb_access_units_become_avcc_with_their_parameter_sets_apart() {
+        // AUD, SPS (4-byte start code), PPS, SEI, IDR slice: what x264 emits for an IDR.
+        let mut au = vec![0, 0, 0, 1, 0x09, 0xf0];
+        au.extend([0, 0, 0, 1]);
+        au.extend(SPS_720P);
+        au.extend([0, 0, 1]);
+        au.extend(PPS);
+        au.extend([0, 0, 1, 0x06, 0x05, 0x01, 0x80]);
+        au.extend([0, 0, 1, 0x65, 0x88, 0x84, 0x00, 0x00, 0x03, 0x01]);
+        let unit = annexb_to_avcc(&au);
+        assert!(unit.idr);
+        assert_eq!(unit.sps.as_deref(), Some(&SPS_720P[..]));
+        assert_eq!(unit.pps.as_deref(), Some(&PPS[..]));
+        // SEI then the slice, each behind its length; the emulation-prevention byte stays.
+        assert_eq!(
+            unit.data,
+            [
+                &[0, 0, 0, 4, 0x06, 0x05, 0x01, 0x80][..],
+                &[0, 0, 0, 7, 0x65, 0x88, 0x84, 0x00, 0x00, 0x03, 0x01][..]
+            ]
+            .concat()
+        );
+        // A P slice alone: not an IDR, no parameter sets.
+        let p = annexb_to_avcc(&[0, 0, 1, 0x41, 0x9a, 0x01]);
+        assert!(!p.idr && p.sps.is_none());
+        assert_eq!(p.data, [0, 0, 0, 3, 0x41, 0x9a, 0x01]);
+        // Trailing zeros before a 4-byte start code belong to no NAL unit; garbage with no
+        // start code gives nothing.
+        assert_eq!(
+            annexb_nals(&[0, 0, 1, 0x41, 7, 0, 0, 0, 1, 0x41, 8]).len(),
+            2
+        );
+        assert!(annexb_nals(&[0x41, 0x9a, 0, 0]).is_empty());
+        assert!(annexb_to_avcc(&[]).data.is_empty());
+    }
+
+    #[test]
+    fn the_avcc_record_built_from_sps_and_pps_reads_back() {
+        let record = avcc_record(&SPS_720P, &PPS).expect("record");
+        assert_eq!(avc_codec_string(&record).as_deref(), Some("avc1.42c01f"));
+        assert_eq!(avc_dimensions(&record), Some((1280, 720)));
+        assert_eq!(avcc_record(&[0x67, 0x64], &PPS), None);
+    }
 
     #[test]
     fn codec_strings() {
@@ -139,6 +283,8 @@ mod tests {
             }
             let _ = avc_codec_string(&body);
             let _ = avc_dimensions(&body);
+            let unit = annexb_to_avcc(&body);
+            proptest::prop_assert!(unit.data.len() <= body.len() + 4 * body.len() / 3 + 4);
         }
     }
 }
