@@ -80,6 +80,9 @@ pub enum Command {
     /// Hand out points and read balances.
     #[command(subcommand)]
     Wallet(WalletCommand),
+    /// The transcoding ladder's encoders.
+    #[command(subcommand)]
+    Transcode(TranscodeCommand),
     /// Print the default configuration file, with every key commented.
     GenerateConfig,
     /// Load the configuration, report problems, and exit.
@@ -144,6 +147,17 @@ fn role_parser() -> impl clap::builder::TypedValueParser<Value = Role> {
     clap::builder::PossibleValuesParser::new(Role::ALL.map(Role::as_str))
         // clap has checked the name against the same list.
         .map(|name| Role::from_name(&name).unwrap_or(Role::Viewer))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TranscodeCommand {
+    /// Test-encode with each candidate encoder at every rung's size, as the daemon does at
+    /// startup, and report the choice and every rejection with its reason.
+    Probe {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -223,6 +237,16 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Channel(command)) => channel_command(&config, command),
         Some(Command::User(command)) => user_command(&config, command),
         Some(Command::Wallet(command)) => wallet_command(&config, command),
+        Some(Command::Transcode(TranscodeCommand::Probe { json })) => {
+            ffmpeg_next::init()?;
+            let report = crate::media::ladder::probe_ladder(&config.transcode, true);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_probe(&report);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -360,6 +384,31 @@ fn user_command(config: &Config, command: UserCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_probe(report: &crate::media::ladder::Report) {
+    let state = if report.enabled { "on" } else { "off" };
+    println!(
+        "Ladder: {state} (configured {}): {}",
+        report.configured, report.why
+    );
+    for rung in &report.rungs {
+        let c = &rung.choice;
+        let chosen = match (&c.encoder, c.measured_fps) {
+            (Some(name), Some(fps)) => format!("{name} ({fps:.0} pictures/s in the test)"),
+            _ => "none works".to_string(),
+        };
+        println!(
+            "{:<8} {}x{} {} fps {} kbps -> {chosen}, probed in {} ms",
+            rung.name, c.width, c.height, c.fps, rung.video_kbps, c.probe_ms
+        );
+        for rejection in &c.rejected {
+            println!(
+                "         rejected {}: {}",
+                rejection.encoder, rejection.reason
+            );
+        }
+    }
 }
 
 fn wallet_command(config: &Config, command: WalletCommand) -> anyhow::Result<()> {

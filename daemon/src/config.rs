@@ -40,6 +40,208 @@ pub struct Config {
     pub kakao_pay: KakaoPayConfig,
     pub onboarding: OnboardingConfig,
     pub fleet: FleetConfig,
+    pub transcode: TranscodeConfig,
+}
+
+/// Whether the ladder runs: `"auto"` turns it on where the probe finds a hardware H.264
+/// encoder that works, and leaves it off where only libx264 does (a small board's CPU is
+/// the venue's to spend, knowingly); `true` runs it on whatever the probe picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SwitchWord")]
+pub enum TranscodeSwitch {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SwitchWord {
+    Flag(bool),
+    Word(String),
+}
+
+impl TryFrom<SwitchWord> for TranscodeSwitch {
+    type Error = String;
+    fn try_from(word: SwitchWord) -> Result<Self, Self::Error> {
+        match word {
+            SwitchWord::Flag(true) => Ok(TranscodeSwitch::On),
+            SwitchWord::Flag(false) => Ok(TranscodeSwitch::Off),
+            SwitchWord::Word(w) if w == "auto" => Ok(TranscodeSwitch::Auto),
+            SwitchWord::Word(w) => Err(format!("`{w}`: use true, false or \"auto\"")),
+        }
+    }
+}
+
+/// The H.264 encoders the ladder knows, in the order `"auto"` tries them: the boards'
+/// hardware encoders (Pi 4, Intel, Jetson, NVIDIA, Intel Quick Sync), then software.
+pub const ENCODERS: [&str; 6] = [
+    "h264_v4l2m2m",
+    "h264_vaapi",
+    "h264_nvmpi",
+    "h264_nvenc",
+    "h264_qsv",
+    "libx264",
+];
+
+/// The adaptive ladder: renditions below the source, made in the process with one decode
+/// and a scale and encode per rung.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TranscodeConfig {
+    pub enabled: TranscodeSwitch,
+    /// Encoders to try, in order; `"auto"` stands for all of [`ENCODERS`] in their order.
+    pub encoders: Vec<String>,
+    /// libx264's preset (always with `tune=zerolatency` and no B-frames).
+    pub x264_preset: String,
+    pub ladder: Vec<RungConfig>,
+}
+
+/// One rendition of the ladder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RungConfig {
+    /// Its name in URLs (`/hls/<channel>/<name>/…`): a-z, 0-9, up to 16.
+    pub name: String,
+    /// Picture height; the width keeps the source's aspect ratio (even). A rung at or
+    /// above the source's height is skipped.
+    pub height: u32,
+    pub video_kbps: u32,
+    /// Frames per second at most (a 60 fps source gives 30 on a rung that says 30).
+    #[serde(default = "default_max_fps")]
+    pub max_fps: f64,
+    /// Tests only: each frame's encode is made this much slower (an overloaded encoder).
+    #[serde(default)]
+    pub test_slowdown_ms: u64,
+}
+
+fn default_max_fps() -> f64 {
+    30.0
+}
+
+impl Default for TranscodeConfig {
+    fn default() -> Self {
+        TranscodeConfig {
+            enabled: TranscodeSwitch::Auto,
+            encoders: vec!["auto".into()],
+            x264_preset: "ultrafast".into(),
+            ladder: vec![
+                RungConfig {
+                    name: "720p".into(),
+                    height: 720,
+                    video_kbps: 2500,
+                    max_fps: 30.0,
+                    test_slowdown_ms: 0,
+                },
+                RungConfig {
+                    name: "480p".into(),
+                    height: 480,
+                    video_kbps: 1000,
+                    max_fps: 30.0,
+                    test_slowdown_ms: 0,
+                },
+            ],
+        }
+    }
+}
+
+impl TranscodeConfig {
+    /// The encoders to try, in order, `"auto"` expanded.
+    pub fn candidates(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for name in &self.encoders {
+            let names: Vec<String> = if name == "auto" {
+                ENCODERS.iter().map(|s| s.to_string()).collect()
+            } else {
+                vec![name.clone()]
+            };
+            for name in names {
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+        out
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.encoders.is_empty() {
+            return invalid(
+                "transcode.encoders",
+                "name at least one, or \"auto\"".into(),
+            );
+        }
+        for name in &self.encoders {
+            if name != "auto" && !ENCODERS.contains(&name.as_str()) {
+                return invalid(
+                    "transcode.encoders",
+                    format!("`{name}`: use \"auto\" or some of {}", ENCODERS.join(", ")),
+                );
+            }
+        }
+        const PRESETS: [&str; 10] = [
+            "ultrafast",
+            "superfast",
+            "veryfast",
+            "faster",
+            "fast",
+            "medium",
+            "slow",
+            "slower",
+            "veryslow",
+            "placebo",
+        ];
+        if !PRESETS.contains(&self.x264_preset.as_str()) {
+            return invalid(
+                "transcode.x264_preset",
+                format!("`{}`: use one of {}", self.x264_preset, PRESETS.join(", ")),
+            );
+        }
+        for (i, rung) in self.ladder.iter().enumerate() {
+            let name_ok = !rung.name.is_empty()
+                && rung.name.len() <= 16
+                && rung
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && rung.name != "source";
+            if !name_ok || self.ladder[..i].iter().any(|r| r.name == rung.name) {
+                return invalid(
+                    "transcode.ladder.name",
+                    format!(
+                        "`{}`: 1 to 16 of a-z and 0-9, unique, not `source`",
+                        rung.name
+                    ),
+                );
+            }
+            if !(144..=2160).contains(&rung.height) || rung.height % 2 != 0 {
+                return invalid(
+                    "transcode.ladder.height",
+                    format!(
+                        "{} (rung {}): an even height within 144..=2160",
+                        rung.height, rung.name
+                    ),
+                );
+            }
+            if !(100..=20_000).contains(&rung.video_kbps) {
+                return invalid(
+                    "transcode.ladder.video_kbps",
+                    format!(
+                        "{} (rung {}): within 100..=20000",
+                        rung.video_kbps, rung.name
+                    ),
+                );
+            }
+            if !(1.0..=120.0).contains(&rung.max_fps) {
+                return invalid(
+                    "transcode.ladder.max_fps",
+                    format!("{} (rung {}): within 1..=120", rung.max_fps, rung.name),
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The fleet relay: the outbox's events to the central service over MQTT. Off by default:
@@ -644,6 +846,7 @@ impl Config {
         }
         self.kakao_pay.validate()?;
         self.fleet.validate()?;
+        self.transcode.validate()?;
         if self.rtmp.max_connections == 0 {
             return Err(ConfigError::Invalid {
                 key: "rtmp.max_connections",
@@ -704,6 +907,46 @@ mod tests {
     fn unknown_key_is_named() {
         let err = parse("[hls]\ntarget_durration = 2.0\n").expect_err("must fail");
         assert!(err.to_string().contains("target_durration"), "{err}");
+    }
+
+    #[test]
+    fn transcode_takes_auto_or_a_flag_and_checks_its_rungs() {
+        let on = parse("[transcode]\nenabled = true\n").expect("true");
+        assert_eq!(on.transcode.enabled, TranscodeSwitch::On);
+        assert_eq!(Config::default().transcode.enabled, TranscodeSwitch::Auto);
+        let err = parse("[transcode]\nenabled = \"yes\"\n").expect_err("yes");
+        assert!(err.to_string().contains("auto"), "{err}");
+        // "auto" expands in order; a name given first keeps its place, once.
+        let config = parse("[transcode]\nencoders = [\"libx264\", \"auto\"]\n").expect("list");
+        let candidates = config.transcode.candidates();
+        assert_eq!(candidates.first().map(String::as_str), Some("libx264"));
+        assert_eq!(candidates.len(), ENCODERS.len());
+        for (text, key) in [
+            (
+                "[transcode]\nencoders = [\"h265_magic\"]\n",
+                "transcode.encoders",
+            ),
+            (
+                "[transcode]\nx264_preset = \"turbo\"\n",
+                "transcode.x264_preset",
+            ),
+            (
+                "[[transcode.ladder]]\nname = \"source\"\nheight = 360\nvideo_kbps = 600\n",
+                "transcode.ladder.name",
+            ),
+            (
+                "[[transcode.ladder]]\nname = \"odd\"\nheight = 361\nvideo_kbps = 600\n",
+                "transcode.ladder.height",
+            ),
+            (
+                "[[transcode.ladder]]\nname = \"a\"\nheight = 360\nvideo_kbps = 600\n\
+                 [[transcode.ladder]]\nname = \"a\"\nheight = 240\nvideo_kbps = 300\n",
+                "transcode.ladder.name",
+            ),
+        ] {
+            let err = parse(text).expect_err(text);
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

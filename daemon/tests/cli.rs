@@ -180,3 +180,75 @@ fn rotating_a_key_from_the_cli_ends_the_live_push() {
     assert!(cut.elapsed() < Duration::from_secs(15));
     assert!(common::wait_until(Duration::from_secs(15), || !daemon.channel_live("stage")));
 }
+
+/// The operator's view of the encoder probe on a machine with no video hardware (CI):
+/// every hardware encoder refused with libav's reason, libx264 chosen for each rung, and
+/// the ladder left off by `auto` (software only) but on when the config says so.
+#[test]
+fn transcode_probe_reports_each_rejection_and_the_choice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let began = std::time::Instant::now();
+    let out = commeowd(&["transcode", "probe", "--json"], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        began.elapsed()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["configured"], "auto");
+    assert_eq!(report["enabled"], false);
+    assert!(report["why"]
+        .as_str()
+        .is_some_and(|w| w.contains("libx264")));
+    let rungs = report["rungs"].as_array().expect("rungs");
+    assert_eq!(rungs.len(), 2);
+    for rung in rungs {
+        assert_eq!(rung["encoder"], "libx264", "{rung}");
+        let rejected = rung["rejected"].as_array().expect("rejected");
+        let names: Vec<&str> = rejected
+            .iter()
+            .filter_map(|r| r["encoder"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "h264_v4l2m2m",
+                "h264_vaapi",
+                "h264_nvmpi",
+                "h264_nvenc",
+                "h264_qsv"
+            ]
+        );
+        assert!(rejected
+            .iter()
+            .all(|r| r["reason"].as_str().is_some_and(|s| !s.is_empty())));
+        assert!(
+            rung["probe_ms"].as_u64().is_some_and(|ms| ms < 2000),
+            "{rung}"
+        );
+    }
+    assert_eq!(
+        (rungs[0]["width"].as_u64(), rungs[0]["height"].as_u64()),
+        (Some(1280), Some(720))
+    );
+
+    let config = dir.path().join("on.toml");
+    std::fs::write(&config, "[transcode]\nenabled = true\n").expect("config");
+    let out = commeowd(
+        &[
+            "--config",
+            config.to_str().expect("path"),
+            "transcode",
+            "probe",
+        ],
+        dir.path(),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("Ladder: on"), "{text}");
+    assert!(text.contains("rejected h264_nvenc:"), "{text}");
+}

@@ -9,6 +9,7 @@
 //! timeline.
 
 pub mod codec;
+pub mod ladder;
 pub mod mux;
 
 use crate::hls::segmenter::Segmenter;
