@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::store::{Store, StoreHandle};
-use crate::{auth, chat, fleet, hls, http, ingest, obs, payments, store, system, throttle};
+use crate::{auth, chat, fleet, hls, http, ingest, media, obs, payments, store, system, throttle};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -57,6 +57,22 @@ pub async fn run(
         config.hls.part_target(),
     ));
     let tracker = TaskTracker::new();
+    // The encoder probe takes a few hundred milliseconds of libav work: off the runtime,
+    // and not awaited (publishes get the ladder once it has said yes).
+    let ladder = media::ladder::Plan::new(config.transcode.clone());
+    {
+        let ladder = ladder.clone();
+        tracker.spawn(async move {
+            match tokio::task::spawn_blocking(move || ladder.probe()).await {
+                Ok(report) => tracing::info!(
+                    enabled = report.enabled,
+                    "transcode probe: {}",
+                    report.status_line()
+                ),
+                Err(e) => tracing::error!(error = %e, "transcode probe failed: passthrough only"),
+            }
+        });
+    }
 
     let ingest = Arc::new(ingest::Ingest {
         store: store.clone(),
@@ -69,6 +85,7 @@ pub async fn run(
         throttle: throttle::Throttle::new(Duration::from_millis(250), Duration::from_secs(1)),
         connections: Arc::new(tokio::sync::Semaphore::new(config.rtmp.max_connections)),
         health: health.clone(),
+        ladder: ladder.clone(),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
     });

@@ -43,6 +43,9 @@ pub struct StreamInfo {
     pub codecs: Vec<String>,
     pub resolution: Option<(u32, u32)>,
     pub frame_rate: Option<f64>,
+    /// Bits per second the encoder was asked for (a ladder rung): BANDWIDTH until a few
+    /// segments have been measured, so players rank the rungs right from the start.
+    pub nominal_bandwidth: Option<u64>,
 }
 
 /// How a variant is packaged.
@@ -371,6 +374,7 @@ impl Packaged {
                     discontinuity: open.start.discontinuity,
                     timeline: open.start.timeline,
                     parts: open.parts,
+                    gap: false,
                 },
             );
         }
@@ -475,9 +479,16 @@ impl Packaged {
             (b + s.len() as u64, d + s.duration.as_micros())
         });
         let average = (micros > 0).then(|| (bytes as u128 * 8 * 1_000_000 / micros) as u64);
+        // The measured peak once known (RFC 8216); until a few segments are measured, not
+        // below what a rung's encoder was asked for.
+        let nominal = state
+            .info
+            .nominal_bandwidth
+            .filter(|_| state.segments.len() < 3)
+            .unwrap_or(0);
         StreamInf {
             uri,
-            bandwidth: state.peak_bitrate,
+            bandwidth: state.peak_bitrate.max(nominal),
             average_bandwidth: average,
             codecs: state.info.codecs.clone(),
             resolution: state.info.resolution,
@@ -590,7 +601,17 @@ impl Variant {
         self.classic.push(segment);
     }
 
-    fn end(&self) {
+    /// Segments this variant has no media for (see [`Segment::gap`]), in both packagings.
+    pub fn push_gaps(&self, gaps: Vec<Segment>) {
+        for gap in gaps {
+            self.ll.push(gap.clone());
+            self.classic.push(gap);
+        }
+    }
+
+    /// Ends this variant's playlists (EXT-X-ENDLIST): a ladder rung shed while the
+    /// broadcast goes on; the master playlist stops offering it.
+    pub fn end(&self) {
         for packaged in self.packagings() {
             packaged.end();
         }
@@ -774,7 +795,7 @@ impl Broadcast {
         let offered: Vec<StreamInf> = variants
             .iter()
             .map(|v| pick(v))
-            .filter(|p| p.segment_count() > 0)
+            .filter(|p| p.segment_count() > 0 && !p.is_ended())
             .map(|p| p.stream_inf(format!("{}/index.m3u8", p.path)))
             .collect();
         let source_ready = variants
@@ -984,6 +1005,7 @@ mod tests {
                 duration,
                 independent: true,
             }],
+            gap: false,
         }
     }
 

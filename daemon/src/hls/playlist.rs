@@ -102,6 +102,9 @@ pub fn media(p: &MediaPlaylist<'_>) -> String {
         if segment.discontinuity {
             out.push_str("#EXT-X-DISCONTINUITY\n");
         }
+        if segment.gap {
+            out.push_str("#EXT-X-GAP\n");
+        }
         let _ = write!(
             out,
             "#EXT-X-PROGRAM-DATE-TIME:{}\n#EXTINF:{:.3},\n{}\n",
@@ -251,7 +254,9 @@ pub fn low_latency(p: &LowLatencyPlaylist<'_>) -> String {
                 .program_date_time
                 .to_rfc3339_opts(SecondsFormat::Millis, true)
         );
-        if segment.sequence >= parts_from {
+        if segment.gap {
+            out.push_str("#EXT-X-GAP\n");
+        } else if segment.sequence >= parts_from {
             write_parts(&mut out, segment.sequence, &segment.parts, p.part_uri);
         }
         let _ = write!(
@@ -318,6 +323,7 @@ mod tests {
                 duration,
                 independent: true,
             }],
+            gap: false,
         })
     }
 

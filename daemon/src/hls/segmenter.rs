@@ -39,6 +39,10 @@ pub struct Segment {
     /// broadcast (RFC 8216 §6.2.1). Segments of one timeline share an init segment.
     pub timeline: u64,
     pub parts: Vec<Part>,
+    /// A span this variant has no media for (a ladder rung that fell behind and skipped
+    /// to the source's next segment): listed with EXT-X-GAP, so every variant keeps the
+    /// same sequence numbers and players skip it or switch.
+    pub gap: bool,
 }
 
 impl Segment {
@@ -96,6 +100,8 @@ pub struct Segmenter {
     /// The last keyframe: the interval up to a new one says whether waiting for the
     /// next would carry the segment past `max_ms`.
     last_keyframe_dts: Option<i64>,
+    /// Where the last closed segment ended (for gaps before a numbered one).
+    last_end_dts: Option<i64>,
 }
 
 /// Keyframes this close to the target still cut: a GOP of 1.98 s with a 2 s target must
@@ -125,14 +131,16 @@ impl Segmenter {
             last_video_dts: None,
             last_video_step: 0,
             last_keyframe_dts: None,
+            last_end_dts: None,
         }
     }
 
     /// Continues a broadcast whose last segment was `last_sequence` in `timeline`: the
     /// publisher came back after a drop, on a new timeline (RFC 8216: media and
     /// discontinuity sequence numbers only ever grow).
-    pub fn resume_after(&mut self, last_sequence: u64, timeline: u64) {
+    pub fn resume_after(&mut self, last_sequence: u64, timeline: u64, media_end: i64) {
         self.next_sequence = last_sequence + 1;
+        self.last_end_dts = Some(media_end);
         self.timeline = timeline;
         self.mark_discontinuity();
     }
@@ -232,9 +240,45 @@ impl Segmenter {
                 duration,
                 independent: open.independent,
             }],
+            gap: false,
         };
         self.next_sequence += 1;
+        self.last_end_dts = Some(end_dts);
         Some(segment)
+    }
+
+    /// Opens segment `sequence` at this packet (a ladder rung follows the source's
+    /// numbering). When sequences were skipped since this segmenter's last segment, it
+    /// returns one gap segment for each, sharing the time between them.
+    pub fn begin_numbered(
+        &mut self,
+        sequence: u64,
+        dts: i64,
+        arrived: DateTime<Utc>,
+        keyframe: bool,
+    ) -> Vec<Segment> {
+        let mut gaps = Vec::new();
+        if sequence > self.next_sequence {
+            if let Some(end) = self.last_end_dts {
+                let missing = sequence - self.next_sequence;
+                let span = u64::try_from(dts - end).unwrap_or(0);
+                let each = Duration::from_millis(span / missing);
+                for n in 0..missing {
+                    gaps.push(Segment {
+                        sequence: self.next_sequence + n,
+                        duration: each,
+                        program_date_time: arrived,
+                        discontinuity: n == 0 && std::mem::take(&mut self.discontinuity),
+                        timeline: self.timeline,
+                        parts: Vec::new(),
+                        gap: true,
+                    });
+                }
+            }
+            self.next_sequence = sequence;
+        }
+        self.begin(dts, arrived, keyframe);
+        gaps
     }
 
     /// Closes the open segment at the end of the stream: it lasts until its last video

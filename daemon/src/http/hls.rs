@@ -144,7 +144,11 @@ pub async fn media_file(
         let data = packaged.part(sequence, index).ok_or_else(gone)?;
         return Ok(media_response(content_type, data.len(), Body::from(data)));
     }
-    let segment = packaged.segment(sequence).ok_or_else(gone)?;
+    // A gap (EXT-X-GAP) has no media: players must not ask, and get a 404 if they do.
+    let segment = packaged
+        .segment(sequence)
+        .filter(|s| !s.gap)
+        .ok_or_else(gone)?;
     // The parts are sent as they are held: no copy of the media per request.
     let length = segment.len();
     let parts: Vec<_> = segment

@@ -82,6 +82,8 @@ pub struct Ingest {
     pub connections: Arc<Semaphore>,
     /// Media pipelines register here, so the watchdog sees a wedged one.
     pub health: Arc<crate::system::Health>,
+    /// The transcoding ladder: each publish gets it when the probe turned it on.
+    pub ladder: Arc<media::ladder::Plan>,
     pub tracker: TaskTracker,
     /// Daemon shutdown: ends linger timers early.
     pub shutdown: CancellationToken,
@@ -555,6 +557,7 @@ impl Connection {
             self.ingest.hls.part_target(),
             inbox,
             &self.ingest.health,
+            Some(&self.ingest.ladder),
         )
         .map_err(|e| {
             tracing::error!(error = %e, "cannot start the media thread");

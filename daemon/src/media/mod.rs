@@ -57,27 +57,45 @@ pub enum MediaEvent {
     AudioConfig(Bytes),
     Video(Frame),
     Audio(Frame),
+    /// A ladder rung only: the next video frame begins segment `sequence`, as the source's
+    /// segment of that number began at the same picture.
+    SegmentStart(u64),
 }
 
 /// Starts the pipeline thread of `broadcast`: it remuxes the publisher's stream into the
-/// broadcast's `source` variant. (An encoder thread would feed another variant through
-/// the same [`Variant`] calls.)
+/// broadcast's `source` variant, and when the ladder runs, taps what it packages to the
+/// ladder's threads, which feed the other variants (see [`ladder`]).
 pub fn spawn(
     broadcast: Arc<Broadcast>,
     target: Duration,
     part_target: Duration,
     inbox: mpsc::Receiver<MediaEvent>,
-    health: &Health,
+    health: &Arc<Health>,
+    ladder: Option<&Arc<ladder::Plan>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let name = format!("media-{}", broadcast.slug);
     // Watched while the thread lives: a libav call that never returns stops the watchdog.
     let activity = health.register(format!("media pipeline `{}`", broadcast.slug));
+    let tap = ladder
+        .filter(|plan| plan.may_run())
+        .and_then(|plan| ladder::start(plan, &broadcast, target, part_target, health));
     std::thread::Builder::new().name(name).spawn(move || {
         let span =
             tracing::info_span!("media", channel = %broadcast.slug, broadcast = %broadcast.id);
         let _entered = span.enter();
-        Pipeline::new(broadcast, target, part_target).run(inbox, &activity);
+        let variant = broadcast.source();
+        Pipeline::new(broadcast, variant, target, part_target, Cuts::Own { tap })
+            .run(inbox, &activity);
     })
+}
+
+/// Where a pipeline cuts its segments.
+enum Cuts {
+    /// The source: by the segmenter's rules; what it packages is tapped for the ladder.
+    Own { tap: Option<ladder::Tap> },
+    /// A ladder rung: where the source cut, under the source's numbers
+    /// ([`MediaEvent::SegmentStart`]); nothing is packaged before the first.
+    Follow { next: Option<u64> },
 }
 
 /// The same stream muxed twice: MPEG-TS segments and fMP4 parts.
@@ -94,8 +112,10 @@ struct OpenPart {
 }
 
 struct Pipeline {
+    cuts: Cuts,
     /// Added to the publisher's timestamps: where the broadcast's previous publish ended,
-    /// so a return after a drop continues the media timeline.
+    /// so a return after a drop continues the media timeline. (A rung's frames come from
+    /// the source's, already shifted.)
     offset: i64,
     broadcast: Arc<Broadcast>,
     /// Where the segments go.
@@ -112,17 +132,29 @@ struct Pipeline {
     frame_rate: Option<f64>,
     /// Last dts written per track; libav requires them to increase strictly.
     last_dts: [Option<i64>; 2],
+    /// A rung's asked-for bit rate (see [`StreamInfo::nominal_bandwidth`]).
+    nominal_bandwidth: Option<u64>,
 }
 
 impl Pipeline {
-    fn new(broadcast: Arc<Broadcast>, target: Duration, part_target: Duration) -> Pipeline {
-        let variant = broadcast.source();
+    fn new(
+        broadcast: Arc<Broadcast>,
+        variant: Arc<Variant>,
+        target: Duration,
+        part_target: Duration,
+        cuts: Cuts,
+    ) -> Pipeline {
         let mut segmenter = Segmenter::new(target);
         if let Some((sequence, timeline)) = variant.last_sequence() {
-            segmenter.resume_after(sequence, timeline);
+            segmenter.resume_after(sequence, timeline, variant.media_end());
         }
+        let offset = match cuts {
+            Cuts::Own { .. } => variant.media_end(),
+            Cuts::Follow { .. } => 0,
+        };
         Pipeline {
-            offset: variant.media_end(),
+            cuts,
+            offset,
             variant,
             broadcast,
             unusable: (0, None),
@@ -135,6 +167,7 @@ impl Pipeline {
             resolution: None,
             frame_rate: None,
             last_dts: [None, None],
+            nominal_bandwidth: None,
         }
     }
 
@@ -160,13 +193,24 @@ impl Pipeline {
             MediaEvent::VideoConfig(config) => {
                 if self.video_config.as_ref() != Some(&config) {
                     self.restart_on_new_config();
+                    if let Cuts::Own { tap: Some(tap) } = &mut self.cuts {
+                        tap.video_config(&config);
+                    }
                     self.video_config = Some(config);
                 }
             }
             MediaEvent::AudioConfig(config) => {
                 if self.audio_config.as_ref() != Some(&config) {
                     self.restart_on_new_config();
+                    if let Cuts::Own { tap: Some(tap) } = &mut self.cuts {
+                        tap.audio_config(&config);
+                    }
                     self.audio_config = Some(config);
+                }
+            }
+            MediaEvent::SegmentStart(sequence) => {
+                if let Cuts::Follow { next } = &mut self.cuts {
+                    *next = Some(sequence);
                 }
             }
             MediaEvent::Video(frame) => {
@@ -197,6 +241,11 @@ impl Pipeline {
     /// keyframes or [`GIVE_UP_AFTER`], with words the streamer can act on, instead of
     /// being retried forever while OBS shows a healthy stream.
     fn unusable(&mut self, error: mux::MuxError) {
+        if let Cuts::Follow { .. } = self.cuts {
+            // A rung's own encoder output: never a reason to refuse the streamer.
+            tracing::error!(error = %error, "the rung's stream cannot be packaged");
+            return;
+        }
         let (count, first) = &mut self.unusable;
         *count += 1;
         let first = *first.get_or_insert_with(std::time::Instant::now);
@@ -249,7 +298,10 @@ impl Pipeline {
             }
         }
         let dts = self.next_dts(Track::Video, frame.dts);
-        let cut_segment = self.segmenter.cut_before(dts, frame.keyframe);
+        let cut_segment = match &self.cuts {
+            Cuts::Own { .. } => self.segmenter.cut_before(dts, frame.keyframe),
+            Cuts::Follow { next } => next.is_some() && self.segmenter.is_open(),
+        };
         // A part closes at every segment boundary, before a frame that would carry it past
         // PART-TARGET (parts must not exceed it), keyframe or not, so a long keyframe
         // interval still gives parts on time; and before every keyframe, so a player can
@@ -267,8 +319,28 @@ impl Pipeline {
         if cut_segment {
             self.close_segment(dts, last_part);
         }
+        let mut begins = None;
         if !self.segmenter.is_open() {
-            self.segmenter.begin(dts, frame.arrived, frame.keyframe);
+            match &mut self.cuts {
+                Cuts::Own { .. } => self.segmenter.begin(dts, frame.arrived, frame.keyframe),
+                Cuts::Follow { next } => {
+                    let Some(sequence) = next.take() else {
+                        return; // a rung begins where one of the source's segments does
+                    };
+                    let gaps =
+                        self.segmenter
+                            .begin_numbered(sequence, dts, frame.arrived, frame.keyframe);
+                    if !gaps.is_empty() {
+                        tracing::warn!(
+                            from = gaps[0].sequence,
+                            count = gaps.len(),
+                            "rung fell behind: segments published as gaps"
+                        );
+                        self.variant.push_gaps(gaps);
+                    }
+                }
+            }
+            begins = self.segmenter.current().map(|s| s.sequence);
         }
         if self.part.is_none() {
             self.part = Some(OpenPart {
@@ -285,6 +357,9 @@ impl Pipeline {
                 }
             }
         }
+        if let Cuts::Own { tap: Some(tap) } = &mut self.cuts {
+            tap.video(dts, pts, frame.keyframe, frame.data, frame.arrived, begins);
+        }
     }
 
     fn audio(&mut self, frame: Frame) {
@@ -298,6 +373,9 @@ impl Pipeline {
                     tracing::warn!(error = %e, dts, "audio frame dropped by the muxer");
                 }
             }
+        }
+        if let Cuts::Own { tap: Some(tap) } = &mut self.cuts {
+            tap.audio(dts, frame.data, frame.arrived);
         }
     }
 
@@ -399,6 +477,7 @@ impl Pipeline {
                 .collect(),
             resolution: self.resolution.or_else(|| codec::avc_dimensions(avcc)),
             frame_rate: self.frame_rate,
+            nominal_bandwidth: self.nominal_bandwidth,
         }
     }
 }

@@ -98,7 +98,7 @@ pub struct Muxer {
     init: Bytes,
 }
 
-fn parameters(
+pub(crate) fn parameters(
     medium: ff::media::Type,
     id: ff::codec::Id,
     extradata: &[u8],

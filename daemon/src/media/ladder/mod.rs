@@ -7,9 +7,489 @@
 pub mod encoder;
 pub mod libav;
 pub mod probe;
+pub mod rung;
+pub mod tap;
 
 use crate::config::{TranscodeConfig, TranscodeSwitch};
+use crate::hls::Broadcast;
+use crate::media::mux;
+use crate::system::{Activity, Health};
+use bytes::Bytes;
+use ffmpeg_next as ff;
 use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+pub use tap::Tap;
+
+/// Pictures a rung may be behind the decode by before it drops to the next segment.
+const RUNG_QUEUE: usize = 45;
+/// A rung busy in one call (its encoder) this long is wedged: shed, its encoder
+/// blocklisted. Well under the daemon's watchdog, which never sees the rungs.
+const WEDGED: Duration = Duration::from_secs(3);
+
+/// The ladder's settings and what the probe found, shared by every publish.
+pub struct Plan {
+    config: TranscodeConfig,
+    report: Mutex<Option<Report>>,
+    /// Signalled when the startup probe has reported.
+    probed: std::sync::Condvar,
+    /// The rungs of each live channel, by slug.
+    live: Mutex<BTreeMap<String, Vec<rung::Shared>>>,
+}
+
+/// What `GET /api/system/transcode` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Overview {
+    /// The startup probe (`None` while it runs).
+    pub probe: Option<Report>,
+    /// Each live channel's rungs.
+    pub live: BTreeMap<String, Vec<rung::Status>>,
+}
+
+impl Plan {
+    pub fn new(config: TranscodeConfig) -> Arc<Plan> {
+        Arc::new(Plan {
+            config,
+            report: Mutex::new(None),
+            probed: std::sync::Condvar::new(),
+            live: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Runs the startup probe (blocking: call it off the async runtime) and keeps its
+    /// report.
+    pub fn probe(&self) -> Report {
+        let report = probe_ladder(&self.config, false);
+        *self.report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
+        self.probed.notify_all();
+        report
+    }
+
+    /// Whether a publish starting now may get the ladder: it is not off in the config, and
+    /// the startup probe said yes or has not finished (a streamer who connects in the
+    /// first second after boot gets it too: see [`Plan::wait_enabled`]).
+    pub fn may_run(&self) -> bool {
+        self.config.enabled != TranscodeSwitch::Off
+            && self
+                .report
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_none_or(|r| r.enabled)
+    }
+
+    /// Whether the ladder runs, once the startup probe has said (it waits for it, on a
+    /// ladder thread, never on the runtime or the source's pipeline).
+    fn wait_enabled(&self) -> bool {
+        let mut report = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = std::time::Instant::now() + 4 * probe::DEADLINE;
+        while report.is_none() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            report = self
+                .probed
+                .wait_timeout(report, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        report.as_ref().is_some_and(|r| r.enabled)
+    }
+
+    pub fn overview(&self) -> Overview {
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(slug, rungs)| {
+                let statuses = rungs
+                    .iter()
+                    .map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone())
+                    .collect();
+                (slug.clone(), statuses)
+            })
+            .collect();
+        Overview {
+            probe: self
+                .report
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            live,
+        }
+    }
+}
+
+/// Starts the ladder of one publish: its decode thread, which starts the rungs once it
+/// knows the source's picture size. Returns the source pipeline's end of the tap.
+pub fn start(
+    plan: &Arc<Plan>,
+    broadcast: &Arc<Broadcast>,
+    target: Duration,
+    part_target: Duration,
+    health: &Arc<Health>,
+) -> Option<Tap> {
+    let (queue, inbox) = std::sync::mpsc::sync_channel(tap::TAP_QUEUE);
+    let activity = health.register(format!("ladder decode `{}`", broadcast.slug));
+    let decode = Decode {
+        plan: plan.clone(),
+        broadcast: broadcast.clone(),
+        target,
+        part_target,
+        decoder: None,
+        undecodable: false,
+        audio_config: None,
+        rungs: None,
+        marks: BTreeMap::new(),
+    };
+    let name = format!("ladder-{}", broadcast.slug);
+    let span = tracing::info_span!("ladder", channel = %broadcast.slug, broadcast = %broadcast.id);
+    match std::thread::Builder::new().name(name).spawn(move || {
+        let _entered = span.enter();
+        decode.run(&inbox, &activity);
+    }) {
+        Ok(_) => Some(Tap::new(queue)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the ladder: passthrough only");
+            None
+        }
+    }
+}
+
+/// A running rung, as the decode thread holds it.
+struct RungHandle {
+    name: String,
+    queue: Option<SyncSender<rung::Input>>,
+    status: rung::Shared,
+    activity: Arc<Activity>,
+    /// Dropping pictures until the next source segment begins (its queue was full).
+    skipping: bool,
+}
+
+/// The decode thread: the source's packets in, pictures out to every rung by reference.
+struct Decode {
+    plan: Arc<Plan>,
+    broadcast: Arc<Broadcast>,
+    target: Duration,
+    part_target: Duration,
+    decoder: Option<ff::decoder::Video>,
+    /// The source cannot be decoded here: passthrough only.
+    undecodable: bool,
+    audio_config: Option<Bytes>,
+    /// Started at the first decoded picture.
+    rungs: Option<Vec<RungHandle>>,
+    /// What is known of packets sent to the decoder, by pts.
+    marks: BTreeMap<i64, rung::Mark>,
+}
+
+impl Decode {
+    fn run(mut self, inbox: &Receiver<tap::Tapped>, activity: &Activity) {
+        loop {
+            match inbox.recv_timeout(Duration::from_millis(500)) {
+                Ok(event) => {
+                    let _busy = activity.begin();
+                    self.handle(event);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.shed_wedged();
+        }
+        // The publish ended: each rung finishes its last segment when its queue closes.
+        self.plan
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.broadcast.slug);
+        tracing::info!("ladder ended");
+    }
+
+    fn handle(&mut self, event: tap::Tapped) {
+        match event {
+            tap::Tapped::VideoConfig(avcc) => self.open_decoder(&avcc),
+            tap::Tapped::AudioConfig(asc) => {
+                self.audio_config = Some(asc.clone());
+                self.each_rung(|| rung::Input::AudioConfig(asc.clone()), false);
+            }
+            tap::Tapped::Audio(frame) => {
+                self.each_rung(|| rung::Input::Audio(frame.clone()), false);
+            }
+            tap::Tapped::Video {
+                dts,
+                pts,
+                keyframe,
+                data,
+                arrived,
+                begins,
+            } => {
+                if self.undecodable {
+                    return;
+                }
+                self.marks.insert(
+                    pts,
+                    rung::Mark {
+                        keyframe,
+                        begins,
+                        arrived: Some(arrived),
+                    },
+                );
+                let Some(decoder) = self.decoder.as_mut() else {
+                    return;
+                };
+                let mut packet = ff::Packet::copy(&data);
+                packet.set_pts(Some(pts));
+                packet.set_dts(Some(dts));
+                if keyframe {
+                    packet.set_flags(ff::packet::Flags::KEY);
+                }
+                if let Err(e) = decoder.send_packet(&packet) {
+                    tracing::debug!(error = %e, pts, "the decoder refused a packet");
+                }
+                let mut pictures = Vec::new();
+                let mut picture = ff::frame::Video::empty();
+                while decoder.receive_frame(&mut picture).is_ok() {
+                    pictures.push(std::mem::replace(&mut picture, ff::frame::Video::empty()));
+                }
+                for picture in pictures {
+                    self.dispatch(picture);
+                }
+            }
+        }
+    }
+
+    fn open_decoder(&mut self, avcc: &[u8]) {
+        let opened = mux::parameters(ff::media::Type::Video, ff::codec::Id::H264, avcc)
+            .map_err(|e| e.to_string())
+            .and_then(|params| {
+                let mut context = ff::codec::context::Context::from_parameters(params)
+                    .map_err(|e| e.to_string())?;
+                context.set_time_base(ff::Rational(1, 1000));
+                context.decoder().video().map_err(|e| e.to_string())
+            });
+        match opened {
+            Ok(decoder) => {
+                self.decoder = Some(decoder);
+                self.undecodable = false;
+            }
+            Err(why) => {
+                tracing::warn!(error = %why, "the source cannot be decoded here: passthrough only");
+                self.decoder = None;
+                self.undecodable = true;
+                if let Some(rungs) = self.rungs.as_mut() {
+                    for rung in rungs.iter_mut() {
+                        rung.queue = None;
+                        rung::update(&rung.status, |s| {
+                            s.state = "off";
+                            s.reason = Some(format!(
+                                "the source cannot be decoded here ({why}): passthrough only"
+                            ));
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `make()` to every rung that takes input; with `picture` set, a full queue
+    /// makes the rung skip to the next source segment.
+    fn each_rung(&mut self, make: impl Fn() -> rung::Input, picture: bool) {
+        let Some(rungs) = self.rungs.as_mut() else {
+            return;
+        };
+        for rung in rungs.iter_mut() {
+            let Some(queue) = rung.queue.as_ref() else {
+                continue;
+            };
+            match queue.try_send(make()) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) if picture => {
+                    if !rung.skipping {
+                        tracing::warn!(rung = %rung.name, "rung queue full: skipping to the next segment");
+                    }
+                    rung.skipping = true;
+                    rung::update(&rung.status, |s| s.overflowed += 1);
+                }
+                Err(TrySendError::Full(_)) => {}
+                Err(TrySendError::Disconnected(_)) => rung.queue = None,
+            }
+        }
+    }
+
+    /// One decoded picture to every rung, by reference; the rungs start at the first.
+    fn dispatch(&mut self, picture: ff::frame::Video) {
+        let Some(pts) = picture.pts().or_else(|| picture.timestamp()) else {
+            return;
+        };
+        let mark = self.marks.remove(&pts).unwrap_or_default();
+        // Packets the decoder dropped leave marks behind: keep the last few seconds.
+        self.marks = self.marks.split_off(&(pts - 5_000));
+        if self.rungs.is_none() {
+            if !self.plan.wait_enabled() {
+                tracing::info!("the probe turned the ladder off: passthrough only");
+                self.undecodable = true;
+                self.rungs = Some(Vec::new());
+                return;
+            }
+            self.start_rungs((picture.width(), picture.height()));
+        }
+        let Some(rungs) = self.rungs.as_mut() else {
+            return;
+        };
+        for rung in rungs.iter_mut() {
+            let Some(queue) = rung.queue.as_ref() else {
+                continue;
+            };
+            if rung.skipping {
+                if mark.begins.is_none() {
+                    rung::update(&rung.status, |s| s.overflowed += 1);
+                    continue;
+                }
+                rung.skipping = false;
+            }
+            let Some(shared) = libav::share(&picture) else {
+                continue;
+            };
+            match queue.try_send(rung::Input::Picture {
+                picture: shared,
+                pts,
+                mark,
+            }) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    if !rung.skipping {
+                        tracing::warn!(rung = %rung.name, "rung queue full: skipping to the next segment");
+                    }
+                    rung.skipping = true;
+                    rung::update(&rung.status, |s| s.overflowed += 1);
+                }
+                Err(TrySendError::Disconnected(_)) => rung.queue = None,
+            }
+        }
+    }
+
+    fn start_rungs(&mut self, source: (u32, u32)) {
+        let config = &self.plan.config;
+        let candidates = config.candidates();
+        let mut rungs = Vec::new();
+        for rung_config in &config.ladder {
+            let size = rung_size(source, rung_config.height);
+            let status = Arc::new(Mutex::new(rung::Status {
+                name: rung_config.name.clone(),
+                width: size.map_or(0, |s| s.0),
+                height: size.map_or(0, |s| s.1),
+                video_kbps: rung_config.video_kbps,
+                encoder: None,
+                state: "probing",
+                reason: None,
+                rejected: Vec::new(),
+                overflowed: 0,
+                lag_ms: 0,
+            }));
+            let activity = Activity::new(format!("rung {}", rung_config.name));
+            let mut handle = RungHandle {
+                name: rung_config.name.clone(),
+                queue: None,
+                status: status.clone(),
+                activity: activity.clone(),
+                skipping: false,
+            };
+            let Some((width, height)) = size else {
+                rung::update(&status, |s| {
+                    s.state = "off";
+                    s.reason = Some(format!("not below the source ({}x{})", source.0, source.1));
+                });
+                rungs.push(handle);
+                continue;
+            };
+            let setup = rung::Setup {
+                spec: encoder::Spec {
+                    encoder: String::new(),
+                    width,
+                    height,
+                    fps: rung_config.max_fps,
+                    kbps: rung_config.video_kbps,
+                    x264_preset: config.x264_preset.clone(),
+                },
+                candidates: candidates.clone(),
+                slowdown: Duration::from_millis(rung_config.test_slowdown_ms),
+                broadcast: self.broadcast.clone(),
+                variant: self.broadcast.add_variant(&rung_config.name),
+                target: self.target,
+                part_target: self.part_target,
+                audio_config: self.audio_config.clone(),
+            };
+            let (queue, inbox) = std::sync::mpsc::sync_channel(RUNG_QUEUE);
+            let span = tracing::info_span!("rung", rung = %rung_config.name);
+            let thread_status = status.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("rung-{}-{}", self.broadcast.slug, rung_config.name))
+                .spawn(move || {
+                    let _entered = span.enter();
+                    rung::run(setup, inbox, thread_status, activity);
+                });
+            match spawned {
+                Ok(_) => handle.queue = Some(queue),
+                Err(e) => rung::update(&status, |s| {
+                    s.state = "off";
+                    s.reason = Some(format!("cannot start its thread: {e}"));
+                }),
+            }
+            rungs.push(handle);
+        }
+        self.plan
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                self.broadcast.slug.clone(),
+                rungs.iter().map(|r| r.status.clone()).collect(),
+            );
+        self.rungs = Some(rungs);
+    }
+
+    /// A rung stuck in one call past [`WEDGED`] is shed and its encoder blocklisted; its
+    /// thread is left to the driver.
+    fn shed_wedged(&mut self) {
+        let Some(rungs) = self.rungs.as_mut() else {
+            return;
+        };
+        for rung in rungs.iter_mut() {
+            if rung.queue.is_none() || rung.activity.busy_for().is_none_or(|b| b <= WEDGED) {
+                continue;
+            }
+            rung.queue = None;
+            let encoder = rung
+                .status
+                .lock()
+                .map(|s| s.encoder.clone())
+                .unwrap_or_default();
+            if let Some(name) = &encoder {
+                probe::abandon(name);
+            }
+            tracing::error!(rung = %rung.name, encoder = ?encoder, "rung wedged: shed, its encoder not used again until restart");
+            if let Some(variant) = self
+                .broadcast
+                .variants()
+                .into_iter()
+                .find(|v| v.name == rung.name)
+            {
+                variant.end();
+            }
+            rung::update(&rung.status, |s| {
+                s.state = "shed";
+                s.reason = Some(format!(
+                    "wedged: one call took over {} s; {} is not used again until restart",
+                    WEDGED.as_secs(),
+                    encoder.as_deref().unwrap_or("its encoder")
+                ));
+            });
+        }
+    }
+}
 
 /// What the probe found for the configured ladder, and whether the ladder runs: for the
 /// operator (`commeowd transcode probe`, `GET /api/system/transcode`, systemd's status

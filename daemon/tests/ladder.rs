@@ -1,0 +1,243 @@
+//! End to end: the transcoding ladder. A 1080p30 push (ffmpeg standing in for OBS) gives a
+//! master playlist with the source, 720p and 480p; every variant's segments begin at the
+//! same picture under the same sequence number (ffprobe reads each), and each rung's
+//! segments decode with every frame there. No video hardware here: libx264 is what the
+//! probe picks.
+
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::expect_used)]
+
+mod common;
+
+use common::{get, poll_until, Daemon, MediaPlaylist, Push};
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+const LADDER_ON: &str = "[transcode]\nenabled = true\n";
+
+/// The 1080p30 push: x264 with a keyframe every 2 s, as the README tells streamers.
+fn push_1080p(daemon: &Daemon, key: &str, seconds: u32) -> Push {
+    Push::start_with(
+        &daemon.rtmp_url(key),
+        seconds,
+        "1920x1080",
+        &[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "60",
+            "-b:v",
+            "6M",
+        ],
+        true,
+    )
+}
+
+/// `#EXT-X-STREAM-INF` attributes and URI of each variant in a master playlist.
+fn variants(master: &str) -> Vec<(BTreeMap<String, String>, String)> {
+    let mut out = Vec::new();
+    let mut lines = master.lines();
+    while let Some(line) = lines.next() {
+        let Some(attributes) = line.strip_prefix("#EXT-X-STREAM-INF:") else {
+            continue;
+        };
+        let mut map = BTreeMap::new();
+        // Split on commas outside quotes.
+        let (mut key, mut value, mut quoted, mut in_value) =
+            (String::new(), String::new(), false, false);
+        for c in attributes.chars().chain(std::iter::once(',')) {
+            match c {
+                '"' => quoted = !quoted,
+                '=' if !quoted && !in_value => in_value = true,
+                ',' if !quoted => {
+                    map.insert(std::mem::take(&mut key), std::mem::take(&mut value));
+                    in_value = false;
+                }
+                c if in_value => value.push(c),
+                c => key.push(c),
+            }
+        }
+        out.push((map, lines.next().expect("URI").to_string()));
+    }
+    out
+}
+
+/// The first video packet of a TS segment: (pts seconds, keyframe), and the number of
+/// video frames decoded from it, with any decode errors.
+fn probe_segment(bytes: &[u8], dir: &std::path::Path, name: &str) -> (f64, bool, u64, String) {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("write segment");
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_frames",
+            "-show_entries",
+            "stream=nb_read_frames:packet=pts_time,flags",
+            "-of",
+            "json",
+        ])
+        .arg(&path)
+        .output()
+        .expect("ffprobe");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
+    let first = &json["packets"][0];
+    let pts: f64 = first["pts_time"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("pts");
+    let key = first["flags"].as_str().is_some_and(|f| f.starts_with('K'));
+    let frames = json["streams"][0]["nb_read_frames"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("frames");
+    (
+        pts,
+        key,
+        frames,
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn a_1080p_push_gets_720p_and_480p_rungs_aligned_with_the_source() {
+    let daemon = Daemon::start(LADDER_ON);
+    let key = daemon.add_channel("stage");
+    let pusher = push_1080p(&daemon, &key, 16);
+
+    // The master playlist offers all three once each rung has a segment.
+    let master = poll_until(
+        Duration::from_secs(20),
+        "a master playlist with three variants",
+        || {
+            let r = get(&daemon.url("/hls/stage/classic.m3u8"));
+            (r.status == 200).then(|| r.text())
+        },
+        |m| variants(m).len() == 3,
+    );
+    let offered = variants(&master);
+    let sizes: Vec<&str> = offered
+        .iter()
+        .map(|(a, _)| a["RESOLUTION"].as_str())
+        .collect();
+    assert_eq!(sizes, ["1920x1080", "1280x720", "854x480"], "{master}");
+    for (attributes, uri) in &offered {
+        assert_eq!(attributes["FRAME-RATE"], "30.000", "{uri}");
+        let codecs = &attributes["CODECS"];
+        assert!(
+            codecs.starts_with("avc1.") && codecs.ends_with(",mp4a.40.2"),
+            "{codecs}"
+        );
+        let bandwidth: u64 = attributes["BANDWIDTH"].parse().expect("BANDWIDTH");
+        let average: u64 = attributes["AVERAGE-BANDWIDTH"].parse().expect("AVERAGE");
+        assert!(average <= bandwidth, "{uri}");
+    }
+    let bandwidth = |offered: &[(BTreeMap<String, String>, String)], i: usize| -> u64 {
+        offered[i].0["BANDWIDTH"].parse().unwrap_or(0)
+    };
+    // Ranked right from the first segment (a rung declares what its encoder was asked
+    // for until it has been measured).
+    assert!(
+        bandwidth(&offered, 0) > bandwidth(&offered, 1)
+            && bandwidth(&offered, 1) > bandwidth(&offered, 2),
+        "{master}"
+    );
+    let ll_master = get(&daemon.url("/hls/stage/master.m3u8")).text();
+    let ll_uris: Vec<String> = variants(&ll_master).into_iter().map(|(_, u)| u).collect();
+    assert_eq!(
+        ll_uris,
+        ["ll/index.m3u8", "720p/index.m3u8", "480p/index.m3u8"]
+    );
+    // Measured, later in the push: each rung near what it asks (2500 and 1000 kbps, with
+    // AAC and the container on top; BANDWIDTH is the peak segment).
+    let later = poll_until(
+        Duration::from_secs(20),
+        "a master playlist with measured rungs",
+        || {
+            let r = get(&daemon.url("/hls/stage/classic.m3u8"));
+            (r.status == 200).then(|| variants(&r.text()))
+        },
+        |v| {
+            let segments = get(&daemon.url("/hls/stage/480p-ts/index.m3u8")).text();
+            v.len() == 3 && MediaPlaylist::parse(&segments).segments.len() >= 4
+        },
+    );
+    assert!(
+        (2_200_000..4_200_000).contains(&bandwidth(&later, 1)),
+        "{later:?}"
+    );
+    assert!(
+        (900_000..2_000_000).contains(&bandwidth(&later, 2)),
+        "{later:?}"
+    );
+
+    let (status, log) = pusher.finish(Duration::from_secs(40));
+    assert!(status.success(), "{log}");
+    // The playlists end (the linger passes only with the daemon's shutdown; read them now,
+    // while the last segments are listed).
+    let playlists: Vec<MediaPlaylist> = offered
+        .iter()
+        .map(|(_, uri)| {
+            let r = get(&daemon.url(&format!("/hls/stage/{uri}")));
+            MediaPlaylist::parse(&r.text())
+        })
+        .collect();
+    let sequences = |p: &MediaPlaylist| -> Vec<u64> {
+        let first = p.media_sequence.expect("media sequence");
+        (first..first + p.segments.len() as u64).collect()
+    };
+    // Same numbers, same boundaries: every segment a rung lists, the source lists under the
+    // same number with the same duration (a rung may start a segment later than the source).
+    let source = &playlists[0];
+    let source_sequences = sequences(source);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut checked = 0;
+    for (rung, (_, uri)) in playlists.iter().zip(&offered).skip(1) {
+        assert!(
+            !rung.segments.iter().any(|s| s.uri.contains("GAP")),
+            "{uri}"
+        );
+        for (sequence, segment) in sequences(rung).into_iter().zip(&rung.segments) {
+            let index = source_sequences
+                .iter()
+                .position(|s| *s == sequence)
+                .unwrap_or_else(|| panic!("{uri}: sequence {sequence} not in the source"));
+            let twin = &source.segments[index];
+            assert!(
+                (twin.duration - segment.duration).abs() < 0.002,
+                "{uri} #{sequence}: {} s against the source's {} s",
+                segment.duration,
+                twin.duration
+            );
+            // The same first picture, a keyframe in both, and every frame of the rung's.
+            let base = |u: &str| u.rsplit_once('/').map_or("", |(b, _)| b).to_string();
+            let fetch = |playlist_uri: &str, segment_uri: &str| {
+                let url = daemon.url(&format!("/hls/stage/{}/{segment_uri}", base(playlist_uri)));
+                let r = get(&url);
+                assert_eq!(r.status, 200, "{url}");
+                r.body
+            };
+            let theirs = fetch(&offered[0].1, &twin.uri);
+            let ours = fetch(uri, &segment.uri);
+            let (source_pts, source_key, _, _) = probe_segment(&theirs, dir.path(), "s.ts");
+            let (pts, key, frames, errors) = probe_segment(&ours, dir.path(), "r.ts");
+            assert!(
+                (pts - source_pts).abs() < 0.002,
+                "{uri} #{sequence}: {pts} vs {source_pts}"
+            );
+            assert!(key && source_key, "{uri} #{sequence}: not a keyframe");
+            let expected = (segment.duration * 30.0).round() as u64;
+            assert_eq!(frames, expected, "{uri} #{sequence}: frames decoded");
+            assert!(errors.is_empty(), "{uri} #{sequence}: {errors}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} rung segments compared");
+}
