@@ -169,6 +169,16 @@ fn a_1080p_push_gets_720p_and_480p_rungs_aligned_with_the_source() {
             v.len() == 3 && MediaPlaylist::parse(&segments).segments.len() >= 4
         },
     );
+    // Each LL-HLS playlist reports the other renditions' live edges.
+    let rung_ll = get(&daemon.url("/hls/stage/720p/index.m3u8")).text();
+    for other in ["../ll/index.m3u8", "../480p/index.m3u8"] {
+        assert!(
+            rung_ll.contains(&format!(
+                "#EXT-X-RENDITION-REPORT:URI=\"{other}\",LAST-MSN="
+            )),
+            "{rung_ll}"
+        );
+    }
     assert!(
         (2_200_000..4_200_000).contains(&bandwidth(&later, 1)),
         "{later:?}"

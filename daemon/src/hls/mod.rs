@@ -97,6 +97,11 @@ pub struct Packaged {
     /// Bumped on every new part, segment or end. Held playlist and part requests wait on
     /// it: one notification per packaging wakes them all, no thread per request.
     changes: watch::Sender<u64>,
+    /// The newest part, `(sequence << 16) | (index + 1)` (0: none yet), read without its
+    /// lock by the other variants' playlists for their rendition reports.
+    edge: std::sync::atomic::AtomicU64,
+    /// The broadcast's other LL-HLS variants (EXT-X-RENDITION-REPORT).
+    siblings: Mutex<Vec<std::sync::Weak<Packaged>>>,
 }
 
 impl Packaged {
@@ -117,9 +122,29 @@ impl Packaged {
                 ..PackagedState::default()
             }),
             changes: watch::Sender::new(0),
+            edge: std::sync::atomic::AtomicU64::new(0),
+            siblings: Mutex::new(Vec::new()),
         };
         packaged.render(&mut packaged.lock());
         packaged
+    }
+
+    /// The other variants' live edges, as of now. Reads their atomics, never their locks
+    /// (this runs under our own).
+    fn rendition_reports(&self) -> Vec<playlist::RenditionReport> {
+        let siblings = self.siblings.lock().unwrap_or_else(|e| e.into_inner());
+        siblings
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter_map(|sibling| {
+                let edge = sibling.edge.load(std::sync::atomic::Ordering::Acquire);
+                (edge != 0).then(|| playlist::RenditionReport {
+                    uri: format!("../{}/index.m3u8", sibling.path),
+                    last_msn: edge >> 16,
+                    last_part: usize::try_from((edge & 0xffff) - 1).unwrap_or(0),
+                })
+            })
+            .collect()
     }
 
     fn extension(&self) -> &'static str {
@@ -177,6 +202,10 @@ impl Packaged {
 
     /// Renders the playlists and wakes every held request.
     fn changed(&self, state: &mut PackagedState) {
+        if let Some((sequence, index)) = newest_part(state) {
+            let edge = (sequence << 16) | (u64::try_from(index).unwrap_or(0xfffe).min(0xfffe) + 1);
+            self.edge.store(edge, std::sync::atomic::Ordering::Release);
+        }
         self.render(state);
         self.changes.send_modify(|n| *n += 1);
     }
@@ -226,6 +255,7 @@ impl Packaged {
                     skip_dateranges: false,
                     segment_uri: &|sequence| self.segment_name(sequence),
                     part_uri: &|sequence, index| self.part_name(sequence, index),
+                    reports: &self.rendition_reports(),
                 };
                 let full = playlist::low_latency(&playlist);
                 // A delta update skips the segments older than CAN-SKIP-UNTIL from the end.
@@ -759,6 +789,21 @@ impl Broadcast {
             self.target_duration,
             self.part_target,
         ));
+        // Each LL-HLS playlist reports the others' live edges.
+        for other in variants.iter() {
+            other
+                .ll
+                .siblings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Arc::downgrade(&variant.ll));
+            variant
+                .ll
+                .siblings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Arc::downgrade(&other.ll));
+        }
         variants.push(variant.clone());
         variant
     }

@@ -139,6 +139,18 @@ pub struct LowLatencyPlaylist<'a> {
     pub skip_dateranges: bool,
     pub segment_uri: &'a dyn Fn(u64) -> String,
     pub part_uri: &'a dyn Fn(u64, usize) -> String,
+    /// The other variants' newest parts (EXT-X-RENDITION-REPORT): their playlist's URI
+    /// relative to this one, the segment and the part.
+    pub reports: &'a [RenditionReport],
+}
+
+/// Where another rendition's live edge is, so a player switching to it can ask for its
+/// next part at once (RFC 8216bis §4.4.5.4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenditionReport {
+    pub uri: String,
+    pub last_msn: u64,
+    pub last_part: usize,
 }
 
 impl LowLatencyPlaylist<'_> {
@@ -290,6 +302,13 @@ pub fn low_latency(p: &LowLatencyPlaylist<'_>) -> String {
             "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}\"",
             (p.part_uri)(sequence, index)
         );
+        for report in p.reports {
+            let _ = writeln!(
+                out,
+                "#EXT-X-RENDITION-REPORT:URI=\"{}\",LAST-MSN={},LAST-PART={}",
+                report.uri, report.last_msn, report.last_part
+            );
+        }
     }
     out
 }
@@ -377,6 +396,16 @@ mod tests {
     }
 
     fn low_latency_with(segments: &[Arc<Segment>], skip: usize, v2: bool, ended: bool) -> String {
+        low_latency_reporting(segments, skip, v2, ended, &[])
+    }
+
+    fn low_latency_reporting(
+        segments: &[Arc<Segment>],
+        skip: usize,
+        v2: bool,
+        ended: bool,
+        reports: &[RenditionReport],
+    ) -> String {
         low_latency(&LowLatencyPlaylist {
             target_duration: 2,
             part_target: 0.334,
@@ -388,7 +417,48 @@ mod tests {
             skip_dateranges: v2,
             segment_uri: &|n| format!("b-{n}.m4s"),
             part_uri: &|n, i| format!("b-{n}.{i}.m4s"),
+            reports,
         })
+    }
+
+    #[test]
+    fn gaps_are_listed_without_parts_and_other_renditions_reported() {
+        let mut segments: Vec<_> = (0..5).map(|n| segment(n, 2000, false)).collect();
+        let mut gap = (*segments[3]).clone();
+        gap.gap = true;
+        gap.parts.clear();
+        segments[3] = Arc::new(gap);
+        let reports = [RenditionReport {
+            uri: "../480p/index.m3u8".into(),
+            last_msn: 4,
+            last_part: 2,
+        }];
+        let text = low_latency_reporting(&segments, 0, false, false, &reports);
+        assert!(
+            text.contains("#EXT-X-GAP\n#EXTINF:2.00000,\nb-3.m4s\n"),
+            "{text}"
+        );
+        assert!(!text.contains("b-3.0.m4s"), "a gap has no parts: {text}");
+        assert!(
+            text.ends_with(
+                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"b-5.0.m4s\"\n\
+                 #EXT-X-RENDITION-REPORT:URI=\"../480p/index.m3u8\",LAST-MSN=4,LAST-PART=2\n"
+            ),
+            "{text}"
+        );
+        let classic = media(&MediaPlaylist {
+            target_duration: 2,
+            segments: &segments,
+            ended: false,
+            segment_uri: &|s| format!("b-{}.ts", s.sequence),
+        });
+        assert!(
+            classic.contains("#EXT-X-GAP\n#EXT-X-PROGRAM-DATE-TIME:"),
+            "{classic}"
+        );
+        // An ended playlist reports nothing further.
+        let ended = low_latency_reporting(&segments, 0, false, true, &reports);
+        assert!(!ended.contains("RENDITION-REPORT"), "{ended}");
     }
 
     #[test]

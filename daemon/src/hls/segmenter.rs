@@ -322,6 +322,25 @@ mod tests {
     }
 
     #[test]
+    fn a_follower_numbered_past_what_it_missed_gets_gaps_sharing_the_time() {
+        let mut s = Segmenter::new(Duration::from_secs(2));
+        // A rung's first segment takes the source's number, with nothing before it.
+        assert!(s.begin_numbered(7, 14_000, now(), true).is_empty());
+        s.observe_video(14_000, true);
+        let first = s.close(16_000, Bytes::from_static(b"x")).expect("segment");
+        assert_eq!(first.sequence, 7);
+        // The next is 8: no gap.
+        assert!(s.begin_numbered(8, 16_000, now(), true).is_empty());
+        s.close(18_000, Bytes::from_static(b"x"));
+        // It skipped 9 and 10 (its queue overflowed): two gaps over the 4 s between.
+        let gaps = s.begin_numbered(11, 22_000, now(), true);
+        assert_eq!(gaps.iter().map(|g| g.sequence).collect::<Vec<_>>(), [9, 10]);
+        assert!(gaps.iter().all(|g| g.gap && g.parts.is_empty()));
+        assert!(gaps.iter().all(|g| g.duration == Duration::from_secs(2)));
+        assert_eq!(s.current().map(|c| c.sequence), Some(11));
+    }
+
+    #[test]
     fn cuts_on_every_keyframe_when_gop_equals_target() {
         let durations = run(Duration::from_secs(2), 60, 600);
         assert_eq!(durations.len(), 10);
