@@ -147,7 +147,15 @@ pub async fn run(
     }
     let status = {
         let (broadcasts, chat) = (broadcasts.clone(), chat.clone());
-        Box::new(move || status_line(broadcasts.live_count(), chat.total_viewers()))
+        let ladder = ladder.clone();
+        Box::new(move || {
+            let mut line = status_line(broadcasts.live_count(), chat.total_viewers());
+            if let Some(ladder) = ladder.status_line() {
+                line.push_str("; ");
+                line.push_str(&ladder);
+            }
+            line
+        })
     };
     let app = http::app(http::AppState {
         store: store.clone(),
@@ -183,6 +191,7 @@ pub async fn run(
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
         fleet: fleet_health,
+        ladder: ladder.clone(),
     });
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {

@@ -23,6 +23,7 @@ mod chat;
 mod hls;
 mod onboarding;
 mod payments;
+mod system;
 mod wallet;
 mod web;
 
@@ -62,6 +63,8 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The fleet relay's state, when it runs.
     pub fleet: Option<crate::fleet::HealthWatch>,
+    /// The transcoding ladder: what the probe found, and the live rungs.
+    pub ladder: Arc<crate::media::ladder::Plan>,
 }
 
 pub fn app(state: AppState) -> Router {
@@ -106,6 +109,7 @@ pub fn app(state: AppState) -> Router {
             get(onboarding::status).post(onboarding::onboard),
         )
         .route("/api/obs", get(channels::obs_settings))
+        .route("/api/system/transcode", get(system::transcode))
         .route("/assets/{name}", get(web::asset))
         .merge(hls)
         .fallback(fallback)

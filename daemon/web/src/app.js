@@ -26,6 +26,7 @@ const TEXT = {
     bFrames: "B-프레임이 지연을 더해요: OBS 고급 출력 모드에서 B-프레임을 0으로 (x264 옵션: bframes=0).",
     bitrateHigh: (k) => `${k} Kbps는 공연장 와이파이에 너무 커요: 4500 Kbps로 맞추세요.`,
     keyframeHow: "OBS 기본(단순) 출력 모드에는 키프레임 간격 칸이 없어요: 설정 → 출력 → 스트리밍에서 '고급 인코더 설정 사용'을 켜고 x264 옵션에 keyint=60 (30fps 기준)을 넣으세요. 고급 출력 모드에서는 '키프레임 간격'을 2초로.", recent: "최근 후원", none: "아직 없어요.",
+    ladder: "화질 단계 (트랜스코딩)", ladderOn: "켜짐", ladderOff: "꺼짐", rejected: "안 됨", liveRungs: "지금 방송 중",
     streamersOnly: "방송 관리는 스트리머 계정으로 로그인해야 해요.", notFound: "찾을 수 없어요.",
     anonymous: "익명", deleted: "삭제된 메시지", streamer: "스트리머", admin: "관리자",
     setupTitle: "처음 설정", setupIntro: "카드의 commeow-setup.txt 파일(또는 박스 화면)에 적힌 설정 코드를 입력하고, 장소 이름과 관리자 계정을 만드세요.",
@@ -52,6 +53,7 @@ const TEXT = {
     bFrames: "B-frames add delay: in OBS Advanced mode set B-frames to 0 (x264 options: bframes=0).",
     bitrateHigh: (k) => `${k} Kbps is too much for the venue Wi-Fi: set 4500 Kbps.`,
     keyframeHow: "OBS's default Simple output mode has no keyframe field: in Settings → Output → Streaming tick 'Enable Advanced Encoder Settings' and put keyint=60 (at 30 fps) in x264 Options. In Advanced mode, set 'Keyframe Interval' to 2 s.", recent: "Recent donations", none: "None yet.",
+    ladder: "Quality ladder (transcoding)", ladderOn: "on", ladderOff: "off", rejected: "rejected", liveRungs: "Live now",
     streamersOnly: "Log in with a streamer account to manage channels.", notFound: "Not found.",
     anonymous: "anonymous", deleted: "message deleted", streamer: "streamer", admin: "admin",
     setupTitle: "Set up this box", setupIntro: "Type the setup code from commeow-setup.txt on the card (or the box's screen), name the venue and create the admin account.",
@@ -283,6 +285,8 @@ async function watch(slug) {
       player.on(window.Hls.Events.ERROR, (_, data) => { if (data.fatal) stop(); });
       player.loadSource(source);
       player.attachMedia(video);
+      // For the venue's devtools (and the browser tests): the player, its levels and ABR.
+      window.commeowPlayer = player;
     } else if (video.canPlayType("application/vnd.apple.mpegurl")) {
       video.src = source; // Safari and iOS play HLS themselves.
     }
@@ -533,7 +537,31 @@ async function dashboard() {
     }).catch(() => {});
     return box;
   };
-  const refreshMine = async () => { const list = await api("GET", "/api/channels").catch(() => null); if (list) renderMine(list); };
+  // Admins: what the box's encoder probe chose for each rung, why the others were
+  // rejected, and how each live channel's rungs are doing.
+  const ladder = me.role === "admin" ? h("section", { class: "panel", id: "transcode" }) : null;
+  const refreshLadder = async () => {
+    const o = ladder && await api("GET", "/api/system/transcode").catch(() => null);
+    if (!o) return;
+    const p = o.probe;
+    const rows = (p?.rungs ?? []).map((r) => h("tr", { "data-rung": r.name },
+      h("th", {}, r.name), h("td", {}, `${r.width}x${r.height} · ${r.video_kbps} Kbps`),
+      h("td", { class: "encoder" }, r.encoder ?? "—"),
+      h("td", { class: "muted" }, r.rejected.length ? h("details", {}, h("summary", {}, `${r.rejected.length} ${t("rejected")}`),
+        h("ul", {}, r.rejected.map((x) => h("li", {}, `${x.encoder}: ${x.reason}`)))) : null)));
+    const live = Object.entries(o.live).flatMap(([slug, rungs]) => rungs.map((r) =>
+      h("li", { "data-live": `${slug}/${r.name}`, class: r.state === "shed" ? "warning" : "" },
+        `${slug} ${r.name} ${r.width}x${r.height}: ${r.encoder ?? ""} ${r.state}${r.reason ? ` (${r.reason})` : ""}`)));
+    ladder.replaceChildren(h("h3", {}, t("ladder")),
+      h("p", { id: "ladder-state" }, p ? `${p.enabled ? t("ladderOn") : t("ladderOff")}: ${p.why}` : "…"),
+      h("table", {}, rows),
+      live.length ? h("div", {}, h("h4", {}, t("liveRungs")), h("ul", { id: "live-rungs" }, live)) : null);
+  };
+  const refreshMine = async () => {
+    const list = await api("GET", "/api/channels").catch(() => null);
+    if (list) renderMine(list);
+    await refreshLadder();
+  };
   const keyArea = h("div", { id: "stream-key" });
   const showKey = (answer) => keyArea.replaceChildren(h("div", { class: "panel" }, h("p", { class: "error" }, t("keyOnce")),
     h("table", {}, h("tr", {}, h("th", {}, t("server")), h("td", {}, h("code", { id: "obs-server" }, answer.rtmp_url)), h("td", {}, copyButton(answer.rtmp_url))),
@@ -552,6 +580,7 @@ async function dashboard() {
       h("tr", {}, h("th", {}, t("bitrate")), h("td", {}, `${obs.video_bitrate_kbps} Kbps (${obs.resolution})`), h("td", {}, copyButton(String(obs.video_bitrate_kbps))))), h("p", { class: "muted", id: "keyframe-how" }, t("keyframeHow"))),
     h("h3", {}, t("myChannels")),
     myChannels,
+    ladder,
     h("form", { class: "panel", id: "new-channel", onsubmit: async (e) => {
       e.preventDefault();
       try {
@@ -566,6 +595,7 @@ async function dashboard() {
         h("td", {}, d.message), h("td", { class: "muted" }, new Date(d.created_at).toLocaleTimeString(lang)))))
       : h("p", { class: "muted" }, t("none"))));
   renderMine(channels);
+  refreshLadder();
   const timer = setInterval(refreshMine, 3000);
   leave = () => clearInterval(timer);
 }

@@ -107,12 +107,14 @@ export class FakeKakaoPay {
   }
 }
 
-/// ffmpeg pushing a 640x360 test pattern with a tone, a keyframe every `gop` frames (every
-/// second by default; OBS's Simple mode sends 250, with x264's scene-cut detection on).
-export function push(url, seconds = 120, gop = 30) {
+/// ffmpeg pushing a test pattern (640x360 unless `size`) with a tone, a keyframe every `gop`
+/// frames (every second by default; OBS's Simple mode sends 250, with x264's scene-cut
+/// detection on), at x264's own bit rate unless `bitrate` (e.g. "3M").
+export function push(url, seconds = 120, gop = 30, { size = "640x360", bitrate } = {}) {
   const child = spawn("ffmpeg", ["-hide_banner", "-loglevel", "error", "-nostdin", "-re",
-    "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
+    "-f", "lavfi", "-i", `testsrc2=size=${size}:rate=30`, "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
     "-t", String(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", String(gop), "-sc_threshold", "40",
+    ...(bitrate ? ["-b:v", bitrate, "-maxrate", bitrate, "-bufsize", bitrate] : []),
     "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-f", "flv", url], { stdio: ["ignore", "ignore", "inherit"] });
   return {
     child,

@@ -99,6 +99,32 @@ impl Plan {
         report.as_ref().is_some_and(|r| r.enabled)
     }
 
+    /// For systemd's `STATUS=`: the probe's verdict, and rungs shed in live channels.
+    pub fn status_line(&self) -> Option<String> {
+        let report = self
+            .report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        let mut line = report.status_line();
+        let shed: Vec<String> = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flat_map(|(slug, rungs)| {
+                rungs.iter().filter_map(move |r| {
+                    let status = r.lock().unwrap_or_else(|e| e.into_inner());
+                    (status.state == "shed").then(|| format!("{slug} {}", status.name))
+                })
+            })
+            .collect();
+        if !shed.is_empty() {
+            line.push_str(&format!(" (shed: {})", shed.join(", ")));
+        }
+        Some(line)
+    }
+
     pub fn overview(&self) -> Overview {
         let live = self
             .live
