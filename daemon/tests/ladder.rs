@@ -251,3 +251,183 @@ fn a_1080p_push_gets_720p_and_480p_rungs_aligned_with_the_source() {
     }
     assert!(checked >= 8, "only {checked} rung segments compared");
 }
+
+/// A 720p push, keyframes every 2 s.
+fn push_720p(daemon: &Daemon, key: &str, seconds: u32) -> Push {
+    Push::start_with(
+        &daemon.rtmp_url(key),
+        seconds,
+        "1280x720",
+        &[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "60",
+            "-b:v",
+            "3M",
+        ],
+        true,
+    )
+}
+
+/// How late each source segment `from..from + count` was published: the moment a blocking
+/// playlist request for it (`_HLS_msn`) was answered, minus the moment its media ended on
+/// the ingest clock (its PROGRAM-DATE-TIME plus its duration). Milliseconds.
+fn source_segment_lags(daemon: &Daemon, from: u64, count: u64) -> Vec<f64> {
+    assert!(
+        common::wait_until(Duration::from_secs(20), || daemon
+            .ll_playlist("stage", "")
+            .is_some()),
+        "the push never went live"
+    );
+    (from..from + count)
+        .map(|sequence| {
+            let playlist = daemon
+                .ll_playlist("stage", &format!("?_HLS_msn={sequence}"))
+                .expect("playlist");
+            let answered = chrono::Utc::now();
+            let text = &playlist.text;
+            // The segment's date and duration, from the full playlist text.
+            let uri_end = format!("-{sequence}.m4s\n");
+            let at = text.find(&uri_end).expect("segment listed");
+            let before = &text[..at];
+            let date = before
+                .rfind("#EXT-X-PROGRAM-DATE-TIME:")
+                .map(|i| &before[i + 25..])
+                .and_then(|s| s.lines().next())
+                .expect("date");
+            let duration: f64 = before
+                .rfind("#EXTINF:")
+                .map(|i| &before[i + 8..])
+                .and_then(|s| s.split(',').next())
+                .and_then(|s| s.parse().ok())
+                .expect("duration");
+            let start = chrono::DateTime::parse_from_rfc3339(date).expect("date parses");
+            let ended = start + chrono::Duration::microseconds((duration * 1e6) as i64);
+            (answered - ended.with_timezone(&chrono::Utc))
+                .num_microseconds()
+                .unwrap_or(0) as f64
+                / 1000.0
+        })
+        .collect()
+}
+
+fn worst(lags: &[f64]) -> f64 {
+    lags.iter().copied().fold(f64::MIN, f64::max)
+}
+
+/// Overload: a rung whose encoder is too slow (a test-only setting: 50 ms a picture, two
+/// thirds of real time) never slows the source: its segments are published as late as
+/// with no ladder at all (worst of five within 20 ms), and the rung is shed: its playlist
+/// ends, the master stops offering it, and the admin's status says why.
+#[test]
+fn a_rung_too_slow_for_real_time_is_shed_and_the_source_never_waits() {
+    // Passthrough first, on the same machine, the same push.
+    let passthrough = {
+        let daemon = Daemon::start("[transcode]\nenabled = false\n");
+        let key = daemon.add_channel("stage");
+        let _push = push_720p(&daemon, &key, 14);
+        source_segment_lags(&daemon, 1, 5)
+    };
+    let daemon = Daemon::start(
+        "[transcode]\nenabled = true\n\
+         [[transcode.ladder]]\nname = \"slow\"\nheight = 360\nvideo_kbps = 500\ntest_slowdown_ms = 50\n",
+    );
+    let key = daemon.add_channel("stage");
+    let admin = daemon.add_user_token("boss", "admin");
+    let _push = push_720p(&daemon, &key, 40);
+    let loaded = source_segment_lags(&daemon, 1, 5);
+    eprintln!("source segment lag ms, passthrough {passthrough:?}, with the slow rung {loaded:?}");
+    assert!(
+        worst(&loaded) - worst(&passthrough) <= 20.0,
+        "the slow rung delayed the source: {loaded:?} against {passthrough:?}"
+    );
+    let shed = poll_until(
+        Duration::from_secs(20),
+        "the slow rung shed",
+        || {
+            let r = common::send_json_with(
+                "GET",
+                &daemon.url("/api/system/transcode"),
+                None,
+                Some(&admin),
+                &[],
+            );
+            (r.status == 200).then(|| r.json()["live"]["stage"][0].clone())
+        },
+        |rung| rung["state"] == "shed",
+    );
+    assert!(
+        shed["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("behind real time")),
+        "{shed}"
+    );
+    let slow = MediaPlaylist::parse(&get(&daemon.url("/hls/stage/slow-ts/index.m3u8")).text());
+    assert!(slow.ended, "the shed rung's playlist ends");
+    let master = get(&daemon.url("/hls/stage/master.m3u8")).text();
+    assert_eq!(
+        variants(&master).len(),
+        1,
+        "only the source is offered: {master}"
+    );
+    // The source goes on.
+    let more = source_segment_lags(&daemon, 7, 1);
+    assert!(worst(&more) < 500.0, "{more:?}");
+}
+
+/// A wedged encoder call (a test-only setting: one picture takes 4 s) sheds its rung and
+/// blocklists the encoder, and the daemon's watchdog never hears of it: the pings go on
+/// every quarter period, and systemd's status line says which rung was shed.
+#[test]
+fn a_wedged_rung_is_shed_without_tripping_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&path).expect("bind");
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let daemon = Daemon::start_with(
+        "[transcode]\nenabled = true\n\
+         [[transcode.ladder]]\nname = \"wedge\"\nheight = 360\nvideo_kbps = 500\ntest_slowdown_ms = 4000\n",
+        common::Launch {
+            env: vec![
+                ("NOTIFY_SOCKET".into(), path.display().to_string()),
+                ("WATCHDOG_USEC".into(), "2000000".into()),
+            ],
+            ..common::Launch::default()
+        },
+    );
+    let key = daemon.add_channel("stage");
+    let _push = push_720p(&daemon, &key, 20);
+    let started = std::time::Instant::now();
+    let (mut pings, mut shed_status) = (Vec::new(), None);
+    let mut buffer = [0u8; 4096];
+    while started.elapsed() < Duration::from_secs(12) {
+        if let Ok(n) = notify.recv(&mut buffer) {
+            let text = String::from_utf8_lossy(&buffer[..n]).to_string();
+            if text.contains("WATCHDOG=1") {
+                pings.push(started.elapsed());
+            }
+            if text.contains("shed: stage wedge") {
+                shed_status.get_or_insert(text);
+            }
+        }
+    }
+    let status = shed_status.expect("STATUS names the shed rung");
+    assert!(status.contains("STATUS="), "{status}");
+    let widest = pings.windows(2).map(|w| w[1] - w[0]).max().expect("pings");
+    assert!(
+        widest < Duration::from_secs(1),
+        "a {widest:?} gap between watchdog pings"
+    );
+    assert!(daemon.logged("rung wedged"), "the wedge is logged");
+    // The source is still served.
+    let playlist = daemon.ll_playlist("stage", "").expect("source playlist");
+    assert!(!playlist.ended);
+}

@@ -631,6 +631,11 @@ impl Variant {
         self.classic.push(segment);
     }
 
+    /// Whether its playlists have ended (the broadcast is over, or the rung was shed).
+    pub fn is_ended(&self) -> bool {
+        self.ll.is_ended()
+    }
+
     /// Segments this variant has no media for (see [`Segment::gap`]), in both packagings.
     pub fn push_gaps(&self, gaps: Vec<Segment>) {
         for gap in gaps {

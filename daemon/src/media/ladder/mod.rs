@@ -28,6 +28,9 @@ const RUNG_QUEUE: usize = 45;
 /// A rung busy in one call (its encoder) this long is wedged: shed, its encoder
 /// blocklisted. Well under the daemon's watchdog, which never sees the rungs.
 const WEDGED: Duration = Duration::from_secs(3);
+/// A rung whose queue overflowed in this many source segments in a row cannot keep up
+/// with real time (~6 s of it at 2 s segments): shed. One overflow is a glitch: a gap.
+const OVERFLOWS_TO_SHED: usize = 3;
 
 /// The ladder's settings and what the probe found, shared by every publish.
 pub struct Plan {
@@ -150,6 +153,12 @@ impl Plan {
     }
 }
 
+fn behind_real_time() -> String {
+    format!(
+        "fell behind real time: its queue overflowed in {OVERFLOWS_TO_SHED} segments in a row (its encoder is too slow for this board)"
+    )
+}
+
 /// Starts the ladder of one publish: its decode thread, which starts the rungs once it
 /// knows the source's picture size. Returns the source pipeline's end of the tap.
 pub fn start(
@@ -171,6 +180,7 @@ pub fn start(
         audio_config: None,
         rungs: None,
         marks: BTreeMap::new(),
+        segment: 0,
     };
     let name = format!("ladder-{}", broadcast.slug);
     let span = tracing::info_span!("ladder", channel = %broadcast.slug, broadcast = %broadcast.id);
@@ -194,6 +204,47 @@ struct RungHandle {
     activity: Arc<Activity>,
     /// Dropping pictures until the next source segment begins (its queue was full).
     skipping: bool,
+    /// The source segments in which its queue overflowed, the last few.
+    overflowed_in: Vec<u64>,
+}
+
+impl RungHandle {
+    /// Its queue was full during source segment `segment`; true when that has happened in
+    /// [`OVERFLOWS_TO_SHED`] segments in a row.
+    fn overflowed(&mut self, segment: u64) -> bool {
+        if !self.skipping {
+            tracing::warn!(rung = %self.name, "rung queue full: skipping to the next segment");
+        }
+        self.skipping = true;
+        rung::update(&self.status, |s| s.overflowed += 1);
+        if self.overflowed_in.last() != Some(&segment) {
+            self.overflowed_in.push(segment);
+        }
+        let n = self.overflowed_in.len();
+        if n > OVERFLOWS_TO_SHED {
+            self.overflowed_in.drain(..n - OVERFLOWS_TO_SHED);
+        }
+        self.overflowed_in.len() == OVERFLOWS_TO_SHED
+            && self.overflowed_in.windows(2).all(|w| w[1] == w[0] + 1)
+    }
+
+    /// Ends the rung's playlists (the master stops offering it) and says why; its worker
+    /// stops at its next picture.
+    fn shed(&mut self, broadcast: &Broadcast, why: String) {
+        self.queue = None;
+        if let Some(variant) = broadcast
+            .variants()
+            .into_iter()
+            .find(|v| v.name == self.name)
+        {
+            variant.end();
+        }
+        tracing::warn!(rung = %self.name, reason = %why, "rung shed");
+        rung::update(&self.status, |s| {
+            s.state = "shed";
+            s.reason = Some(why);
+        });
+    }
 }
 
 /// The decode thread: the source's packets in, pictures out to every rung by reference.
@@ -210,6 +261,8 @@ struct Decode {
     rungs: Option<Vec<RungHandle>>,
     /// What is known of packets sent to the decoder, by pts.
     marks: BTreeMap<i64, rung::Mark>,
+    /// The source segment the last decoded picture belongs to.
+    segment: u64,
 }
 
 impl Decode {
@@ -333,11 +386,9 @@ impl Decode {
             match queue.try_send(make()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) if picture => {
-                    if !rung.skipping {
-                        tracing::warn!(rung = %rung.name, "rung queue full: skipping to the next segment");
+                    if rung.overflowed(self.segment) {
+                        rung.shed(&self.broadcast, behind_real_time());
                     }
-                    rung.skipping = true;
-                    rung::update(&rung.status, |s| s.overflowed += 1);
                 }
                 Err(TrySendError::Full(_)) => {}
                 Err(TrySendError::Disconnected(_)) => rung.queue = None,
@@ -351,6 +402,9 @@ impl Decode {
             return;
         };
         let mark = self.marks.remove(&pts).unwrap_or_default();
+        if let Some(segment) = mark.begins {
+            self.segment = segment;
+        }
         // Packets the decoder dropped leave marks behind: keep the last few seconds.
         self.marks = self.marks.split_off(&(pts - 5_000));
         if self.rungs.is_none() {
@@ -386,11 +440,9 @@ impl Decode {
             }) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
-                    if !rung.skipping {
-                        tracing::warn!(rung = %rung.name, "rung queue full: skipping to the next segment");
+                    if rung.overflowed(self.segment) {
+                        rung.shed(&self.broadcast, behind_real_time());
                     }
-                    rung.skipping = true;
-                    rung::update(&rung.status, |s| s.overflowed += 1);
                 }
                 Err(TrySendError::Disconnected(_)) => rung.queue = None,
             }
@@ -422,6 +474,7 @@ impl Decode {
                 status: status.clone(),
                 activity: activity.clone(),
                 skipping: false,
+                overflowed_in: Vec::new(),
             };
             let Some((width, height)) = size else {
                 rung::update(&status, |s| {
@@ -497,22 +550,12 @@ impl Decode {
                 probe::abandon(name);
             }
             tracing::error!(rung = %rung.name, encoder = ?encoder, "rung wedged: shed, its encoder not used again until restart");
-            if let Some(variant) = self
-                .broadcast
-                .variants()
-                .into_iter()
-                .find(|v| v.name == rung.name)
-            {
-                variant.end();
-            }
-            rung::update(&rung.status, |s| {
-                s.state = "shed";
-                s.reason = Some(format!(
-                    "wedged: one call took over {} s; {} is not used again until restart",
-                    WEDGED.as_secs(),
-                    encoder.as_deref().unwrap_or("its encoder")
-                ));
-            });
+            let why = format!(
+                "wedged: one call took over {} s; {} is not used again until restart",
+                WEDGED.as_secs(),
+                encoder.as_deref().unwrap_or("its encoder")
+            );
+            rung.shed(&self.broadcast, why);
         }
     }
 }
@@ -588,7 +631,14 @@ pub fn probe_ladder(config: &TranscodeConfig, force: bool) -> Report {
             probed_at,
         };
     }
-    let candidates = config.candidates();
+    // `auto` asks only whether a hardware encoder works: at boot it does not spend a
+    // software test encode it would not use (the operator's `transcode probe` tries all).
+    let hardware_only = config.enabled == TranscodeSwitch::Auto && !force;
+    let candidates: Vec<String> = config
+        .candidates()
+        .into_iter()
+        .filter(|name| !(hardware_only && name == "libx264"))
+        .collect();
     let rungs: Vec<RungReport> = config
         .ladder
         .iter()
@@ -613,6 +663,11 @@ pub fn probe_ladder(config: &TranscodeConfig, force: bool) -> Report {
     let all_hardware = all_found && rungs.iter().all(|r| r.choice.is_hardware());
     let (enabled, why) = match config.enabled {
         _ if rungs.is_empty() => (false, "no rungs in [[transcode.ladder]]".to_string()),
+        TranscodeSwitch::Auto if hardware_only && !all_found => (
+            false,
+            "auto: no hardware encoder works here; set [transcode] enabled = true to spend the CPU on libx264"
+                .into(),
+        ),
         _ if !all_found => (false, "no encoder passed the probe for every rung".to_string()),
         TranscodeSwitch::Off => (false, "off in the config ([transcode] enabled = false)".into()),
         TranscodeSwitch::On => (true, "on in the config".to_string()),

@@ -160,6 +160,9 @@ pub fn run(setup: Setup, inbox: Receiver<Input>, status: Shared, activity: Arc<A
     let mut last_kept = i64::MIN;
     while let Ok(input) = inbox.recv() {
         let _busy = activity.begin();
+        if setup.variant.is_ended() {
+            return; // shed by the decode thread (or the broadcast is over)
+        }
         match input {
             Input::AudioConfig(asc) => worker.pipeline.handle(MediaEvent::AudioConfig(asc)),
             Input::Audio(frame) => {
@@ -278,7 +281,7 @@ impl Worker {
         update(&self.status, |s| {
             s.state = "shed";
             s.reason = Some(format!(
-                "fell behind real time (by {:.1} s for {} s): its encoder is too slow for this board",
+                "fell behind real time (by {:.1} s for {} s; its encoder is too slow for this board)",
                 lag as f64 / 1000.0,
                 BEHIND_FOR.as_secs()
             ));
