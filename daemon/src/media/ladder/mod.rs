@@ -23,11 +23,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 pub use tap::Tap;
 
-/// Pictures a rung may be behind the decode by before it drops to the next segment.
-const RUNG_QUEUE: usize = 45;
+/// Pictures a rung may be behind the decode by before it drops to the next segment: a
+/// third of a second at 30 fps. Each one queued holds a decoded source picture (3 MB at
+/// 1080p), so this bounds the ladder's memory as much as its latency.
+const RUNG_QUEUE: usize = 10;
 /// A rung busy in one call (its encoder) this long is wedged: shed, its encoder
 /// blocklisted. Well under the daemon's watchdog, which never sees the rungs.
 const WEDGED: Duration = Duration::from_secs(3);
+/// Video packets the decoder may take without giving a picture (10 s at 30 fps) before
+/// the source is taken as one this box cannot decode.
+const UNDECODABLE_AFTER: u32 = 300;
 /// A rung whose queue overflowed in this many source segments in a row cannot keep up
 /// with real time (~6 s of it at 2 s segments): shed. One overflow is a glitch: a gap.
 const OVERFLOWS_TO_SHED: usize = 3;
@@ -181,6 +186,7 @@ pub fn start(
         rungs: None,
         marks: BTreeMap::new(),
         segment: 0,
+        undecoded: 0,
     };
     let name = format!("ladder-{}", broadcast.slug);
     let span = tracing::info_span!("ladder", channel = %broadcast.slug, broadcast = %broadcast.id);
@@ -209,6 +215,15 @@ struct RungHandle {
 }
 
 impl RungHandle {
+    /// Its worker has its encoder open. Until then pictures are not queued for it: it
+    /// begins at a source segment anyway, and a queue of decoded pictures is memory.
+    fn ready(&self) -> bool {
+        self.status
+            .lock()
+            .map(|s| s.state == "running")
+            .unwrap_or(false)
+    }
+
     /// Its queue was full during source segment `segment`; true when that has happened in
     /// [`OVERFLOWS_TO_SHED`] segments in a row.
     fn overflowed(&mut self, segment: u64) -> bool {
@@ -263,6 +278,8 @@ struct Decode {
     marks: BTreeMap<i64, rung::Mark>,
     /// The source segment the last decoded picture belongs to.
     segment: u64,
+    /// Packets sent to the decoder since it last gave a picture.
+    undecoded: u32,
 }
 
 impl Decode {
@@ -295,7 +312,7 @@ impl Decode {
                 self.each_rung(|| rung::Input::AudioConfig(asc.clone()), false);
             }
             tap::Tapped::Audio(frame) => {
-                self.each_rung(|| rung::Input::Audio(frame.clone()), false);
+                self.each_rung(|| rung::Input::Audio(frame.clone()), true);
             }
             tap::Tapped::Video {
                 dts,
@@ -333,6 +350,16 @@ impl Decode {
                 while decoder.receive_frame(&mut picture).is_ok() {
                     pictures.push(std::mem::replace(&mut picture, ff::frame::Video::empty()));
                 }
+                // Ten seconds of packets and not one picture: this stream does not decode.
+                self.undecoded = if pictures.is_empty() {
+                    self.undecoded + 1
+                } else {
+                    0
+                };
+                if self.undecoded > UNDECODABLE_AFTER {
+                    self.passthrough_only(format!("{UNDECODABLE_AFTER} packets gave no picture"));
+                    return;
+                }
                 for picture in pictures {
                     self.dispatch(picture);
                 }
@@ -354,38 +381,73 @@ impl Decode {
                 self.decoder = Some(decoder);
                 self.undecodable = false;
             }
-            Err(why) => {
-                tracing::warn!(error = %why, "the source cannot be decoded here: passthrough only");
-                self.decoder = None;
-                self.undecodable = true;
-                if let Some(rungs) = self.rungs.as_mut() {
-                    for rung in rungs.iter_mut() {
-                        rung.queue = None;
-                        rung::update(&rung.status, |s| {
-                            s.state = "off";
-                            s.reason = Some(format!(
-                                "the source cannot be decoded here ({why}): passthrough only"
-                            ));
-                        });
-                    }
-                }
+            Err(why) => self.passthrough_only(format!("its decoder does not open: {why}")),
+        }
+    }
+
+    /// The source cannot be decoded here: no rungs for this publish, and every rung's
+    /// status says why (the source variant is untouched).
+    fn passthrough_only(&mut self, why: String) {
+        tracing::warn!(reason = %why, "the source cannot be decoded here: passthrough only");
+        self.decoder = None;
+        self.undecodable = true;
+        let reason = format!("the source cannot be decoded here ({why}): passthrough only");
+        if self.rungs.is_none() {
+            let statuses: Vec<rung::Shared> = self
+                .plan
+                .config
+                .ladder
+                .iter()
+                .map(|r| {
+                    Arc::new(Mutex::new(rung::Status {
+                        name: r.name.clone(),
+                        width: 0,
+                        height: 0,
+                        video_kbps: r.video_kbps,
+                        encoder: None,
+                        state: "off",
+                        reason: Some(reason.clone()),
+                        rejected: Vec::new(),
+                        overflowed: 0,
+                        lag_ms: 0,
+                    }))
+                })
+                .collect();
+            self.plan
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(self.broadcast.slug.clone(), statuses);
+            self.rungs = Some(Vec::new());
+        }
+        if let Some(rungs) = self.rungs.as_mut() {
+            for rung in rungs.iter_mut() {
+                rung.queue = None;
+                rung::update(&rung.status, |s| {
+                    s.state = "off";
+                    s.reason = Some(reason.clone());
+                });
             }
         }
     }
 
-    /// Sends `make()` to every rung that takes input; with `picture` set, a full queue
-    /// makes the rung skip to the next source segment.
-    fn each_rung(&mut self, make: impl Fn() -> rung::Input, picture: bool) {
+    /// Sends `make()` to every rung that takes input. Media (`media`: audio here) goes only
+    /// to rungs that are running, and a full queue makes the rung skip to the next source
+    /// segment; configuration goes to all.
+    fn each_rung(&mut self, make: impl Fn() -> rung::Input, media: bool) {
         let Some(rungs) = self.rungs.as_mut() else {
             return;
         };
         for rung in rungs.iter_mut() {
+            if media && !rung.ready() {
+                continue;
+            }
             let Some(queue) = rung.queue.as_ref() else {
                 continue;
             };
             match queue.try_send(make()) {
                 Ok(()) => {}
-                Err(TrySendError::Full(_)) if picture => {
+                Err(TrySendError::Full(_)) if media => {
                     if rung.overflowed(self.segment) {
                         rung.shed(&self.broadcast, behind_real_time());
                     }
@@ -420,6 +482,9 @@ impl Decode {
             return;
         };
         for rung in rungs.iter_mut() {
+            if !rung.ready() {
+                continue;
+            }
             let Some(queue) = rung.queue.as_ref() else {
                 continue;
             };
