@@ -16,12 +16,13 @@ use std::time::Duration;
 
 const LADDER_ON: &str = "[transcode]\nenabled = true\n";
 
-/// The 1080p30 push: x264 with a keyframe every 2 s, as the README tells streamers.
-fn push_1080p(daemon: &Daemon, key: &str, seconds: u32) -> Push {
+/// A push of `size` at 30 fps and `bitrate`: x264 with a keyframe every 2 s, as the README
+/// tells streamers.
+fn push(daemon: &Daemon, key: &str, seconds: u32, size: &str, bitrate: &str) -> Push {
     Push::start_with(
         &daemon.rtmp_url(key),
         seconds,
-        "1920x1080",
+        size,
         &[
             "-c:v",
             "libx264",
@@ -32,7 +33,7 @@ fn push_1080p(daemon: &Daemon, key: &str, seconds: u32) -> Push {
             "-g",
             "60",
             "-b:v",
-            "6M",
+            bitrate,
         ],
         true,
     )
@@ -110,7 +111,7 @@ fn probe_segment(bytes: &[u8], dir: &std::path::Path, name: &str) -> (f64, bool,
 fn a_1080p_push_gets_720p_and_480p_rungs_aligned_with_the_source() {
     let daemon = Daemon::start(LADDER_ON);
     let key = daemon.add_channel("stage");
-    let pusher = push_1080p(&daemon, &key, 16);
+    let pusher = push(&daemon, &key, 16, "1920x1080", "6M");
 
     // The master playlist offers all three once each rung has a segment.
     let master = poll_until(
@@ -252,28 +253,6 @@ fn a_1080p_push_gets_720p_and_480p_rungs_aligned_with_the_source() {
     assert!(checked >= 8, "only {checked} rung segments compared");
 }
 
-/// A 720p push, keyframes every 2 s.
-fn push_720p(daemon: &Daemon, key: &str, seconds: u32) -> Push {
-    Push::start_with(
-        &daemon.rtmp_url(key),
-        seconds,
-        "1280x720",
-        &[
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            "60",
-            "-b:v",
-            "3M",
-        ],
-        true,
-    )
-}
-
 /// How late each source segment `from..from + count` was published: the moment a blocking
 /// playlist request for it (`_HLS_msn`) was answered, minus the moment its media ended on
 /// the ingest clock (its PROGRAM-DATE-TIME plus its duration). Milliseconds.
@@ -330,7 +309,7 @@ fn a_rung_too_slow_for_real_time_is_shed_and_the_source_never_waits() {
     let passthrough = {
         let daemon = Daemon::start("[transcode]\nenabled = false\n");
         let key = daemon.add_channel("stage");
-        let _push = push_720p(&daemon, &key, 14);
+        let _push = push(&daemon, &key, 14, "1280x720", "3M");
         source_segment_lags(&daemon, 1, 5)
     };
     let daemon = Daemon::start(
@@ -339,7 +318,7 @@ fn a_rung_too_slow_for_real_time_is_shed_and_the_source_never_waits() {
     );
     let key = daemon.add_channel("stage");
     let admin = daemon.add_user_token("boss", "admin");
-    let _push = push_720p(&daemon, &key, 40);
+    let _push = push(&daemon, &key, 40, "1280x720", "3M");
     let loaded = source_segment_lags(&daemon, 1, 5);
     eprintln!("source segment lag ms, passthrough {passthrough:?}, with the slow rung {loaded:?}");
     assert!(
@@ -404,7 +383,7 @@ fn a_wedged_rung_is_shed_without_tripping_the_watchdog() {
         },
     );
     let key = daemon.add_channel("stage");
-    let _push = push_720p(&daemon, &key, 20);
+    let _push = push(&daemon, &key, 20, "1280x720", "3M");
     let started = std::time::Instant::now();
     let (mut pings, mut shed_status) = (Vec::new(), None);
     let mut buffer = [0u8; 4096];

@@ -209,15 +209,16 @@ mod tests {
         });
         assert!(found);
         assert!(lines.is_empty(), "{lines:?}");
-        let ((), lines) = capture_log(|| {
+        let say = |text: &'static std::ffi::CStr| {
             // SAFETY: av_log with a literal format and no arguments.
-            unsafe {
-                ff::ffi::av_log(
-                    std::ptr::null_mut(),
-                    AV_LOG_ERROR,
-                    c"the probe hears this\n".as_ptr(),
-                )
-            }
+            unsafe { ff::ffi::av_log(std::ptr::null_mut(), AV_LOG_ERROR, text.as_ptr()) }
+        };
+        let ((), lines) = capture_log(|| {
+            say(c"the probe hears this\n");
+            // Another thread's line goes to tracing, not into this capture.
+            std::thread::spawn(move || say(c"not the probe's\n"))
+                .join()
+                .expect("thread");
         });
         assert_eq!(lines, ["the probe hears this"]);
     }
