@@ -284,6 +284,13 @@ struct Decode {
 
 impl Decode {
     fn run(mut self, inbox: &Receiver<tap::Tapped>, activity: &Activity) {
+        // The startup probe's verdict first, not counted as busy: a board whose encoders
+        // hang can take its deadlines to answer, and the watchdog must not see that.
+        if !self.plan.wait_enabled() {
+            tracing::info!("the probe turned the ladder off: passthrough only");
+            while inbox.recv().is_ok() {}
+            return;
+        }
         loop {
             match inbox.recv_timeout(Duration::from_millis(500)) {
                 Ok(event) => {
@@ -322,7 +329,7 @@ impl Decode {
                 arrived,
                 begins,
             } => {
-                if self.undecodable {
+                if self.undecodable || self.decoder.is_none() {
                     return;
                 }
                 self.marks.insert(
@@ -470,12 +477,6 @@ impl Decode {
         // Packets the decoder dropped leave marks behind: keep the last few seconds.
         self.marks = self.marks.split_off(&(pts - 5_000));
         if self.rungs.is_none() {
-            if !self.plan.wait_enabled() {
-                tracing::info!("the probe turned the ladder off: passthrough only");
-                self.undecodable = true;
-                self.rungs = Some(Vec::new());
-                return;
-            }
             self.start_rungs((picture.width(), picture.height()));
         }
         let Some(rungs) = self.rungs.as_mut() else {

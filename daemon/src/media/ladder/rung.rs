@@ -96,10 +96,8 @@ struct Worker {
 /// The worker thread's body. `activity` is watched by the decode thread, not the
 /// daemon's watchdog: a wedged encoder sheds its rung instead of restarting the box.
 pub fn run(setup: Setup, inbox: Receiver<Input>, status: Shared, activity: Arc<Activity>) {
-    let choice = {
-        let _busy = activity.begin();
-        probe::choose(&setup.candidates, &setup.spec)
-    };
+    // Not counted as busy: the probe has its own deadline per candidate.
+    let choice = probe::choose(&setup.candidates, &setup.spec);
     let Some(name) = choice.encoder.clone() else {
         update(&status, |s| {
             s.state = "off";
