@@ -475,7 +475,7 @@ impl Decode {
             self.segment = segment;
         }
         // Packets the decoder dropped leave marks behind: keep the last few seconds.
-        self.marks = self.marks.split_off(&(pts - 5_000));
+        self.marks = self.marks.split_off(&pts.saturating_sub(5_000));
         if self.rungs.is_none() {
             self.start_rungs((picture.width(), picture.height()));
         }

@@ -173,7 +173,7 @@ pub fn run(setup: Setup, inbox: Receiver<Input>, status: Shared, activity: Arc<A
                     continue;
                 }
                 let boundary = mark.begins.is_some() || mark.keyframe;
-                if !boundary && pts - last_kept < min_step {
+                if !boundary && pts.saturating_sub(last_kept) < min_step {
                     continue;
                 }
                 started = true;
