@@ -406,18 +406,10 @@ impl Decode {
                 .ladder
                 .iter()
                 .map(|r| {
-                    Arc::new(Mutex::new(rung::Status {
-                        name: r.name.clone(),
-                        width: 0,
-                        height: 0,
-                        video_kbps: r.video_kbps,
-                        encoder: None,
-                        state: "off",
-                        reason: Some(reason.clone()),
-                        rejected: Vec::new(),
-                        overflowed: 0,
-                        lag_ms: 0,
-                    }))
+                    let mut status = rung::Status::probing(r, None);
+                    status.state = "off";
+                    status.reason = Some(reason.clone());
+                    Arc::new(Mutex::new(status))
                 })
                 .collect();
             self.plan
@@ -521,18 +513,7 @@ impl Decode {
         let mut rungs = Vec::new();
         for rung_config in &config.ladder {
             let size = rung_size(source, rung_config.height);
-            let status = Arc::new(Mutex::new(rung::Status {
-                name: rung_config.name.clone(),
-                width: size.map_or(0, |s| s.0),
-                height: size.map_or(0, |s| s.1),
-                video_kbps: rung_config.video_kbps,
-                encoder: None,
-                state: "probing",
-                reason: None,
-                rejected: Vec::new(),
-                overflowed: 0,
-                lag_ms: 0,
-            }));
+            let status = Arc::new(Mutex::new(rung::Status::probing(rung_config, size)));
             let activity = Activity::new(format!("rung {}", rung_config.name));
             let mut handle = RungHandle {
                 name: rung_config.name.clone(),

@@ -65,6 +65,26 @@ pub struct Status {
     pub lag_ms: u64,
 }
 
+impl Status {
+    /// A rung of `config` at `size` (none when it is not below the source), its encoder
+    /// still to be chosen.
+    pub fn probing(config: &crate::config::RungConfig, size: Option<(u32, u32)>) -> Status {
+        let (width, height) = size.unwrap_or((0, 0));
+        Status {
+            name: config.name.clone(),
+            width,
+            height,
+            video_kbps: config.video_kbps,
+            encoder: None,
+            state: "probing",
+            reason: None,
+            rejected: Vec::new(),
+            overflowed: 0,
+            lag_ms: 0,
+        }
+    }
+}
+
 pub type Shared = Arc<Mutex<Status>>;
 
 pub fn update(status: &Shared, change: impl FnOnce(&mut Status)) {
