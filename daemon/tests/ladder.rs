@@ -346,8 +346,18 @@ fn a_rung_too_slow_for_real_time_is_shed_and_the_source_never_waits() {
             .is_some_and(|r| r.contains("behind real time")),
         "{shed}"
     );
-    let slow = MediaPlaylist::parse(&get(&daemon.url("/hls/stage/slow-ts/index.m3u8")).text());
+    let text = get(&daemon.url("/hls/stage/slow-ts/index.m3u8")).text();
+    let slow = MediaPlaylist::parse(&text);
     assert!(slow.ended, "the shed rung's playlist ends");
+    // What it skipped before it was shed is listed as gaps of real length, and no segment
+    // claims the skipped time (each within the 2 s target's bound).
+    assert!(
+        slow.segments
+            .iter()
+            .all(|s| s.duration > 0.0 && s.duration < 2.5),
+        "{text}"
+    );
+    eprintln!("the shed rung's playlist:\n{text}");
     let master = get(&daemon.url("/hls/stage/master.m3u8")).text();
     assert_eq!(
         variants(&master).len(),

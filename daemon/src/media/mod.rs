@@ -310,14 +310,25 @@ impl Pipeline {
             dts - p.start_dts + self.segmenter.frame_step() > self.part_target_ms
                 || (frame.keyframe && dts > p.start_dts)
         });
+        // A rung that skipped source segments (its queue overflowed) ends the open one
+        // after its own last frame, not where the next it has begins: the span between
+        // becomes gaps, not a segment claiming media it lacks.
+        let cut_at = match (&self.cuts, self.segmenter.current()) {
+            (Cuts::Follow { next: Some(next) }, Some(open))
+                if cut_segment && *next > open.sequence + 1 =>
+            {
+                self.segmenter.end_dts().unwrap_or(dts).min(dts)
+            }
+            _ => dts,
+        };
         // The segment's last part is published with the segment's end, in one change.
         let last_part = if cut_segment || part_full {
-            self.close_part(dts, !cut_segment)
+            self.close_part(if cut_segment { cut_at } else { dts }, !cut_segment)
         } else {
             None
         };
         if cut_segment {
-            self.close_segment(dts, last_part);
+            self.close_segment(cut_at, last_part);
         }
         let mut begins = None;
         if !self.segmenter.is_open() {

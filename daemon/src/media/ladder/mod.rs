@@ -750,6 +750,79 @@ pub fn rung_size(source: (u32, u32), height: u32) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hls::Broadcasts;
+    use crate::media::{Cuts, Frame, MediaEvent, Pipeline};
+
+    /// A rung's pipeline fed as a worker feeds it, with real libx264 output: segments 0
+    /// and 1, then (its queue having overflowed) segment 4. The skipped 2 and 3 become gaps
+    /// that share the time between, and segment 1 ends after its own last frame instead
+    /// of claiming the skipped span.
+    #[test]
+    fn a_rung_that_skipped_segments_publishes_gaps_of_the_time_it_missed() {
+        let _ = ff::init();
+        let broadcasts = Broadcasts::new(5, Duration::from_secs(2), Duration::from_millis(334));
+        let broadcast = broadcasts.begin("stage").expect("broadcast");
+        let variant = broadcast.add_variant("360p");
+        let mut pipeline = Pipeline::new(
+            broadcast.clone(),
+            variant.clone(),
+            Duration::from_secs(2),
+            Duration::from_millis(334),
+            Cuts::Follow { next: None },
+        );
+        let spec = encoder::Spec {
+            encoder: "libx264".into(),
+            width: 640,
+            height: 360,
+            fps: 30.0,
+            kbps: 500,
+            x264_preset: "ultrafast".into(),
+        };
+        let mut encoder = encoder::Encoder::open(&spec).expect("libx264");
+        let mut feed = |pipeline: &mut Pipeline, n: i64, begins: Option<u64>| {
+            let pts = n * 1000 / 30;
+            let mut picture = probe::test_picture(640, 360, n as usize);
+            picture.set_pts(Some(pts));
+            for encoded in encoder
+                .encode(&mut picture, begins.is_some())
+                .expect("encode")
+            {
+                if let Some(config) = encoded.config {
+                    pipeline.handle(MediaEvent::VideoConfig(Bytes::from(config)));
+                }
+                if let Some(sequence) = begins {
+                    pipeline.handle(MediaEvent::SegmentStart(sequence));
+                }
+                pipeline.handle(MediaEvent::Video(Frame {
+                    dts: encoded.pts,
+                    pts: encoded.pts,
+                    keyframe: encoded.unit.idr,
+                    data: Bytes::from(encoded.unit.data),
+                    arrived: chrono::Utc::now(),
+                }));
+            }
+        };
+        // Segments 0 and 1 (60 pictures each), nothing for 2 and 3, then 4 and 5.
+        for n in (0..120).chain(240..360) {
+            let begins = (n % 60 == 0).then_some((n / 60) as u64);
+            feed(&mut pipeline, n, begins);
+        }
+        pipeline.finish_timeline();
+        let listed: Vec<(u64, u64, bool)> = (0..6)
+            .filter_map(|sequence| variant.classic.segment(sequence))
+            .map(|s| (s.sequence, s.duration.as_millis() as u64, s.gap))
+            .collect();
+        let close = |a: u64, b: u64| a.abs_diff(b) <= 34;
+        assert_eq!(listed.len(), 6, "{listed:?}");
+        assert!(
+            listed.iter().all(|(_, ms, _)| close(*ms, 2000)),
+            "{listed:?}"
+        );
+        let gaps: Vec<u64> = listed.iter().filter(|s| s.2).map(|s| s.0).collect();
+        assert_eq!(gaps, [2, 3], "{listed:?}");
+        let text = variant.classic.media_playlist();
+        assert!(format!("{text:?}").contains("EXT-X-GAP"));
+    }
 
     #[test]
     fn rungs_keep_the_aspect_ratio_with_even_widths_and_stay_below_the_source() {

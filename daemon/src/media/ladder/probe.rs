@@ -132,7 +132,7 @@ fn try_one(spec: Spec) -> Result<f64, String> {
 }
 
 /// A moving test picture: gradients that shift each frame, so the encoder has work.
-fn test_picture(width: u32, height: u32, n: usize) -> ff::frame::Video {
+pub(super) fn test_picture(width: u32, height: u32, n: usize) -> ff::frame::Video {
     let mut picture = ff::frame::Video::new(ff::format::Pixel::YUV420P, width, height);
     for plane in 0..3 {
         let stride = picture.stride(plane);
