@@ -29,6 +29,69 @@ pub enum MuxError {
 }
 
 /// Which elementary stream a packet belongs to.
+/// Sets each track's `tfdt` (baseMediaDecodeTime) in an fMP4 fragment to the decode time
+/// of its first sample, `starts[track]` in the track's time base (track IDs are stream
+/// index + 1: video 1, audio 2). libav's mp4 muxer counts a track's time from its own
+/// first packet; a ladder rung's muxer starts seconds into the broadcast, and its
+/// fragments must sit on the source's timeline, where a player switching between them
+/// appends them (MSE places samples by tfdt).
+fn set_decode_times(fragment: &mut [u8], starts: &[Option<i64>; 2]) {
+    let read_u32 = |b: &[u8], at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    };
+    // Boxes in `range`: (type, start, end) of each.
+    let boxes = |b: &[u8], from: usize, to: usize| -> Vec<([u8; 4], usize, usize)> {
+        let mut out = Vec::new();
+        let mut at = from;
+        while at + 8 <= to {
+            let Some(size) = read_u32(b, at).map(|s| s as usize) else {
+                break;
+            };
+            if size < 8 || at + size > to {
+                break;
+            }
+            let mut kind = [0u8; 4];
+            kind.copy_from_slice(&b[at + 4..at + 8]);
+            out.push((kind, at, at + size));
+            at += size;
+        }
+        out
+    };
+    for (kind, start, end) in boxes(fragment, 0, fragment.len()) {
+        if &kind != b"moof" {
+            continue;
+        }
+        for (kind, traf, traf_end) in boxes(fragment, start + 8, end) {
+            if &kind != b"traf" {
+                continue;
+            }
+            let children = boxes(fragment, traf + 8, traf_end);
+            let track = children
+                .iter()
+                .find(|(k, ..)| k == b"tfhd")
+                .and_then(|(_, at, _)| read_u32(fragment, at + 12));
+            let Some(start_dts) =
+                track.and_then(|id| starts.get((id as usize).wrapping_sub(1)).copied().flatten())
+            else {
+                continue;
+            };
+            if let Some((_, at, end)) = children.iter().find(|(k, ..)| k == b"tfdt") {
+                let value = u64::try_from(start_dts).unwrap_or(0);
+                match fragment.get(at + 8).copied() {
+                    Some(1) if end - at >= 20 => {
+                        fragment[at + 12..at + 20].copy_from_slice(&value.to_be_bytes())
+                    }
+                    Some(0) if end - at >= 16 => {
+                        let value = u32::try_from(value).unwrap_or(u32::MAX);
+                        fragment[at + 12..at + 16].copy_from_slice(&value.to_be_bytes())
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Track {
     Video,
@@ -96,6 +159,9 @@ pub struct Muxer {
     last_video_step: i64,
     /// CMAF: the initialization segment (ftyp + moov), written by `new`.
     init: Bytes,
+    /// CMAF: per track (video, audio), the decode time of the first sample in the fragment
+    /// being built, in the track's time base (see [`set_decode_times`]).
+    fragment_start: [Option<i64>; 2],
 }
 
 pub(crate) fn parameters(
@@ -205,6 +271,7 @@ impl Muxer {
             held_video: None,
             last_video_step: 33,
             init: Bytes::new(),
+            fragment_start: [None, None],
         };
         if container == Container::Cmaf {
             muxer.flush_io();
@@ -285,6 +352,9 @@ impl Muxer {
         if track == Track::Audio {
             packet.set_duration(self.audio_frame);
         }
+        if let (None, Some(dts)) = (self.fragment_start[track as usize], packet.dts()) {
+            self.fragment_start[track as usize] = Some(dts);
+        }
         packet.write(&mut self.output)?;
         Ok(())
     }
@@ -306,6 +376,12 @@ impl Muxer {
             }
         }
         self.flush_io();
+        if self.container == Container::Cmaf {
+            let starts = std::mem::take(&mut self.fragment_start);
+            let mut fragment = self.sink.take().to_vec();
+            set_decode_times(&mut fragment, &starts);
+            return Ok(Bytes::from(fragment));
+        }
         if self.container == Container::MpegTs {
             // SAFETY: priv_data is the mpegts muxer's option context. One-shot flag, cleared
             // by the muxer once it has re-sent PAT/PMT: covers a cut not on a keyframe.
