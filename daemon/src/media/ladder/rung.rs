@@ -25,6 +25,9 @@ const BEHIND: Duration = Duration::from_secs(2);
 /// ... for this long, and the rung is shed.
 const BEHIND_FOR: Duration = Duration::from_secs(4);
 
+/// AAC frames held for the rung's video at most: ~10 s at 48 kHz.
+const MAX_HELD_AUDIO: usize = 500;
+
 /// What the decode thread knows of a source picture.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Mark {
@@ -104,6 +107,10 @@ pub struct Setup {
 }
 
 struct Worker {
+    /// Audio held until the rung's video has reached it: the source's audio arrives before
+    /// the picture it goes with is encoded, and written at once it would run ahead of the
+    /// rung's cuts, leaving an audio hole at the boundary a player switching in crosses.
+    audio: std::collections::VecDeque<Frame>,
     encoder: Encoder,
     scaler: Option<ff::software::scaling::Context>,
     pipeline: Pipeline,
@@ -165,6 +172,7 @@ pub fn run(setup: Setup, inbox: Receiver<Input>, status: Shared, activity: Arc<A
         pipeline.handle(MediaEvent::AudioConfig(asc));
     }
     let mut worker = Worker {
+        audio: std::collections::VecDeque::new(),
         encoder,
         scaler: None,
         pipeline,
@@ -184,8 +192,8 @@ pub fn run(setup: Setup, inbox: Receiver<Input>, status: Shared, activity: Arc<A
         match input {
             Input::AudioConfig(asc) => worker.pipeline.handle(MediaEvent::AudioConfig(asc)),
             Input::Audio(frame) => {
-                if started {
-                    worker.pipeline.handle(MediaEvent::Audio(frame));
+                if started && worker.audio.len() < MAX_HELD_AUDIO {
+                    worker.audio.push_back(frame);
                 }
             }
             Input::Picture { picture, pts, mark } => {
@@ -209,6 +217,9 @@ pub fn run(setup: Setup, inbox: Receiver<Input>, status: Shared, activity: Arc<A
     }
     for encoded in worker.encoder.finish() {
         worker.emit(encoded);
+    }
+    while let Some(frame) = worker.audio.pop_front() {
+        worker.pipeline.handle(MediaEvent::Audio(frame));
     }
     worker.pipeline.finish_timeline();
 }
@@ -274,6 +285,11 @@ impl Worker {
             data: Bytes::from(encoded.unit.data),
             arrived,
         }));
+        while self.audio.front().is_some_and(|a| a.dts <= encoded.pts) {
+            if let Some(frame) = self.audio.pop_front() {
+                self.pipeline.handle(MediaEvent::Audio(frame));
+            }
+        }
         let lag = (Utc::now() - arrived).to_std().unwrap_or_default();
         update(&self.status, |s| s.lag_ms = lag.as_millis() as u64);
         if lag > BEHIND {
