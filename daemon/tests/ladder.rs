@@ -244,6 +244,23 @@ fn a_1080p_push_gets_720p_and_480p_rungs_aligned_with_the_source() {
                 "{uri} #{sequence}: {pts} vs {source_pts}"
             );
             assert!(key && source_key, "{uri} #{sequence}: not a keyframe");
+            // The LL-HLS (fMP4) twins too: a player switching appends them by their decode
+            // times (tfdt), so those must be the source's as well.
+            let fmp4 = |dir: &str, ts_uri: &str| {
+                let id = ts_uri.split('-').next().unwrap_or_default();
+                let mut bytes = get(&daemon.url(&format!("/hls/stage/{dir}/{id}-init-0.mp4"))).body;
+                let m4s = ts_uri.replace(".ts", ".m4s");
+                bytes.extend(get(&daemon.url(&format!("/hls/stage/{dir}/{m4s}"))).body);
+                bytes
+            };
+            let rung_dir = base(uri).trim_end_matches("-ts").to_string();
+            let (source_ll, _, _, _) = probe_segment(&fmp4("ll", &twin.uri), dir.path(), "s.mp4");
+            let (rung_ll, _, _, _) =
+                probe_segment(&fmp4(&rung_dir, &segment.uri), dir.path(), "r.mp4");
+            assert!(
+                (source_ll - rung_ll).abs() < 0.002,
+                "{rung_dir} #{sequence}: fMP4 at {rung_ll} s, the source's at {source_ll} s"
+            );
             let expected = (segment.duration * 30.0).round() as u64;
             assert_eq!(frames, expected, "{uri} #{sequence}: frames decoded");
             assert!(errors.is_empty(), "{uri} #{sequence}: {errors}");
