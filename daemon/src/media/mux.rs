@@ -6,7 +6,9 @@
 //! (moof + mdat) that is an LL-HLS part. Packets arrive as RTMP gave them (H.264 in AVCC form
 //! with an avcC record, raw AAC with an AudioSpecificConfig). libav's mpegts muxer inserts
 //! the `h264_mp4toannexb` filter itself (which also repeats SPS/PPS before every keyframe)
-//! and wraps AAC in ADTS; the mp4 muxer takes both as they are. The few raw calls
+//! and wraps AAC in ADTS; the mp4 muxer takes both as they are. Each fMP4 fragment's
+//! `tfdt` is set to the decode time we gave its first sample (libav would count from the
+//! muxer's first packet), so all variants of a broadcast share one timeline. The few raw calls
 //! ffmpeg-next has no safe form for (extradata, flushing, one muxer flag) are confined to
 //! this file.
 
