@@ -243,6 +243,25 @@ impl RungHandle {
             && self.overflowed_in.windows(2).all(|w| w[1] == w[0] + 1)
     }
 
+    /// Queues `input` for the worker. Media (`media`) that finds the queue full makes the
+    /// rung skip to the next source segment, and sheds it after [`OVERFLOWS_TO_SHED`]
+    /// such segments in a row; configuration that finds it full is dropped.
+    fn send(&mut self, input: rung::Input, media: bool, segment: u64, broadcast: &Broadcast) {
+        let Some(queue) = self.queue.as_ref() else {
+            return;
+        };
+        match queue.try_send(input) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) if media => {
+                if self.overflowed(segment) {
+                    self.shed(broadcast, behind_real_time());
+                }
+            }
+            Err(TrySendError::Full(_)) => {}
+            Err(TrySendError::Disconnected(_)) => self.queue = None,
+        }
+    }
+
     /// Ends the rung's playlists (the master stops offering it) and says why; its worker
     /// stops at its next picture.
     fn shed(&mut self, broadcast: &Broadcast, why: String) {
@@ -438,21 +457,8 @@ impl Decode {
             return;
         };
         for rung in rungs.iter_mut() {
-            if media && !rung.ready() {
-                continue;
-            }
-            let Some(queue) = rung.queue.as_ref() else {
-                continue;
-            };
-            match queue.try_send(make()) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) if media => {
-                    if rung.overflowed(self.segment) {
-                        rung.shed(&self.broadcast, behind_real_time());
-                    }
-                }
-                Err(TrySendError::Full(_)) => {}
-                Err(TrySendError::Disconnected(_)) => rung.queue = None,
+            if (!media || rung.ready()) && rung.queue.is_some() {
+                rung.send(make(), media, self.segment, &self.broadcast);
             }
         }
     }
@@ -475,12 +481,9 @@ impl Decode {
             return;
         };
         for rung in rungs.iter_mut() {
-            if !rung.ready() {
+            if !rung.ready() || rung.queue.is_none() {
                 continue;
             }
-            let Some(queue) = rung.queue.as_ref() else {
-                continue;
-            };
             if rung.skipping {
                 if mark.begins.is_none() {
                     rung::update(&rung.status, |s| s.overflowed += 1);
@@ -491,19 +494,12 @@ impl Decode {
             let Some(shared) = libav::share(&picture) else {
                 continue;
             };
-            match queue.try_send(rung::Input::Picture {
+            let input = rung::Input::Picture {
                 picture: shared,
                 pts,
                 mark,
-            }) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    if rung.overflowed(self.segment) {
-                        rung.shed(&self.broadcast, behind_real_time());
-                    }
-                }
-                Err(TrySendError::Disconnected(_)) => rung.queue = None,
-            }
+            };
+            rung.send(input, true, self.segment, &self.broadcast);
         }
     }
 
