@@ -29,6 +29,10 @@ pub struct Claims {
     #[serde(default)]
     pub name: String,
     pub iat: u64,
+    /// Issued at, in milliseconds: an account change (role, disabled) refuses the tokens
+    /// issued up to it, and seconds would also refuse the one issued just after.
+    #[serde(default)]
+    pub iat_ms: i64,
     pub exp: u64,
     /// Random: no two tokens are alike, even issued in the same second.
     pub jti: String,
@@ -65,6 +69,13 @@ pub struct Authority {
     /// token without a database read (the store thread is the donation path's bottleneck).
     /// Entries past that time are pruned, so logouts do not grow it without end.
     revoked: std::sync::RwLock<std::collections::HashMap<String, u64>>,
+    /// Accounts changed (role, disabled, password reset) while their access tokens may
+    /// still be unexpired: user id → (the change's time in ms, Unix seconds after which no
+    /// token issued before it can be valid). A token issued up to the change is stale: its
+    /// holder refreshes and gets the account as it is now (or nothing, if disabled). Kept in
+    /// memory like `revoked`, fed by the console at once and by the store's record of
+    /// changes (the CLI's, the fleet's) within seconds.
+    changed: std::sync::RwLock<std::collections::HashMap<i64, (i64, u64)>>,
 }
 
 pub fn now_seconds() -> u64 {
@@ -92,7 +103,31 @@ impl Authority {
             access_ttl,
             refresh_ttl,
             revoked: Default::default(),
+            changed: Default::default(),
         }
+    }
+
+    /// Notes that an account changed at `at_ms` (the store's `changed_at_ms`): access
+    /// tokens issued up to then are refused as stale.
+    pub fn account_changed(&self, user_id: i64, at_ms: i64) {
+        let now = now_seconds();
+        let until = now + self.access_ttl.as_secs() + 1;
+        let mut changed = self.changed.write().unwrap_or_else(|e| e.into_inner());
+        changed.retain(|_, (_, until)| *until > now);
+        let entry = changed.entry(user_id).or_insert((at_ms, until));
+        *entry = (entry.0.max(at_ms), until);
+    }
+
+    /// Whether a token was issued before its account last changed.
+    pub fn is_stale(&self, claims: &Claims) -> bool {
+        let Some(user) = claims.user_id() else {
+            return true;
+        };
+        self.changed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&user)
+            .is_some_and(|(at_ms, _)| claims.iat_ms <= *at_ms)
     }
 
     /// Marks a session ended, after the store has recorded it: its access tokens stop
@@ -126,7 +161,8 @@ impl Authority {
     }
 
     pub fn issue_access(&self, user: &User, session: &str) -> Result<String, TokenError> {
-        let iat = now_seconds();
+        let iat_ms = chrono::Utc::now().timestamp_millis();
+        let iat = (iat_ms / 1000).max(0) as u64;
         let claims = Claims {
             sub: user.id.to_string(),
             sid: session.to_string(),
@@ -134,6 +170,7 @@ impl Authority {
             nick: user.nickname.clone(),
             name: user.username.clone(),
             iat,
+            iat_ms,
             exp: iat + self.access_ttl.as_secs(),
             jti: new_session_id(),
         };
@@ -405,6 +442,27 @@ mod tests {
         assert!(!authority.is_revoked("a"), "a's tokens have all expired");
         assert!(authority.is_revoked("b"));
         assert_eq!(authority.revoked_count(), 1);
+    }
+
+    #[test]
+    fn a_changed_account_refuses_tokens_issued_up_to_the_change_only() {
+        let authority = Authority::new(
+            b"0123456789abcdef0123456789abcdef",
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        );
+        let before = authority.issue_access(&user(), "fam").expect("issue");
+        let before = authority.verify_access(&before).expect("verify");
+        assert!(!authority.is_stale(&before));
+        authority.account_changed(7, before.iat_ms);
+        assert!(authority.is_stale(&before));
+        std::thread::sleep(Duration::from_millis(2));
+        let after = authority.issue_access(&user(), "fam").expect("issue");
+        let after = authority.verify_access(&after).expect("verify");
+        assert!(!authority.is_stale(&after), "issued after the change");
+        // An older change learned later does not move the mark back.
+        authority.account_changed(7, 0);
+        assert!(authority.is_stale(&before) && !authority.is_stale(&after));
     }
 
     #[test]

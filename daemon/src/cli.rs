@@ -4,6 +4,7 @@
 //! acts on the same database the daemon started with `--data-dir X` uses.
 
 use crate::config::{Config, DEFAULT_CONFIG_TOML};
+use crate::console::Actor;
 use crate::store::{Channel, Role, Store, StreamKey};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -83,6 +84,15 @@ pub enum Command {
     /// The transcoding ladder's encoders.
     #[command(subcommand)]
     Transcode(TranscodeCommand),
+    /// The audit log: every admin action (console, CLI, fleet), newest first.
+    Audit {
+        /// How many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the default configuration file, with every key commented.
     GenerateConfig,
     /// Load the configuration, report problems, and exit.
@@ -108,6 +118,10 @@ pub enum ChannelCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Give a channel to another streamer.
+    Give { slug: String, username: String },
+    /// Remove a channel (refused while it has donations: the ledger refers to them).
+    Remove { slug: String },
     /// Replace a channel's stream key; the old key stops working at once.
     RotateKey {
         slug: String,
@@ -133,12 +147,29 @@ pub enum UserCommand {
         #[arg(long)]
         nickname: Option<String>,
     },
-    /// Change an account's role; it reaches the account's tokens at their next refresh.
+    /// Change an account's role; a running daemon refuses the account's older tokens
+    /// within seconds, so its open pages refresh into the new role.
     SetRole {
         name: String,
         #[arg(value_parser = role_parser())]
         role: Role,
     },
+    /// List accounts (username, nickname, role, created, last seen, balance).
+    List {
+        /// Only accounts whose username or nickname contains this.
+        #[arg(long, default_value = "")]
+        search: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable an account: it cannot log in, and its sessions end.
+    Disable { name: String },
+    /// Enable a disabled account again.
+    Enable { name: String },
+    /// Make a one-time password-reset code (valid 24 hours) to hand to the person; they
+    /// type it with a new password on the log-in page.
+    ResetCode { name: String },
 }
 
 /// Roles by name, for clap (the store's `Role` knows nothing of the command line).
@@ -204,7 +235,8 @@ impl Cli {
             config.rtmp.listen = addr;
         }
         config.validate()?;
-        Ok(config)
+        // What the venue's console changed, over all of that.
+        Ok(config.with_console()?)
     }
 }
 
@@ -221,7 +253,14 @@ fn systemd_config_file() -> Option<PathBuf> {
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config()?;
     match cli.command {
-        None | Some(Command::Run) => run_daemon(config),
+        None | Some(Command::Run) => {
+            run_daemon(config)?;
+            if crate::system::restart_requested() {
+                // The console asked: systemd starts us again on this status.
+                std::process::exit(i32::from(crate::system::RESTART_EXIT_STATUS));
+            }
+            Ok(())
+        }
         Some(Command::GenerateConfig) => {
             print!("{DEFAULT_CONFIG_TOML}");
             Ok(())
@@ -237,6 +276,20 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Channel(command)) => channel_command(&config, command),
         Some(Command::User(command)) => user_command(&config, command),
         Some(Command::Wallet(command)) => wallet_command(&config, command),
+        Some(Command::Audit { limit, json }) => {
+            let store = Store::open_in(&config.data_dir())?;
+            let log = store.audit_log(limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&log)?);
+            }
+            for e in log.iter().filter(|_| !json) {
+                println!(
+                    "{}  {:<16} {:<15} {:<14} {:<16} {}",
+                    e.at, e.actor, e.address, e.action, e.target, e.detail
+                );
+            }
+            Ok(())
+        }
         Some(Command::Transcode(TranscodeCommand::Probe { json })) => {
             ffmpeg_next::init()?;
             let report = crate::media::ladder::probe_ladder(&config.transcode, true);
@@ -330,8 +383,19 @@ fn channel_command(config: &Config, command: ChannelCommand) -> anyhow::Result<(
             let (channel, key) = store.in_transaction(|store| store.add_channel(&slug, &title))?;
             print_key(config, &channel.slug, &key, json, "created");
         }
+        ChannelCommand::Give { slug, username } => {
+            let owner = store.in_transaction(|s| {
+                crate::console::give_channel(s, &Actor::cli(), &slug, &username)
+            })?;
+            println!("`{slug}` now belongs to `{}`.", owner.username);
+        }
+        ChannelCommand::Remove { slug } => {
+            store.in_transaction(|s| crate::console::remove_channel(s, &Actor::cli(), &slug))?;
+            println!("`{slug}` removed.");
+        }
         ChannelCommand::RotateKey { slug, json } => {
-            let key = store.in_transaction(|store| store.rotate_stream_key(&slug))?;
+            let key =
+                store.in_transaction(|s| crate::console::rotate_key(s, &Actor::cli(), &slug))?;
             print_key(
                 config,
                 &slug,
@@ -379,8 +443,50 @@ fn user_command(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             );
         }
         UserCommand::SetRole { name, role } => {
-            let user = store.set_role(&name, role)?;
+            let user = store
+                .in_transaction(|s| crate::console::set_role(s, &Actor::cli(), &name, role))?;
             println!("`{}` is now {}.", user.username, user.role.as_str());
+        }
+        UserCommand::List { search, json } => {
+            let accounts = store.accounts(&search, 10_000)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&accounts)?);
+                return Ok(());
+            }
+            for a in accounts {
+                println!(
+                    "{:<20} {:<20} {:<8} {:>9} {}{}",
+                    a.username,
+                    a.nickname,
+                    a.role.as_str(),
+                    a.balance,
+                    a.last_seen_at.as_deref().unwrap_or("never seen"),
+                    if a.disabled { "  DISABLED" } else { "" }
+                );
+            }
+        }
+        UserCommand::Disable { name } => {
+            let (user, ended) = store
+                .in_transaction(|s| crate::console::set_disabled(s, &Actor::cli(), &name, true))?;
+            println!(
+                "`{}` is disabled; {} sessions ended.",
+                user.username,
+                ended.len()
+            );
+        }
+        UserCommand::Enable { name } => {
+            store
+                .in_transaction(|s| crate::console::set_disabled(s, &Actor::cli(), &name, false))?;
+            println!("`{name}` is enabled.");
+        }
+        UserCommand::ResetCode { name } => {
+            let (user, code) =
+                store.in_transaction(|s| crate::console::reset_code(s, &Actor::cli(), &name))?;
+            println!(
+                "Reset code for `{}`: {code}\nValid {} hours, once: they type it with a new password on the log-in page.",
+                user.username,
+                crate::console::RESET_CODE_HOURS
+            );
         }
     }
     Ok(())
@@ -419,12 +525,14 @@ fn wallet_command(config: &Config, command: WalletCommand) -> anyhow::Result<()>
             points,
             reason,
         } => {
-            let wallet = store.in_transaction(|s| s.grant(&name, points, &reason))?;
+            let wallet = store.in_transaction(|s| {
+                crate::console::grant(s, &Actor::cli(), &name, points, &reason)
+            })?;
             println!("Granted {points} points to `{name}`.");
             (wallet, false)
         }
         WalletCommand::Check => {
-            let problems = store.ledger_problems()?;
+            let problems = crate::console::ledger_problems(&store)?;
             if problems.is_empty() {
                 println!("The ledger balances.");
                 return Ok(());

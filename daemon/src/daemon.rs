@@ -106,6 +106,13 @@ pub async fn run(
     {
         authority.revoke(&session);
     }
+    let authority = Arc::new(authority);
+    tracker.spawn(follow_account_changes(
+        store.clone(),
+        authority.clone(),
+        access_ttl,
+        shutdown.clone(),
+    ));
     let chat = Arc::new(chat::Chat::new(config.chat.clone()));
     let payments = Arc::new(payments::Payments::new(
         kakao_pay,
@@ -160,7 +167,7 @@ pub async fn run(
     let app = http::app(http::AppState {
         store: store.clone(),
         broadcasts,
-        auth: Arc::new(authority),
+        auth: authority,
         // Wrong passwords: 1 s doubling to 5 min, so guessing online is hopeless.
         login_by_address: Arc::new(throttle::Throttle::new(
             Duration::from_secs(1),
@@ -192,6 +199,9 @@ pub async fn run(
         shutdown: shutdown.clone(),
         fleet: fleet_health,
         ladder: ladder.clone(),
+        console: Arc::new(http::ConsoleState {
+            config: tokio::sync::Mutex::new(config.clone()),
+        }),
     });
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
@@ -272,6 +282,40 @@ async fn forget_expired_sessions(store: StoreHandle, access_ttl: i64, shutdown: 
             Ok(0) => {}
             Ok(gone) => tracing::info!(gone, "expired refresh tokens deleted"),
             Err(e) => tracing::warn!(error = %e, "cannot delete expired refresh tokens"),
+        }
+    }
+}
+
+/// How often the daemon looks for accounts changed outside it (the CLI, in its own
+/// process): a role change or a disabled account reaches open sessions within this.
+const ACCOUNT_CHANGES_POLL: Duration = Duration::from_secs(2);
+
+/// Feeds the token checker every account change the store records (role, disabled,
+/// password reset), wherever it was made: at startup those recent enough for a token
+/// issued before them to be unexpired, then every [`ACCOUNT_CHANGES_POLL`]. The console
+/// tells the checker at once as well; this catches the CLI's and the fleet's.
+async fn follow_account_changes(
+    store: StoreHandle,
+    authority: Arc<auth::Authority>,
+    access_ttl: i64,
+    shutdown: CancellationToken,
+) {
+    let mut seen = store::now_ms() - access_ttl * 1000 - 1000;
+    let mut every = tokio::time::interval(ACCOUNT_CHANGES_POLL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match store.read(move |s| s.accounts_changed_since(seen)).await {
+            Ok(changes) => {
+                for (user, at) in changes {
+                    authority.account_changed(user, at);
+                    seen = seen.max(at);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read account changes"),
         }
     }
 }

@@ -539,7 +539,8 @@ fn run_command(
             Err(
                 error @ (StoreError::NoSuchUser(_)
                 | StoreError::NoSuchChannel(_)
-                | StoreError::Invalid { .. }),
+                | StoreError::Invalid { .. }
+                | StoreError::LastAdmin(_)),
             ) => ("refused", serde_json::json!({"error": error.to_string()})),
             Err(other) => return Err(other),
         }
@@ -550,6 +551,12 @@ fn run_command(
 
 /// What a command does; `None` for a name this box does not know.
 fn effect(store: &mut Store, command: &Command) -> Result<Option<serde_json::Value>, StoreError> {
+    // A fleet admin acts through the same functions as the venue's console and CLI (the
+    // last admin stays; each act is in the audit log).
+    let actor = crate::console::Actor {
+        name: "fleet".into(),
+        address: format!("command {}", command.id),
+    };
     let text = |name: &'static str| -> Result<String, StoreError> {
         command.args[name]
             .as_str()
@@ -568,14 +575,14 @@ fn effect(store: &mut Store, command: &Command) -> Result<Option<serde_json::Val
                 field: "points",
                 reason: "must be a whole number",
             })?;
-            let wallet = store.grant(&user, points, &reason)?;
+            let wallet = crate::console::grant(store, &actor, &user, points, &reason)?;
             serde_json::json!({"user": user, "points": points, "balance": wallet.balance})
         }
         "rotate_key" => {
             let channel = text("channel")?;
             // The new key stays on the box (its owner sees it on the dashboard); a publish
             // on the old one ends within seconds.
-            store.rotate_stream_key(&channel)?;
+            crate::console::rotate_key(store, &actor, &channel)?;
             serde_json::json!({"channel": channel, "rotated": true})
         }
         "set_role" => {
@@ -585,7 +592,7 @@ fn effect(store: &mut Store, command: &Command) -> Result<Option<serde_json::Val
                     field: "role",
                     reason: "must be viewer, streamer or admin",
                 })?;
-            store.set_role(&user, role)?;
+            crate::console::set_role(store, &actor, &user, role)?;
             serde_json::json!({"user": user, "role": role.as_str()})
         }
         "ledger_summary" => {

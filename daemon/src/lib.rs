@@ -15,17 +15,19 @@
 //! |---|---|---|
 //! | 0 | `text`, `throttle`, `config` | foundations: what names and messages may hold, the failure throttle, settings |
 //! | 1 | `store`, `obs`, `system` | SQLite behind one writer thread (accounts, channels, ledger, outbox, orders; it is handed a `store::Progress` rather than knowing the watchdog); what OBS is told to connect to; systemd and the progress watch every long-running thread reports to |
-//! | 2 | `auth`, `hls`, `fleet` | tokens and passwords; segments, renditions and playlists in memory; the outbox relayed to the central service over MQTT |
-//! | 3 | `chat`, `payments`, `media` | chat rooms; Kakao Pay verification; the libav pipeline and the transcoding ladder |
-//! | 4 | `ingest`, `donations` | RTMP connections, stream keys, FLV tags into the pipeline; the rules of a donation |
-//! | 5 | `http` | players, the JSON API, chat sockets, the web app |
-//! | 6 | `daemon` | everything wired, run until shutdown |
-//! | 7 | `cli` | the operator's commands |
+//! | 2 | `console` | the venue operator's actions (roles, accounts, grants, channels, Kakao Pay and settings), one function each for the console's API, the CLI and fleet commands |
+//! | 3 | `auth`, `hls`, `fleet` | tokens and passwords; segments, renditions and playlists in memory; the outbox relayed to the central service over MQTT |
+//! | 4 | `chat`, `payments`, `media` | chat rooms; Kakao Pay verification; the libav pipeline and the transcoding ladder |
+//! | 5 | `ingest`, `donations` | RTMP connections, stream keys, FLV tags into the pipeline; the rules of a donation |
+//! | 6 | `http` | players, the JSON API, chat sockets, the web app, the venue's console |
+//! | 7 | `daemon` | everything wired, run until shutdown |
+//! | 8 | `cli` | the operator's commands |
 
 pub mod auth;
 pub mod chat;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod donations;
 pub mod fleet;

@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    commeow::system::facts::mark_start();
     let cli = commeow::cli::Cli::parse();
     init_logging();
     log_panics();
@@ -25,26 +26,26 @@ fn init_logging() {
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter())
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // Warnings and errors are also kept in memory for the console's health page.
+    let registry = tracing_subscriber::registry()
+        .with(filter())
+        .with(commeow::system::facts::RecentLogs);
+    let plain = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         // Straight to journald: each line keeps its level (`journalctl -p warning`) and its
         // fields (`journalctl CHANNEL=stage`). Without a journal socket, plain lines.
         match tracing_journald::layer() {
-            Ok(journal) => {
-                use tracing_subscriber::layer::SubscriberExt;
-                use tracing_subscriber::util::SubscriberInitExt;
-                tracing_subscriber::registry()
-                    .with(filter())
-                    .with(journal.with_syslog_identifier("commeowd".into()))
-                    .init();
-            }
-            Err(_) => builder.without_time().with_ansi(false).init(),
+            Ok(journal) => registry
+                .with(journal.with_syslog_identifier("commeowd".into()))
+                .init(),
+            Err(_) => registry.with(plain.without_time().with_ansi(false)).init(),
         }
     } else {
-        builder.init();
+        registry
+            .with(plain.with_ansi(std::io::stderr().is_terminal()))
+            .init();
     }
 }
 

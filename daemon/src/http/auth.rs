@@ -67,6 +67,12 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<auth::Claims,
             "this session has ended; log in again",
         ));
     }
+    if state.auth.is_stale(&claims) {
+        return Err(unauthorized(
+            "token_stale",
+            "your account changed (its role, or it was disabled); refresh the token",
+        ));
+    }
     Ok(claims)
 }
 
@@ -207,6 +213,20 @@ pub async fn login(
     };
     by_account.clear();
     by_address.clear();
+    let id = user.id;
+    if state
+        .store
+        .read(move |store| store.account_disabled(id))
+        .await?
+        == Some(true)
+    {
+        tracing::warn!(user = %user.username, "login refused: the account is disabled");
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "account_disabled",
+            "this account has been disabled; ask the venue",
+        ));
+    }
     let session = auth::new_session_id();
     let (refresh, hash) = auth::new_refresh_token();
     let expires = (auth::now_seconds() + state.auth.refresh_ttl.as_secs()) as i64;
@@ -214,7 +234,10 @@ pub async fn login(
     let keep = state.sessions_per_user;
     let ended = state
         .store
-        .write(move |store| store.start_session(user_id, &family, &hash, expires, keep))
+        .write(move |store| {
+            store.note_seen(user_id)?;
+            store.start_session(user_id, &family, &hash, expires, keep)
+        })
         .await?;
     for family in &ended {
         state.auth.revoke(family);
@@ -243,7 +266,13 @@ pub async fn refresh(
     let expires = now + state.auth.refresh_ttl.as_secs() as i64;
     let rotated = state
         .store
-        .write(move |store| store.rotate_refresh_token(&old, &new, now, expires))
+        .write(move |store| {
+            let rotated = store.rotate_refresh_token(&old, &new, now, expires)?;
+            if let Ok(session) = &rotated {
+                store.note_seen(session.user.id)?;
+            }
+            Ok(rotated)
+        })
         .await?;
     let session = rotated.map_err(|refused| match refused {
         RefreshRefused::Reused { family } => {
@@ -293,4 +322,51 @@ pub async fn me(
     let user = state.store.read(move |store| store.user_by_id(id)).await?;
     user.map(Json)
         .ok_or_else(|| unauthorized("invalid_token", "this account no longer exists"))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ResetRequest {
+    username: String,
+    code: String,
+    password: String,
+}
+
+/// `POST /api/auth/reset {username, code, password}`: a one-time code an admin made in
+/// the console sets a new password and ends the account's other sessions. Failures count
+/// against the address like wrong passwords (a code is a password for a day).
+pub async fn reset_password(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(request): ApiJson<ResetRequest>,
+) -> Result<StatusCode, ApiError> {
+    check_password(&request.password)?;
+    let attempt = state
+        .login_by_address
+        .reserve(&peer.ip(), Instant::now())
+        .map_err(ApiError::too_many_attempts)?;
+    let hash = password_hash(&state, request.password).await?;
+    let code = crate::console::reset_code_hash(&request.code);
+    let now = auth::now_seconds() as i64;
+    let name = request.username.clone();
+    let redeemed = state
+        .store
+        .write(move |store| store.redeem_reset_code(&name, &code, &hash, now))
+        .await?;
+    let Some((user, ended)) = redeemed else {
+        attempt.count();
+        return Err(unauthorized(
+            "invalid_reset_code",
+            "that code does not open this account (wrong, used or expired): ask the venue for a new one",
+        ));
+    };
+    attempt.clear();
+    for family in &ended {
+        state.auth.revoke(family);
+    }
+    let id = user.id;
+    if let Some(at) = state.store.read(move |s| s.account_changed_at(id)).await? {
+        state.auth.account_changed(id, at);
+    }
+    tracing::info!(user = %user.username, "password reset with a one-time code");
+    Ok(StatusCode::NO_CONTENT)
 }

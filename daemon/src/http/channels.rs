@@ -68,14 +68,19 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<R
 
 /// A stream key, shown once, with where to use it.
 #[derive(Debug, Serialize)]
-pub struct KeyAnswer {
+pub(super) struct KeyAnswer {
     slug: String,
     stream_key: String,
     /// OBS's "Server": rtmp://<the host the streamer reached the box on>:<port>/live.
     rtmp_url: String,
 }
 
-fn key_answer(state: &AppState, headers: &HeaderMap, slug: String, key: &StreamKey) -> KeyAnswer {
+pub(super) fn key_answer(
+    state: &AppState,
+    headers: &HeaderMap,
+    slug: String,
+    key: &StreamKey,
+) -> KeyAnswer {
     KeyAnswer {
         slug,
         stream_key: key.as_str().to_string(),
@@ -84,7 +89,7 @@ fn key_answer(state: &AppState, headers: &HeaderMap, slug: String, key: &StreamK
 }
 
 /// OBS's "Server" for a streamer whose browser reached the box at this request's `Host`.
-fn obs_server(state: &AppState, headers: &HeaderMap) -> String {
+pub(super) fn obs_server(state: &AppState, headers: &HeaderMap) -> String {
     // The streamer's browser reached the box by some name or address; OBS on the same
     // network can use the same one.
     let host = headers

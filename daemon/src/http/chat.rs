@@ -107,6 +107,7 @@ struct Identity {
     author: Author,
     expires: u64,
     session: String,
+    claims: crate::auth::Claims,
 }
 
 impl Identity {
@@ -116,7 +117,8 @@ impl Identity {
         Ok(Identity {
             author,
             expires: claims.exp,
-            session: claims.sid,
+            session: claims.sid.clone(),
+            claims,
         })
     }
 }
@@ -398,6 +400,12 @@ impl ChatSocket {
         if self.state.auth.is_revoked(&identity.session) {
             self.identity = None;
             return Err(Speak::Revoked);
+        }
+        // The account changed (a new role, disabled): the page refreshes its token and
+        // authenticates again, as for an expired one, and speaks as it is now.
+        if self.state.auth.is_stale(&identity.claims) {
+            self.identity = None;
+            return Err(Speak::Expired);
         }
         Ok(identity.author.clone())
     }

@@ -20,6 +20,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 mod auth;
 mod channels;
 mod chat;
+mod console;
 mod hls;
 mod onboarding;
 mod payments;
@@ -28,6 +29,7 @@ mod wallet;
 mod web;
 
 pub use auth::CurrentUser;
+pub use console::ConsoleState;
 pub use onboarding::SetupCode;
 
 #[derive(Clone)]
@@ -65,6 +67,8 @@ pub struct AppState {
     pub fleet: Option<crate::fleet::HealthWatch>,
     /// The transcoding ladder: what the probe found, and the live rungs.
     pub ladder: Arc<crate::media::ladder::Plan>,
+    /// The venue's console: the config it changes.
+    pub console: Arc<ConsoleState>,
 }
 
 pub fn app(state: AppState) -> Router {
@@ -110,6 +114,8 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/obs", get(channels::obs_settings))
         .route("/api/system/transcode", get(system::transcode))
+        .route("/api/auth/reset", post(auth::reset_password))
+        .merge(console_routes())
         .route("/assets/{name}", get(web::asset))
         .merge(hls)
         .fallback(fallback)
@@ -128,6 +134,47 @@ pub fn app(state: AppState) -> Router {
             HeaderValue::from_static(NO_CONTENT_POLICY),
         ))
         .with_state(state)
+}
+
+/// The console's API: admins only (each handler takes [`console::Admin`]).
+fn console_routes() -> Router<AppState> {
+    use axum::routing::put;
+    Router::new()
+        .route("/api/admin/users", get(console::users))
+        .route("/api/admin/users/{name}/role", post(console::set_role))
+        .route(
+            "/api/admin/users/{name}/disabled",
+            post(console::set_disabled),
+        )
+        .route(
+            "/api/admin/users/{name}/reset-code",
+            post(console::reset_code),
+        )
+        .route("/api/admin/users/{name}/grant", post(console::grant))
+        .route("/api/admin/channels", get(console::channels))
+        .route(
+            "/api/admin/channels/{slug}",
+            axum::routing::delete(console::remove),
+        )
+        .route("/api/admin/channels/{slug}/stop", post(console::stop))
+        .route("/api/admin/channels/{slug}/rotate", post(console::rotate))
+        .route("/api/admin/channels/{slug}/owner", post(console::give))
+        .route(
+            "/api/admin/kakao-pay",
+            get(console::kakao_pay).put(console::set_kakao_pay),
+        )
+        .route("/api/admin/kakao-pay/check", post(console::check_kakao_pay))
+        .route("/api/admin/kakao-pay/products", put(console::set_products))
+        .route("/api/admin/orders", get(console::orders))
+        .route("/api/admin/ledger/check", post(console::ledger_check))
+        .route("/api/admin/export.csv", get(console::export))
+        .route(
+            "/api/admin/settings",
+            get(console::settings).put(console::set_settings),
+        )
+        .route("/api/admin/restart", post(console::restart))
+        .route("/api/admin/health", get(console::health))
+        .route("/api/admin/audit", get(console::audit))
 }
 
 /// Largest request body, in bytes: a donation message or a sign-up is well under 2 KiB.

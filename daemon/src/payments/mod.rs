@@ -66,8 +66,9 @@ struct Paid {
 }
 
 pub struct Payments {
-    kakao: Option<KakaoPay>,
-    catalog: Vec<Product>,
+    /// The client and the catalog: replaced whole when the venue's console changes them
+    /// (top-ups switch on or off without a restart); each call takes the current pair.
+    setup: std::sync::RwLock<std::sync::Arc<(Option<KakaoPay>, Vec<Product>)>>,
     store: StoreHandle,
     /// Pending orders being taken to Kakao Pay (`None`), or when they last were: one
     /// attempt at a time per order, and rechecks spaced out.
@@ -92,23 +93,60 @@ impl Payments {
 
     pub fn new(kakao: Option<KakaoPay>, catalog: Vec<Product>, store: StoreHandle) -> Payments {
         Payments {
-            kakao,
-            catalog,
+            setup: std::sync::RwLock::new(std::sync::Arc::new((kakao, catalog))),
             store,
             attempts: Mutex::default(),
         }
     }
 
+    fn setup(&self) -> std::sync::Arc<(Option<KakaoPay>, Vec<Product>)> {
+        self.setup.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts a new client (or none: top-ups off) and catalog in place. Orders already
+    /// pending keep their stored price and are settled by the new client.
+    pub fn reconfigure(&self, kakao: Option<KakaoPay>, catalog: Vec<Product>) {
+        *self.setup.write().unwrap_or_else(|e| e.into_inner()) =
+            std::sync::Arc::new((kakao, catalog));
+    }
+
     pub fn enabled(&self) -> bool {
-        self.kakao.is_some()
+        self.setup().0.is_some()
     }
 
-    pub fn products(&self) -> &[Product] {
-        &self.catalog
+    pub fn products(&self) -> Vec<Product> {
+        self.setup().1.clone()
     }
 
-    fn kakao(&self) -> Result<&KakaoPay, PaymentError> {
-        self.kakao.as_ref().ok_or(PaymentError::Disabled)
+    /// The console's "check": asks Kakao Pay to get a 100-won payment ready (never paid, it
+    /// expires there) and says what came back, in words. The secret key is never in it.
+    pub async fn check(&self, origin: &str) -> Result<String, PaymentError> {
+        let kakao = self.kakao()?;
+        let back = format!("{origin}/api/payments/kakao/fail?order=check");
+        let order = format!("check-{}", chrono::Utc::now().timestamp_millis());
+        let request = ReadyRequest {
+            partner_order_id: &order,
+            partner_user_id: "console-check",
+            item_name: "Commeow setup check",
+            total_amount: 100,
+            approval_url: &back,
+            cancel_url: &back,
+            fail_url: &back,
+        };
+        match kakao.ready(&request).await {
+            Ok(ready) => Ok(format!(
+                "Kakao Pay answered ready with tid {} and a payment page; top-ups work",
+                ready.tid
+            )),
+            Err(KakaoError::Refused { code, message }) => Err(PaymentError::StartRefused(format!(
+                "error_code {code}: {message}"
+            ))),
+            Err(KakaoError::Unreachable(why)) => Err(PaymentError::StartUnavailable(why)),
+        }
+    }
+
+    fn kakao(&self) -> Result<KakaoPay, PaymentError> {
+        self.setup().0.clone().ok_or(PaymentError::Disabled)
     }
 
     /// Starts a top-up: a pending order at the catalog price, then Kakao Pay's `ready`.
@@ -122,10 +160,9 @@ impl Payments {
     ) -> Result<Started, PaymentError> {
         let kakao = self.kakao()?;
         let product = self
-            .catalog
-            .iter()
+            .products()
+            .into_iter()
             .find(|p| p.id == product_id)
-            .cloned()
             .ok_or_else(|| PaymentError::NoSuchProduct(product_id.to_string()))?;
         let order = self
             .store
@@ -280,14 +317,14 @@ impl Payments {
         interval: Duration,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        if self.kakao.is_none() {
-            return;
-        }
         let idle = interval.as_secs().max(1);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(interval) => {}
+            }
+            if !self.enabled() {
+                continue;
             }
             let stale = self
                 .store

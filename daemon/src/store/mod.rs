@@ -7,6 +7,7 @@
 //! fsync for all ([`StoreHandle::write`]). Operator commands (`commeowd channel …`) open
 //! the same file directly; WAL and the busy timeout let both coexist.
 
+mod admin;
 mod channels;
 mod chat;
 mod ledger;
@@ -16,6 +17,7 @@ mod schema;
 mod users;
 mod venue;
 
+pub use admin::{now_ms, Account, AuditEntry, MoneyRow};
 pub use channels::{Channel, StreamKey};
 pub use chat::{ChatRoomRecord, Restriction};
 pub use ledger::{Donation, DonationRefused, DonationRequest, Entry, ReceivedDonation, Wallet};
@@ -66,6 +68,9 @@ pub enum StoreError {
         field: &'static str,
         reason: &'static str,
     },
+    /// The venue would be left with no admin who can log in.
+    #[error("`{0}` is the last admin: make another account admin first")]
+    LastAdmin(String),
     #[error("the store thread has stopped")]
     Closed,
     #[error("the write could not be committed: {0}")]

@@ -90,8 +90,18 @@ pub enum Event {
         title: String,
         at: String,
     },
-    /// A channel with no donations was removed (fleet provisioning).
+    /// A channel with no donations was removed (fleet provisioning, the venue's console).
     ChannelRemoved { channel: String, at: String },
+    /// An admin acted on the box (the console or the operator's CLI): the audit log's row,
+    /// so the fleet sees who did what, when, and from where. Never holds a secret.
+    AdminAction {
+        actor: String,
+        address: String,
+        action: String,
+        target: String,
+        detail: String,
+        at: String,
+    },
 }
 
 /// The order an event is about, as the box stored it.
@@ -136,6 +146,7 @@ impl Event {
             Event::StreamKeyRotated { .. } => "stream_key_rotated",
             Event::ChannelRetitled { .. } => "channel_retitled",
             Event::ChannelRemoved { .. } => "channel_removed",
+            Event::AdminAction { .. } => "admin_action",
         }
     }
 }

@@ -143,6 +143,30 @@ impl Store {
             .optional()?)
     }
 
+    /// The newest `limit` orders, any state, newest first, each with its buyer's username.
+    pub(super) fn orders_with_buyers(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(Order, String)>, StoreError> {
+        let columns = ORDER_COLUMNS
+            .split(", ")
+            .map(|c| format!("o.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {columns}, u.username FROM payment_orders o JOIN users u ON u.id = o.user_id
+             ORDER BY o.created_at DESC LIMIT ?1"
+        );
+        let orders = self
+            .conn()
+            .prepare_cached(&sql)?
+            .query_map(params![limit as i64], |row| {
+                Ok((order_from_row(row)?, row.get(11)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(orders)
+    }
+
     /// Pending orders Kakao Pay has a tid for, least recently touched first, untouched for
     /// at least `idle_seconds`: the ones to confirm with Kakao Pay.
     pub fn stale_orders(&self, idle_seconds: u64, limit: usize) -> Result<Vec<Order>, StoreError> {

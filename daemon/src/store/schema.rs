@@ -194,5 +194,27 @@ pub(super) fn migrations() -> Migrations<'static> {
             done_at TEXT NOT NULL
         ) STRICT;",
         ),
+        // The venue's console (admin pages): accounts an admin disabled, when each was last
+        // seen and last changed (role, disabled: access tokens issued before that are
+        // refused, so the change reaches open sessions at once), a one-time reset code, and
+        // the audit log of every admin action.
+        M::up(
+            "ALTER TABLE users ADD COLUMN disabled_at TEXT;
+        ALTER TABLE users ADD COLUMN last_seen_at TEXT;
+        ALTER TABLE users ADD COLUMN changed_at_ms INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE users ADD COLUMN reset_code_hash BLOB;
+        ALTER TABLE users ADD COLUMN reset_code_expires_at INTEGER;
+        CREATE INDEX users_changed ON users (changed_at_ms);
+        CREATE TABLE audit_log (
+            id      INTEGER PRIMARY KEY,
+            at      TEXT NOT NULL,
+            actor   TEXT NOT NULL,                  -- a username, or `cli:<unix user>`
+            address TEXT NOT NULL,                  -- the client's address, or `local`
+            action  TEXT NOT NULL,
+            target  TEXT NOT NULL,
+            detail  TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX payment_orders_created ON payment_orders (created_at);",
+        ),
     ])
 }

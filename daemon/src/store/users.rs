@@ -98,7 +98,7 @@ pub fn validate_nickname(nickname: &str) -> Result<String, StoreError> {
     Ok(nick.to_string())
 }
 
-fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+pub(super) fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
         id: row.get(0)?,
         username: row.get(1)?,

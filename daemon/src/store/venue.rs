@@ -72,6 +72,20 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Renames the venue (the console); names it if onboarding never did.
+    pub fn rename_venue(&mut self, name: &str) -> Result<Venue, StoreError> {
+        let name = validate_venue_name(name)?;
+        self.conn().execute(
+            "INSERT INTO venue (id, name, onboarded_at) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+            rusqlite::params![name, super::ledger::now()],
+        )?;
+        self.venue()?
+            .ok_or(StoreError::CommitFailed("the venue vanished".into()))
+    }
+}
+
 fn validate_venue_name(name: &str) -> Result<String, StoreError> {
     let name = name.trim();
     let invalid = |reason| StoreError::Invalid {

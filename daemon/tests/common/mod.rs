@@ -497,6 +497,20 @@ pub fn try_send_json_with(
             }
             request.call()
         }
+        "DELETE" => {
+            let mut request = agent().delete(url);
+            for (name, value) in &extra {
+                request = request.header(*name, *value);
+            }
+            request.call()
+        }
+        "PUT" => {
+            let mut request = agent().put(url).header("content-type", "application/json");
+            for (name, value) in &extra {
+                request = request.header(*name, *value);
+            }
+            request.send(body.map_or(String::new(), |b| b.to_string()))
+        }
         _ => {
             let mut request = agent().post(url).header("content-type", "application/json");
             for (name, value) in &extra {

@@ -4,13 +4,15 @@
 //! the first stream), so every field has a default, and the commented default file is
 //! embedded in the binary and printed by `commeowd generate-config`.
 
+pub mod console;
+
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The commented default configuration, as shipped.
-pub const DEFAULT_CONFIG_TOML: &str = include_str!("default-config.toml");
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../default-config.toml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -28,6 +30,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// The file this came from, if any: the console's drop-in is laid over it.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     /// `None` until resolved: `$STATE_DIRECTORY` under systemd, else `./data`.
     pub data_dir: Option<PathBuf>,
     pub http: HttpConfig,
@@ -708,7 +713,9 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::from_toml(&text, path)
+        let mut config = Config::from_toml(&text, path)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Checks what the types alone cannot.
