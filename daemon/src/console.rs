@@ -390,6 +390,220 @@ pub fn set_settings(
     })?)
 }
 
+/// Where the console keeps the box's fleet identity, in the data directory (0700): the key
+/// it made (`box.key`, never leaves the box), and the certificate and CA it was given.
+pub const FLEET_DIR: &str = "fleet";
+
+fn fleet_dir(config: &Config) -> Result<std::path::PathBuf, SettingsError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = config.data_dir().join(FLEET_DIR);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| SettingsError::Write(dir.display().to_string(), e))?;
+    Ok(dir)
+}
+
+fn fleet_refused(message: impl Into<String>) -> SettingsError {
+    SettingsError::Config(ConfigError::Invalid {
+        key: "fleet",
+        message: message.into(),
+    })
+}
+
+/// Enrollment, first half: the box's key (made here once, P-256, kept in [`FLEET_DIR`]) and
+/// a certificate signing request naming `box_id`, for the fleet admin to sign
+/// (`fleet-certs DIR sign BOX_ID box.csr`). The key never leaves the box.
+pub fn fleet_csr(config: &Config, box_id: &str) -> Result<String, SettingsError> {
+    fleet_proto::BoxId::new(box_id)
+        .map_err(|_| fleet_refused("a box id is 1 to 64 of a-z, 0-9 and -"))?;
+    let dir = fleet_dir(config)?;
+    let key_path = dir.join("box.key");
+    let key = match std::fs::read_to_string(&key_path) {
+        Ok(pem) => rcgen::KeyPair::from_pem(&pem)
+            .map_err(|e| fleet_refused(format!("the box's key: {e}")))?,
+        Err(_) => {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .map_err(|e| fleet_refused(format!("cannot make a key: {e}")))?;
+            drop_in::write_atomically(&key_path, key.serialize_pem().as_bytes(), 0o600)
+                .map_err(|e| SettingsError::Write(key_path.display().to_string(), e))?;
+            key
+        }
+    };
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, box_id);
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|r| r.pem())
+        .map_err(|e| fleet_refused(format!("cannot make the request: {e}")))?;
+    Ok(csr)
+}
+
+/// What enrollment takes: the broker and box id, the fleet's CA, the box's certificate,
+/// and its key when it comes in a bundle (else the key [`fleet_csr`] made).
+#[derive(Debug, Clone, Default)]
+pub struct Enrollment {
+    pub broker: String,
+    pub box_id: String,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: Option<String>,
+}
+
+impl Enrollment {
+    /// Reads a bundle as `fleet-certs DIR bundle BOX_ID BROKER` prints it: the `[fleet]`
+    /// lines (`broker = "…"`, `box_id = "…"`), then the CA, the box's certificate and its
+    /// key as PEM blocks. The certificate is the one whose CN is the box id.
+    pub fn from_bundle(text: &str) -> Result<Enrollment, SettingsError> {
+        let value = |key: &str| {
+            text.lines()
+                .filter_map(|l| l.trim().strip_prefix(key))
+                .filter_map(|rest| rest.trim().strip_prefix('='))
+                .map(|v| v.trim().trim_matches('"').to_string())
+                .next()
+        };
+        let (broker, box_id) = match (value("broker"), value("box_id")) {
+            (Some(b), Some(i)) => (b, i),
+            _ => return Err(fleet_refused("the bundle names no broker or box_id")),
+        };
+        let mut ca = Vec::new();
+        let mut cert = None;
+        let mut key = None;
+        for block in pem_blocks(text) {
+            if block.contains("PRIVATE KEY-----") {
+                key = Some(block);
+            } else if common_name(&block).as_deref() == Some(box_id.as_str()) {
+                cert = Some(block);
+            } else {
+                ca.push(block);
+            }
+        }
+        Ok(Enrollment {
+            broker,
+            box_id,
+            ca_pem: ca.join(""),
+            cert_pem: cert
+                .ok_or_else(|| fleet_refused("the bundle has no certificate for its box id"))?,
+            key_pem: Some(key.ok_or_else(|| fleet_refused("the bundle has no private key"))?),
+        })
+    }
+}
+
+/// The PEM blocks of a text, each with its BEGIN and END lines.
+fn pem_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with("-----BEGIN ") {
+            current = Some(String::new());
+        }
+        if let Some(block) = current.as_mut() {
+            block.push_str(line);
+            block.push('\n');
+            if line.starts_with("-----END ") {
+                blocks.extend(current.take());
+            }
+        }
+    }
+    blocks
+}
+
+fn common_name(cert_pem: &str) -> Option<String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let name = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    Some(name)
+}
+
+/// Enrollment, second half: checks that the certificate names `box_id`, was signed by the
+/// CA and holds the box's public key, writes the files to [`FLEET_DIR`], and turns the
+/// relay on in the console's drop-in (checked as `check-config` checks, broker TLS files
+/// loaded). The relay starts with the daemon: this applies at restart.
+pub fn enroll_fleet(config: &Config, enrollment: &Enrollment) -> Result<Config, SettingsError> {
+    use x509_parser::prelude::FromDer;
+    let box_id = enrollment.box_id.trim();
+    fleet_proto::BoxId::new(box_id)
+        .map_err(|_| fleet_refused("a box id is 1 to 64 of a-z, 0-9 and -"))?;
+    let dir = fleet_dir(config)?;
+    let key_pem = match &enrollment.key_pem {
+        Some(pem) => pem.clone(),
+        None => std::fs::read_to_string(dir.join("box.key")).map_err(|_| {
+            fleet_refused("make the key and request first (the box has no key yet)")
+        })?,
+    };
+    let key =
+        rcgen::KeyPair::from_pem(&key_pem).map_err(|e| fleet_refused(format!("the key: {e}")))?;
+    let (_, cert_block) = x509_parser::pem::parse_x509_pem(enrollment.cert_pem.trim().as_bytes())
+        .map_err(|_| fleet_refused("the certificate is not a PEM certificate"))?;
+    let cert = cert_block
+        .parse_x509()
+        .map_err(|e| fleet_refused(format!("the certificate: {e}")))?;
+    let name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|n| n.as_str().ok());
+    if name != Some(box_id) {
+        return Err(fleet_refused(format!(
+            "the certificate is for `{}`, not this box's id `{box_id}`",
+            name.unwrap_or("?")
+        )));
+    }
+    if cert.public_key().raw != key.public_key_der().as_slice() {
+        return Err(fleet_refused(
+            "the certificate does not hold this box's key: sign the request this box made",
+        ));
+    }
+    let (_, ca_block) = x509_parser::pem::parse_x509_pem(enrollment.ca_pem.trim().as_bytes())
+        .map_err(|_| fleet_refused("the CA is not a PEM certificate"))?;
+    let (_, ca) = x509_parser::certificate::X509Certificate::from_der(&ca_block.contents)
+        .map_err(|e| fleet_refused(format!("the CA: {e}")))?;
+    cert.verify_signature(Some(ca.public_key()))
+        .map_err(|_| fleet_refused("the certificate was not signed by this CA"))?;
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        drop_in::write_atomically(&path, text.as_bytes(), 0o600)
+            .map_err(|e| SettingsError::Write(path.display().to_string(), e))
+            .map(|()| path)
+    };
+    let ca_file = write("ca.pem", &enrollment.ca_pem)?;
+    let cert_file = write("box.pem", &enrollment.cert_pem)?;
+    let key_file = if enrollment.key_pem.is_some() {
+        write("box.key", &key_pem)?
+    } else {
+        dir.join("box.key")
+    };
+    let (broker, id) = (enrollment.broker.trim().to_string(), box_id.to_string());
+    let changed = config.change_console(|t| {
+        let fleet = t
+            .entry("fleet")
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        let fleet = fleet.as_table_mut().ok_or(ConfigError::Invalid {
+            key: "fleet",
+            message: "the console's drop-in has no table here".into(),
+        })?;
+        let path = |p: &std::path::Path| toml::Value::String(p.to_string_lossy().into_owned());
+        fleet.insert("enabled".into(), toml::Value::Boolean(true));
+        fleet.insert("broker".into(), toml::Value::String(broker));
+        fleet.insert("box_id".into(), toml::Value::String(id));
+        fleet.insert("ca_file".into(), path(&ca_file));
+        fleet.insert("cert_file".into(), path(&cert_file));
+        fleet.insert("key_file".into(), path(&key_file));
+        Ok(())
+    })?;
+    Ok(changed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,8 @@ pub struct Health {
     pub outbox_depth: u64,
     /// Past `fleet.outbox_warn`: the uplink or central is down for long. Nothing is lost.
     pub outbox_over_bound: bool,
+    /// How long the oldest event has waited for central's acknowledgement, in seconds.
+    pub oldest_unacked_seconds: Option<f64>,
     /// When central last acknowledged something (RFC 3339).
     pub last_ack_at: Option<String>,
     /// Central's clock minus this box's, learned from acks: a box with no real-time clock
@@ -485,6 +487,7 @@ impl Relay {
         self.note(|h| {
             h.outbox_depth = depth;
             h.outbox_over_bound = over;
+            h.oldest_unacked_seconds = oldest_age;
         });
         if over {
             tracing::error!(depth, bound = self.config.outbox_warn, "the fleet outbox is past its bound: central is not acknowledging (nothing is lost)");

@@ -302,12 +302,27 @@ fn the_operator_creates_accounts_and_sets_roles_from_the_cli() {
     let access = tokens["access_token"].as_str().expect("access");
     assert_eq!(me(&daemon, access).json()["role"], "admin");
 
+    // The venue keeps an admin: the only one cannot be demoted.
+    let last = daemon.cli(&["user", "set-role", "venue-admin", "streamer"]);
+    assert!(!last.status.success());
+    assert!(String::from_utf8_lossy(&last.stderr).contains("last admin"));
+    daemon.add_user("deputy", "admin");
     let set = daemon.cli(&["user", "set-role", "venue-admin", "streamer"]);
     assert!(
         set.status.success(),
         "{}",
         String::from_utf8_lossy(&set.stderr)
     );
+    // The running daemon learns of the CLI's change within seconds: the open session's
+    // token is refused as stale, and a refresh or a new login carries the new role.
+    common::poll_until(
+        std::time::Duration::from_secs(5),
+        "the CLI's role change reaches the open session",
+        || Some(me(&daemon, access).json()["error"]["code"].clone()),
+        |code| code == "token_stale",
+    );
+    let again = login(&daemon, "venue-admin", "correct horse battery");
+    let access = again["access_token"].as_str().expect("access");
     assert_eq!(me(&daemon, access).json()["role"], "streamer");
 
     let missing = daemon.cli(&["user", "set-role", "ghost", "admin"]);

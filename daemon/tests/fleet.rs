@@ -307,6 +307,10 @@ fn outbox_depth(daemon: &Daemon) -> i64 {
 }
 
 /// A venue: streamer `djay` with channel `stage`, viewer `fan` granted `points`.
+/// Events [`venue`] makes before any donation: the channel's creation, the grant, and the
+/// grant's audit row (`admin_action`: who granted, from where).
+const SETUP_EVENTS: usize = 3;
+
 fn venue(daemon: &Daemon, points: u32) -> String {
     daemon.add_streamer_channel("djay", "stage");
     let fan = daemon.add_user_token("fan", "viewer");
@@ -361,7 +365,8 @@ fn every_event_reaches_central_exactly_once_through_a_broker_outage() {
     // 5,000 with it away, and it stays away a full minute.
     donate_range(&daemon, &fan, 0, 5_000);
     assert!(
-        wait_until(Duration::from_secs(60), || central.events().len() == 5_002),
+        wait_until(Duration::from_secs(60), || central.events().len()
+            == 5_000 + SETUP_EVENTS),
         "central has {} of 5,002 events",
         central.events().len()
     );
@@ -397,11 +402,15 @@ fn every_event_reaches_central_exactly_once_through_a_broker_outage() {
         outbox_depth(&daemon)
     );
     let events = central.events();
-    assert_eq!(events.len(), 10_002, "every event exactly once");
+    assert_eq!(
+        events.len(),
+        10_000 + SETUP_EVENTS,
+        "every event exactly once"
+    );
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(
         seqs,
-        (1..=10_002).collect::<Vec<i64>>(),
+        (1..=10_000 + SETUP_EVENTS as i64).collect::<Vec<i64>>(),
         "in sequence, no gap"
     );
     let donations: Vec<_> = events.iter().filter(|e| e.kind == "donation").collect();
@@ -432,7 +441,7 @@ fn every_event_reaches_central_exactly_once_through_a_broker_outage() {
     );
     let boxes = central.storage().boxes().expect("boxes");
     assert_eq!(boxes.len(), 1);
-    assert_eq!(boxes[0].high_water, 10_002);
+    assert_eq!(boxes[0].high_water, 10_000 + SETUP_EVENTS as i64);
     assert!(central.storage().gaps().expect("gaps").is_empty());
     assert!(
         wait_until(Duration::from_secs(10), || central
@@ -542,12 +551,16 @@ fn batches_stored_and_never_acknowledged_or_delivered_thrice_are_stored_once() {
         donate(&daemon, &fan, n);
     }
     // The relay has a window (100) of events out and waits for acks before sending more:
-    // central holds those 100, and the box all 202.
+    // central holds those 100, and the box all 203.
     assert!(
         wait_until(Duration::from_secs(60), || central.events() == 100),
         "central stores the window the box sent"
     );
-    assert_eq!(outbox_depth(&daemon), 202, "no ack reached the box");
+    assert_eq!(
+        outbox_depth(&daemon),
+        200 + SETUP_EVENTS as i64,
+        "no ack reached the box"
+    );
     central.signal(nix::sys::signal::Signal::SIGKILL);
     broker.allow(ACL_NO_ACKS.to_string() + "topic write commeow/v1/+/ack\n");
     central.crash_and_restart();
@@ -563,7 +576,11 @@ fn batches_stored_and_never_acknowledged_or_delivered_thrice_are_stored_once() {
         })
         .expect("events");
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=202).collect::<Vec<i64>>(), "each event once");
+    assert_eq!(
+        seqs,
+        (1..=200 + SETUP_EVENTS as i64).collect::<Vec<i64>>(),
+        "each event once"
+    );
     assert!(storage.boxes().expect("boxes")[0].quarantined.is_none());
     let copies = republished.load(std::sync::atomic::Ordering::Relaxed);
     assert!(copies >= 20, "the proxy delivered {copies} extra copies");
@@ -603,7 +620,7 @@ fn a_box_killed_mid_relay_loses_nothing_and_its_last_will_says_offline() {
         "the outbox drains after the restart"
     );
     let events = central.events();
-    assert_eq!(events.len(), 302, "each event once");
+    assert_eq!(events.len(), 300 + SETUP_EVENTS, "each event once");
     assert!(wait_until(Duration::from_secs(10), || central
         .storage()
         .boxes()
@@ -631,7 +648,7 @@ fn two_central_replicas_split_the_work_and_store_each_event_once() {
         "the outbox drains"
     );
     let events = one.events();
-    assert_eq!(events.len(), 302, "each event once");
+    assert_eq!(events.len(), 300 + SETUP_EVENTS, "each event once");
     let (a, b) = (one.stop(), two.stop());
     assert!(a > 0 && b > 0, "both replicas stored batches: {a} and {b}");
 }
@@ -827,7 +844,7 @@ fn a_box_certificate_speaks_only_for_its_own_box() {
         wait_until(Duration::from_secs(30), || outbox_depth(&daemon) == 0),
         "hall-1's events are acknowledged over TLS"
     );
-    assert_eq!(central.events().len(), 22);
+    assert_eq!(central.events().len(), 20 + SETUP_EVENTS);
 }
 
 /// Runs the card image's `fleet-intake` on `bundle` (the folder on the boot partition) into
@@ -1016,11 +1033,19 @@ fn a_box_two_years_behind_is_heard_in_order_and_flagged() {
     );
     let events = central.events();
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=52).collect::<Vec<i64>>(), "in sequence order");
+    assert_eq!(
+        seqs,
+        (1..=50 + SETUP_EVENTS as i64).collect::<Vec<i64>>(),
+        "in sequence order"
+    );
+    // The first donation, made by the daemon (the grant before it came from the CLI, in
+    // a process of its own on the real clock).
+    let donation = &events[SETUP_EVENTS];
+    assert_eq!(donation.kind, "donation");
     assert!(
-        events[2].at.starts_with("2024-"),
+        donation.at.starts_with("2024-"),
         "the event keeps the box's own time: {}",
-        events[2].at
+        donation.at
     );
     let skew = central.storage().boxes().expect("boxes")[0].clock_skew_seconds;
     assert!(
@@ -1354,7 +1379,7 @@ fn a_frozen_central_and_a_killed_box_lose_nothing_and_store_nothing_twice() {
     let mut daemon = Daemon::start(&fleet_config(&broker.url()));
     let fan = venue(&daemon, 100 * 2_000);
     assert!(
-        wait_until(Duration::from_secs(20), || central.events() == 2),
+        wait_until(Duration::from_secs(20), || central.events() == SETUP_EVENTS),
         "central is running"
     );
     // Frozen in the middle of the stream: likely between storing a batch and acking it.
@@ -1379,9 +1404,148 @@ fn a_frozen_central_and_a_killed_box_lose_nothing_and_store_nothing_twice() {
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(
         seqs,
-        (1..=2_002).collect::<Vec<i64>>(),
+        (1..=2_000 + SETUP_EVENTS as i64).collect::<Vec<i64>>(),
         "each event once, in order"
     );
     let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-    assert_eq!(ids.len(), 2_002);
+    assert_eq!(ids.len(), 2_000 + SETUP_EVENTS);
+}
+
+/// The venue's console enrolls the box with no file copied by hand: the box makes its key
+/// and a request, the fleet admin signs it (`fleet-certs sign`), the operator pastes the
+/// certificate and CA; after a restart the box speaks to central over TLS as itself, and
+/// central hears of the enrollment in the audit events. A certificate that is not for this
+/// box's key or id, or not from this CA, is refused and changes nothing. A bundle pasted
+/// whole (`fleet-certs bundle`) works as well.
+#[test]
+fn a_box_enrolled_from_the_console_joins_with_the_key_it_made() {
+    let certs = fleet_certs(&["central", "hall-2"]);
+    let broker = Mosquitto::start_tls(certs.path());
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let central = Central::connect(
+        tls_broker(&url, certs.path(), "central"),
+        dir.path().join("central.db"),
+        "central",
+    );
+    let mut daemon = Daemon::start("");
+    let admin = daemon.add_user_token("boss", "admin");
+    let call = |daemon: &Daemon, method: &str, path: &str, body: serde_json::Value, token: &str| {
+        common::send_json(method, &daemon.url(path), Some(&body), Some(token))
+    };
+    let csr = call(
+        &daemon,
+        "POST",
+        "/api/admin/fleet/csr",
+        serde_json::json!({"box_id": "hall-1"}),
+        &admin,
+    );
+    assert_eq!(csr.status, 200, "{csr:?}");
+    let csr = csr.json()["csr"].as_str().expect("csr").to_string();
+    assert!(
+        csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"),
+        "{csr}"
+    );
+    let key_file = daemon.data_dir().join("fleet/box.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key_file).expect("key").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the key stays the box's alone");
+
+    // The fleet admin signs the request with the fleet's CA.
+    let request = certs.path().join("hall-1.csr");
+    std::fs::write(&request, &csr).expect("csr");
+    let signed = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/central/fleet-certs"))
+        .arg(certs.path())
+        .args(["sign", "hall-1"])
+        .arg(&request)
+        .output()
+        .expect("fleet-certs sign");
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let cert = std::fs::read_to_string(certs.path().join("hall-1.pem")).expect("cert");
+    let ca = std::fs::read_to_string(certs.path().join("ca.pem")).expect("ca");
+
+    // What is not this box's is refused, and nothing is written.
+    let enroll = |box_id: &str, cert: &str, ca: &str| {
+        call(
+            &daemon,
+            "PUT",
+            "/api/admin/fleet",
+            serde_json::json!({"broker": url, "box_id": box_id, "ca_pem": ca, "cert_pem": cert}),
+            &admin,
+        )
+    };
+    let other = std::fs::read_to_string(certs.path().join("hall-2.pem")).expect("hall-2");
+    let refusals = [
+        (
+            enroll("hall-2", &other, &ca),
+            "does not hold this box's key",
+        ),
+        (enroll("hall-7", &cert, &ca), "not this box's id"),
+        (enroll("hall-1", &cert, &cert), "not signed by this CA"),
+    ];
+    for (answer, words) in refusals {
+        assert_eq!(answer.error_code(), "invalid_setting", "{answer:?}");
+        assert!(answer.text().contains(words), "{answer:?}");
+    }
+    assert!(!daemon.data_dir().join("console.toml").exists());
+
+    let enrolled = enroll("hall-1", &cert, &ca);
+    assert_eq!(enrolled.status, 200, "{enrolled:?}");
+    assert_eq!(enrolled.json()["restart_needed"], true);
+    daemon.crash_and_restart();
+    assert!(
+        wait_until(Duration::from_secs(30), || daemon.get("/healthz").json()
+            ["fleet"]["connected"]
+            == true),
+        "the enrolled box connects over TLS: {:?}",
+        daemon.get("/healthz")
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || central.events().iter().any(
+            |e| e.kind == "admin_action" && e.payload["action"] == "fleet_enroll"
+        )),
+        "central hears of the enrollment as hall-1"
+    );
+    let admin = daemon.login("boss");
+    let health =
+        common::send_json("GET", &daemon.url("/api/admin/health"), None, Some(&admin)).json();
+    assert_eq!(health["fleet"]["box_id"], "hall-1");
+    assert_eq!(health["fleet"]["relay"]["connected"], true);
+    let check = daemon.cli(&["check-config"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // A bundle, pasted whole, on another box.
+    let bundle = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/central/fleet-certs"))
+        .arg(certs.path())
+        .args(["bundle", "hall-3", &url])
+        .output()
+        .expect("fleet-certs bundle");
+    assert!(bundle.status.success());
+    let mut other_box = Daemon::start("");
+    let admin = other_box.add_user_token("boss", "admin");
+    let pasted = call(
+        &other_box,
+        "PUT",
+        "/api/admin/fleet",
+        serde_json::json!({"bundle": String::from_utf8_lossy(&bundle.stdout)}),
+        &admin,
+    );
+    assert_eq!(pasted.status, 200, "{pasted:?}");
+    other_box.crash_and_restart();
+    assert!(
+        wait_until(Duration::from_secs(30), || other_box.get("/healthz").json()
+            ["fleet"]["connected"]
+            == true),
+        "the bundle's box connects: {:?}",
+        other_box.get("/healthz")
+    );
 }

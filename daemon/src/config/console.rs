@@ -146,6 +146,8 @@ impl Config {
         let mut drop_in = current(&dir)?;
         edit(&mut drop_in)?;
         let merged = self.layered(drop_in.clone(), &file)?;
+        // As `check-config` does: the fleet relay's TLS files must load.
+        merged.fleet.check_broker()?;
         let text = format!(
             "# Written by commeowd's console (the admin pages). Edit there, not here.\n{}",
             toml::to_string(&drop_in).map_err(|e| ConfigError::Parse {

@@ -635,6 +635,88 @@ pub async fn restart(
     Ok(StatusCode::ACCEPTED)
 }
 
+// ---- Fleet enrollment ----
+
+#[derive(Debug, Deserialize)]
+pub struct CsrRequest {
+    box_id: String,
+}
+
+/// `POST /api/admin/fleet/csr {box_id}`: the box makes its key (once; it never leaves the
+/// box) and a certificate signing request naming `box_id`, for the fleet admin to sign.
+pub async fn fleet_csr(
+    State(state): State<AppState>,
+    Admin { actor }: Admin,
+    ApiJson(request): ApiJson<CsrRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let config = state.console.config.lock().await.clone();
+    let box_id = request.box_id.clone();
+    let csr = tokio::task::spawn_blocking(move || console::fleet_csr(&config, &box_id))
+        .await
+        .map_err(|_| ApiError::internal())?
+        .map_err(settings_refused)?;
+    act(&state, move |s| {
+        console::record(s, &actor, "fleet_csr", &request.box_id, "")
+    })
+    .await?;
+    Ok(Json(json!({ "csr": csr })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EnrollRequest {
+    /// A bundle as `fleet-certs DIR bundle BOX_ID BROKER` prints it, or the parts below.
+    #[serde(default)]
+    bundle: Option<String>,
+    #[serde(default)]
+    broker: String,
+    #[serde(default)]
+    box_id: String,
+    #[serde(default)]
+    ca_pem: String,
+    #[serde(default)]
+    cert_pem: String,
+}
+
+/// `PUT /api/admin/fleet`: the signed certificate and CA (for the key this box made), or a
+/// bundle with its own key. Checked, written, and on at the next restart.
+pub async fn enroll_fleet(
+    State(state): State<AppState>,
+    Admin { actor }: Admin,
+    ApiJson(request): ApiJson<EnrollRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let enrollment = match request
+        .bundle
+        .as_deref()
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+    {
+        Some(bundle) => console::Enrollment::from_bundle(bundle).map_err(settings_refused)?,
+        None => console::Enrollment {
+            broker: request.broker,
+            box_id: request.box_id,
+            ca_pem: request.ca_pem,
+            cert_pem: request.cert_pem,
+            key_pem: None,
+        },
+    };
+    let mut config = state.console.config.lock().await;
+    let current = config.clone();
+    let detail = format!("{} via {}", enrollment.box_id, enrollment.broker);
+    let box_id = enrollment.box_id.clone();
+    let changed = tokio::task::spawn_blocking(move || console::enroll_fleet(&current, &enrollment))
+        .await
+        .map_err(|_| ApiError::internal())?
+        .map_err(settings_refused)?;
+    *config = changed;
+    act(&state, move |s| {
+        console::record(s, &actor, "fleet_enroll", &box_id, &detail)
+    })
+    .await?;
+    Ok(Json(
+        json!({ "restart_needed": true, "restart_available": crate::system::under_systemd() }),
+    ))
+}
+
 // ---- Health and audit ----
 
 /// `GET /api/admin/health`: version, uptime, CPU, memory, temperature and throttling,

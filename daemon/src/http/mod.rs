@@ -173,6 +173,8 @@ fn console_routes() -> Router<AppState> {
             get(console::settings).put(console::set_settings),
         )
         .route("/api/admin/restart", post(console::restart))
+        .route("/api/admin/fleet/csr", post(console::fleet_csr))
+        .route("/api/admin/fleet", put(console::enroll_fleet))
         .route("/api/admin/health", get(console::health))
         .route("/api/admin/audit", get(console::audit))
 }

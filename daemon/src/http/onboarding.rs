@@ -128,6 +128,19 @@ pub async fn onboard(
                 Err(OnboardingRefused::AlreadyDone) => return Ok(None),
             };
             store.start_session(admin.id, &family, &refresh_hash, expires, keep)?;
+            store.note_seen(admin.id)?;
+            // The audit log's first row: who set the box up, and from where.
+            let actor = crate::console::Actor {
+                name: admin.username.clone(),
+                address: address.to_string(),
+            };
+            crate::console::record(
+                store,
+                &actor,
+                "onboard",
+                &venue.name,
+                "venue named, admin made",
+            )?;
             Ok(Some((venue, admin)))
         })
         .await

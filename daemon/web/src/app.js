@@ -31,6 +31,23 @@ const TEXT = {
     anonymous: "익명", deleted: "삭제된 메시지", streamer: "스트리머", admin: "관리자",
     setupTitle: "처음 설정", setupIntro: "카드의 commeow-setup.txt 파일(또는 박스 화면)에 적힌 설정 코드를 입력하고, 장소 이름과 관리자 계정을 만드세요.",
     setupCode: "설정 코드", venueName: "장소 이름", setupDone: "설정 완료",
+    console: "운영", people: "사람", channelsTab: "채널", money: "결제·포인트", settings: "설정", box: "박스 상태", audit: "기록",
+    search: "아이디나 닉네임으로 찾기", role: "역할", viewer: "시청자", created: "가입", lastSeen: "최근 접속", never: "없음",
+    disabled: "사용 중지됨", disable: "사용 중지", enable: "다시 사용", resetCode: "비밀번호 재설정 코드", grant: "포인트 지급",
+    reason: "이유", give: "지급", codeOnce: (h) => `${h}시간 동안 한 번만 쓸 수 있어요. 본인에게 직접 전해 주세요.`,
+    owner: "주인", stop: "방송 끊기", giveTo: "다른 스트리머에게 넘기기", transfer: "넘기기", remove: "삭제", reallyRemove: "정말 삭제할까요?",
+    kakao: "카카오페이", cid: "가맹점 코드 (CID)", baseUrl: "API 주소", secretKey: "시크릿 키", secretSet: "설정됨 — 바꾸려면 새 키를 붙여 넣으세요",
+    secretNotSet: "한 번만 붙여 넣으면 박스만 읽을 수 있는 파일에 저장돼요", save: "저장", saved: "저장했어요", check: "연결 확인",
+    topupsOn: "충전 켜짐", topupsOffShort: "충전 꺼짐", catalog: "충전 상품", addProduct: "상품 추가", productId: "상품 id", price: "가격 (원)",
+    orders: "주문", ledger: "장부 확인", ledgerOk: "장부가 맞아요", export: "CSV 내보내기 (후원·충전·지급)", from: "부터", to: "까지", download: "내려받기",
+    atRestart: "재시작 후 적용", live_: "바로 적용", restart: "지금 재시작", restartNote: "이 박스는 systemd가 돌리지 않아 여기서 재시작할 수 없어요.",
+    restarting: "재시작하는 중… 잠시 후 새로고침하세요.", version: "버전", uptime: "가동 시간", cpu: "CPU", memory: "메모리", temperature: "온도",
+    throttling: "전력·발열 제한", disk: "디스크 여유", written: "쓴 양", addresses: "네트워크 주소", obsUrl: "OBS 서버 주소", liveNow: "방송 중 채널",
+    fleet: "중앙 서버 연결 (fleet)", fleetOff: "꺼짐: 아래에서 가입하거나, 카드의 부트 파티션에 commeow-fleet 폴더를 넣고 재부팅하세요.", connected: "연결됨", notConnected: "연결 안 됨",
+    outbox: "보낼 이벤트", fleetJoin: "중앙 서버에 가입", fleetCsr: "키와 서명 요청 만들기", fleetCert: "서명된 박스 인증서",
+    fleetSign: (id) => `이 파일을 fleet 관리자에게 보내세요: fleet-certs DIR sign ${id} ${id}.csr`, fleetEnroll: "가입", fleetBundle: "또는 가입 번들 붙여 넣기 (fleet-certs DIR bundle …)",
+    fleetEnrolled: "저장했어요: 재시작하면 연결돼요", viewersNow: "시청자", fleetState: "상태", ladderHow: "켜고 끄기: 설정 탭의 transcode.enabled (재시작 후 적용)", oldestUnacked: "가장 오래 기다린 이벤트", logs: "최근 경고·오류", na: "n/a", who: "누가", what: "무엇을", when: "언제", where: "어디서",
+    hasReset: "재설정 코드가 있나요?", code: "재설정 코드", newPassword: "새 비밀번호", resetDone: "비밀번호를 바꿨어요. 새 비밀번호로 로그인하세요.",
   },
   en: {
     channels: "Channels", live: "LIVE", offline: "Offline", viewers: " watching", login: "Log in",
@@ -58,6 +75,23 @@ const TEXT = {
     anonymous: "anonymous", deleted: "message deleted", streamer: "streamer", admin: "admin",
     setupTitle: "Set up this box", setupIntro: "Type the setup code from commeow-setup.txt on the card (or the box's screen), name the venue and create the admin account.",
     setupCode: "Setup code", venueName: "Venue name", setupDone: "Set up",
+    console: "Console", people: "People", channelsTab: "Channels", money: "Money", settings: "Settings", box: "Box", audit: "Audit log",
+    search: "Search by username or nickname", role: "Role", viewer: "viewer", created: "Joined", lastSeen: "Last seen", never: "never",
+    disabled: "disabled", disable: "Disable", enable: "Enable", resetCode: "Password reset code", grant: "Grant points",
+    reason: "Reason", give: "Grant", codeOnce: (h) => `Works once within ${h} hours. Hand it to the person yourself.`,
+    owner: "Owner", stop: "Stop stream", giveTo: "Give to another streamer", transfer: "Give", remove: "Remove", reallyRemove: "Really remove?",
+    kakao: "Kakao Pay", cid: "Merchant code (CID)", baseUrl: "API address", secretKey: "Secret key", secretSet: "set — paste a new key to replace it",
+    secretNotSet: "paste it once: the box keeps it in a file only it can read", save: "Save", saved: "Saved", check: "Check connection",
+    topupsOn: "top-ups on", topupsOffShort: "top-ups off", catalog: "Top-up products", addProduct: "Add product", productId: "Product id", price: "Price (KRW)",
+    orders: "Orders", ledger: "Check the ledger", ledgerOk: "The ledger balances", export: "CSV export (donations, top-ups, grants)", from: "From", to: "To", download: "Download",
+    atRestart: "applies at restart", live_: "applies now", restart: "Restart now", restartNote: "systemd does not run this box's daemon, so it cannot restart from here.",
+    restarting: "Restarting… reload in a moment.", version: "Version", uptime: "Uptime", cpu: "CPU", memory: "Memory", temperature: "Temperature",
+    throttling: "Power and heat limits", disk: "Disk free", written: "Written", addresses: "Network addresses", obsUrl: "OBS server", liveNow: "Live channels",
+    fleet: "Fleet uplink", fleetOff: "off: join below, or put the commeow-fleet folder on the card's boot partition and reboot.", connected: "connected", notConnected: "not connected",
+    outbox: "Events to send", fleetJoin: "Join the fleet", fleetCsr: "Make key and signing request", fleetCert: "Signed box certificate",
+    fleetSign: (id) => `Send this file to the fleet admin: fleet-certs DIR sign ${id} ${id}.csr`, fleetEnroll: "Enroll", fleetBundle: "Or paste an enrollment bundle (fleet-certs DIR bundle …)",
+    fleetEnrolled: "Saved: the box connects after a restart", viewersNow: "Viewers", fleetState: "State", ladderHow: "On or off: transcode.enabled in Settings (applies at restart)", oldestUnacked: "Oldest waiting", logs: "Recent warnings and errors", na: "n/a", who: "Who", what: "What", when: "When", where: "From",
+    hasReset: "Have a reset code?", code: "Reset code", newPassword: "New password", resetDone: "Password changed. Log in with the new one.",
   },
 };
 
@@ -120,7 +154,13 @@ async function api(method, path, body, headers = {}) {
   if (response.status === 401 && session.refresh) {
     const error = await response.clone().json().catch(() => ({}));
     // Another call may have refreshed while this one was out: then just send again.
-    if (error?.error?.code === "token_expired" && (session.access !== sentWith || await refreshTokens())) response = await send();
+    const code = error?.error?.code;
+    // Expired, or issued before the account changed (an admin changed its role): a fresh
+    // token carries the account as it is now, and the page redraws for it.
+    if ((code === "token_expired" || code === "token_stale") && (session.access !== sentWith || await refreshTokens())) {
+      response = await send();
+      if (code === "token_stale") accountChanged();
+    }
   }
   const data = await response.json().catch(() => null);
   if (!response.ok) {
@@ -155,6 +195,17 @@ function refreshTokens() {
   return refreshing;
 }
 
+/// The account changed under an open page (a new role, say): learn it, and redraw.
+let redrawing = null;
+function accountChanged() {
+  redrawing ??= (async () => {
+    const before = me?.role;
+    await whoAmI();
+    redrawing = null;
+    if (me?.role !== before) route();
+  })();
+}
+
 async function whoAmI() {
   if (!session.access) return null;
   try { me = await api("GET", "/api/me"); } catch { session.clear(); }
@@ -178,6 +229,7 @@ function renderNav() {
   if (me) {
     links.push(h("a", { href: "/topup" }, t("topup")));
     if (me.role === "streamer" || me.role === "admin") links.push(h("a", { href: "/dashboard" }, t("dashboard")));
+    if (me.role === "admin") links.push(h("a", { href: "/admin", id: "console-link" }, t("console")));
     links.push(h("span", { class: "muted", id: "me" }, me.nickname));
     links.push(h("button", { onclick: async () => {
       await api("POST", "/api/auth/logout").catch(() => {});
@@ -415,7 +467,8 @@ function accountForm(kind) {
   } }, h("h2", {}, t(kind)),
   Object.entries(fields).map(([name, input]) => [h("label", { for: input.id }, t(name)), input]),
   error, h("p", {}, h("button", { class: "primary", id: "submit" }, t(kind))),
-  kind === "login" ? h("p", { class: "muted" }, `${t("noAccount")} `, h("a", { href: `/signup?next=${encodeURIComponent(safeNext)}` }, t("signup")))
+  kind === "login" ? h("p", { class: "muted" }, `${t("noAccount")} `, h("a", { href: `/signup?next=${encodeURIComponent(safeNext)}` }, t("signup")),
+    " · ", h("a", { href: "/reset", id: "reset-link" }, t("hasReset")))
     : h("p", { class: "muted" }, `${t("haveAccount")} `, h("a", { href: `/login?next=${encodeURIComponent(safeNext)}` }, t("login")))));
 }
 
@@ -488,7 +541,13 @@ function copyButton(text) {
 
 async function dashboard() {
   if (!me) return go("/login?next=/dashboard");
-  if (me.role !== "streamer" && me.role !== "admin") return show(h("p", {}, t("streamersOnly")));
+  if (me.role !== "streamer" && me.role !== "admin") {
+    show(h("p", { id: "streamers-only" }, t("streamersOnly")));
+    // An admin may make this account a streamer while the page is open: it then redraws.
+    const timer = setInterval(() => api("GET", "/api/me").catch(() => {}), 3000);
+    leave = () => clearInterval(timer);
+    return;
+  }
   const [channels, obs] = await Promise.all([api("GET", "/api/channels"), api("GET", "/api/obs")]);
   const myChannels = h("ul", { class: "cards", id: "my-channels" });
   // Live status and viewers, kept current while the dashboard is open.
@@ -566,7 +625,7 @@ async function dashboard() {
   const showKey = (answer) => keyArea.replaceChildren(h("div", { class: "panel" }, h("p", { class: "error" }, t("keyOnce")),
     h("table", {}, h("tr", {}, h("th", {}, t("server")), h("td", {}, h("code", { id: "obs-server" }, answer.rtmp_url)), h("td", {}, copyButton(answer.rtmp_url))),
       h("tr", {}, h("th", {}, t("streamKey")), h("td", {}, h("code", { class: "secret", id: "key" }, answer.stream_key)), h("td", {}, copyButton(answer.stream_key))))));
-  const slug = h("input", { id: "new-slug", required: true, pattern: "[a-z0-9][a-z0-9-]{0,31}" });
+  const slug = h("input", { id: "new-slug", required: true, pattern: "[a-z0-9][a-z0-9\\-]{0,31}" });
   const title = h("input", { id: "new-title" });
   const error = h("p", { class: "error" });
   // The newest donations to the streamer's channels, newest first.
@@ -600,6 +659,306 @@ async function dashboard() {
   leave = () => clearInterval(timer);
 }
 
+// ---- Console: the venue operator's pages (admins). Every action is one API call to the
+// same function the CLI runs; the page only shows and asks. ----
+function resetForm() {
+  const fields = { username: h("input", { id: "username", autocomplete: "username", required: true }),
+    code: h("input", { id: "reset-code", autocomplete: "one-time-code", required: true }),
+    newPassword: h("input", { id: "password", type: "password", autocomplete: "new-password", required: true }) };
+  const note = h("p", { class: "error", id: "form-error" });
+  show(h("form", { class: "narrow panel", id: "reset", onsubmit: async (e) => {
+    e.preventDefault();
+    note.className = "error"; note.textContent = "";
+    try {
+      await api("POST", "/api/auth/reset", { username: fields.username.value, code: fields.code.value, password: fields.newPassword.value });
+      note.className = "ok"; note.textContent = t("resetDone");
+    } catch (failure) { note.textContent = failure.message; }
+  } }, h("h2", {}, t("hasReset")), Object.entries(fields).map(([name, input]) => [h("label", { for: input.id }, t(name)), input]),
+  note, h("p", {}, h("button", { class: "primary", id: "submit" }, t("save")))));
+}
+
+const TABS = ["people", "channels", "money", "settings", "box", "audit"];
+const tabName = (tab) => t({ channels: "channelsTab" }[tab] ?? tab);
+
+/// A button that shows what its action answered (or why it failed) beside it.
+function action(label, attrs, run) {
+  const said = h("span", { class: "said" });
+  const button = h("button", { type: "button", ...attrs, onclick: async () => {
+    button.disabled = true; said.className = "said muted"; said.textContent = "…";
+    try { const text = await run(); said.className = "said ok"; said.textContent = text ?? t("saved"); } catch (failure) {
+      said.className = "said error"; said.textContent = failure.message;
+    } finally { button.disabled = false; }
+  } }, label);
+  return [button, said];
+}
+
+const when = (at) => at ? new Date(at).toLocaleString(lang) : t("never");
+const bytes = (n) => n == null ? t("na") : n > 1e9 ? `${(n / 1e9).toFixed(1)} GB` : `${(n / 1e6).toFixed(0)} MB`;
+
+async function adminConsole(tab) {
+  if (!me) return go(`/login?next=/admin/${tab}`);
+  if (me.role !== "admin") return show(h("p", {}, t("notFound")));
+  if (!TABS.includes(tab)) return show(h("p", {}, t("notFound")));
+  const body = h("div", { id: `console-${tab}` });
+  show(h("nav", { class: "tabs", id: "console-tabs" }, TABS.map((name) =>
+    h("a", { href: `/admin/${name}`, class: name === tab ? "chosen" : "", "data-tab": name }, tabName(name)))), body);
+  await CONSOLE_PAGES[tab](body);
+}
+
+const CONSOLE_PAGES = {
+  async people(body) {
+    const query = h("input", { id: "people-search", type: "search", placeholder: t("search") });
+    const list = h("ul", { class: "cards", id: "people" });
+    const draw = async () => {
+      const accounts = await api("GET", `/api/admin/users?q=${encodeURIComponent(query.value)}`);
+      list.replaceChildren(...accounts.map((a) => {
+        const name = encodeURIComponent(a.username);
+        const role = h("select", { "data-role": a.username }, ["viewer", "streamer", "admin"].map((r) =>
+          h("option", { value: r, selected: r === a.role }, t(r))));
+        const [roleSave, roleSaid] = action(t("save"), { "data-save-role": a.username }, async () => {
+          await api("POST", `/api/admin/users/${name}/role`, { role: role.value }); return `${t("role")}: ${t(role.value)}`;
+        });
+        const points = h("input", { type: "number", min: "1", placeholder: t("points"), "data-grant-points": a.username });
+        const reason = h("input", { placeholder: t("reason"), "data-grant-reason": a.username });
+        const [grant, grantSaid] = action(t("give"), { "data-grant": a.username }, async () => {
+          const wallet = await api("POST", `/api/admin/users/${name}/grant`, { points: Number(points.value), reason: reason.value });
+          points.value = ""; reason.value = "";
+          return `${t("balance")} ${wallet.balance.toLocaleString()}`;
+        });
+        const [toggle, toggleSaid] = action(a.disabled ? t("enable") : t("disable"), { "data-disable": a.username }, async () => {
+          await api("POST", `/api/admin/users/${name}/disabled`, { disabled: !a.disabled }); await draw();
+        });
+        const codeArea = h("p", { class: "code-once" });
+        const [reset, resetSaid] = action(t("resetCode"), { "data-reset": a.username }, async () => {
+          const answer = await api("POST", `/api/admin/users/${name}/reset-code`);
+          codeArea.replaceChildren(h("code", { class: "secret", "data-code": a.username }, answer.code), " ", t("codeOnce")(answer.valid_hours));
+          return "";
+        });
+        return h("li", { class: "card", "data-user": a.username },
+          h("h3", {}, a.nickname, " ", h("span", { class: "muted handle" }, `@${a.username}`), a.disabled ? h("span", { class: "badge" }, t("disabled")) : null),
+          h("div", { class: "muted" }, `${t("created")} ${when(a.created_at)} · ${t("lastSeen")} ${when(a.last_seen_at)}`),
+          h("div", {}, `${t("balance")} ${a.balance.toLocaleString()}`, a.earnings ? ` · +${a.earnings.toLocaleString()}` : ""),
+          h("div", { class: "row" }, role, roleSave, roleSaid),
+          h("div", { class: "row" }, points, reason, grant, grantSaid),
+          h("div", { class: "row" }, toggle, toggleSaid, reset, resetSaid), codeArea);
+      }));
+    };
+    let typing;
+    query.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(draw, 250); });
+    body.replaceChildren(query, list);
+    await draw();
+  },
+
+  async channels(body) {
+    const list = h("ul", { class: "cards", id: "admin-channels" });
+    const keyArea = h("div", { id: "stream-key" });
+    const draw = async () => {
+      const channels = await api("GET", "/api/admin/channels");
+      list.replaceChildren(...channels.map((c) => {
+        const slug = encodeURIComponent(c.slug);
+        const [stop, stopSaid] = action(t("stop"), { "data-stop": c.slug, disabled: !c.live }, async () => {
+          await api("POST", `/api/admin/channels/${slug}/stop`); setTimeout(draw, 500); return "";
+        });
+        const [rotate, rotateSaid] = action(t("rotate"), { "data-rotate": c.slug }, async () => {
+          const answer = await api("POST", `/api/admin/channels/${slug}/rotate`);
+          keyArea.replaceChildren(h("div", { class: "panel" }, h("p", { class: "error" }, t("keyOnce")),
+            h("p", {}, h("code", { class: "secret", id: "key" }, answer.stream_key), " ", copyButton(answer.stream_key))));
+          return "";
+        });
+        const owner = h("input", { placeholder: t("username"), "data-owner-input": c.slug });
+        const [give, giveSaid] = action(t("transfer"), { "data-give": c.slug }, async () => {
+          await api("POST", `/api/admin/channels/${slug}/owner`, { username: owner.value }); await draw();
+        });
+        let armed = false;
+        const [remove, removeSaid] = action(t("remove"), { "data-remove": c.slug, class: "danger" }, async () => {
+          if (!armed) { armed = true; return t("reallyRemove"); }
+          await api("DELETE", `/api/admin/channels/${slug}`); await draw();
+        });
+        return h("li", { class: "card", "data-channel": c.slug },
+          h("span", { class: c.live ? "badge live" : "badge" }, c.live ? t("live") : t("offline")),
+          h("h3", {}, h("a", { href: `/c/${slug}` }, c.title || c.slug), " ", h("span", { class: "muted handle" }, c.slug)),
+          h("div", { class: "muted" }, `${t("owner")}: ${c.owner ?? "—"}`, c.live ? ` · ${c.viewers}${t("viewers")} · ${(c.bitrate_kbps ?? 0).toLocaleString()} Kbps` : ""),
+          h("div", { class: "row" }, stop, stopSaid, rotate, rotateSaid),
+          h("div", { class: "row" }, owner, give, giveSaid),
+          h("div", { class: "row" }, remove, removeSaid));
+      }));
+    };
+    body.replaceChildren(keyArea, list);
+    await draw();
+    const timer = setInterval(() => { if (!list.contains(document.activeElement)) draw().catch(() => {}); }, 5000);
+    leave = () => clearInterval(timer);
+  },
+
+  async money(body) {
+    const setup = await api("GET", "/api/admin/kakao-pay");
+    const cid = h("input", { id: "kakao-cid", value: setup.cid });
+    const baseUrl = h("input", { id: "kakao-base-url", value: setup.base_url });
+    const secret = h("input", { id: "kakao-secret", type: "password", autocomplete: "off", placeholder: setup.secret_key_set ? t("secretSet") : t("secretNotSet") });
+    const state = h("span", { id: "kakao-state", class: setup.enabled ? "badge live" : "badge" }, setup.enabled ? t("topupsOn") : t("topupsOffShort"));
+    const [save, saveSaid] = action(t("save"), { id: "kakao-save", class: "primary" }, async () => {
+      const answer = await api("PUT", "/api/admin/kakao-pay", { cid: cid.value, base_url: baseUrl.value, secret_key: secret.value || null });
+      secret.value = ""; secret.placeholder = t("secretSet");
+      state.className = answer.enabled ? "badge live" : "badge"; state.textContent = answer.enabled ? t("topupsOn") : t("topupsOffShort");
+    });
+    const [check, checkSaid] = action(t("check"), { id: "kakao-check" }, async () => {
+      const answer = await api("POST", "/api/admin/kakao-pay/check");
+      if (!answer.ok) throw new Error(answer.message);
+      return answer.message;
+    });
+    // The catalog: rows of id, points, price.
+    const rows = h("tbody", { id: "products-edit" });
+    const productRow = (p = { id: "", points: "", price_krw: "" }) => {
+      const row = h("tr", {}, h("td", {}, h("input", { value: p.id, "data-field": "id" })),
+        h("td", {}, h("input", { type: "number", value: p.points, "data-field": "points" })),
+        h("td", {}, h("input", { type: "number", value: p.price_krw, "data-field": "price_krw" })),
+        h("td", {}, h("button", { type: "button", onclick: () => row.remove() }, "✕")));
+      return row;
+    };
+    rows.replaceChildren(...setup.products.map(productRow));
+    const [saveProducts, productsSaid] = action(t("save"), { id: "products-save", class: "primary" }, async () => {
+      const products = [...rows.children].map((row) => {
+        const get = (f) => row.querySelector(`[data-field="${f}"]`).value;
+        return { id: get("id"), points: Number(get("points")), price_krw: Number(get("price_krw")) };
+      });
+      await api("PUT", "/api/admin/kakao-pay/products", products);
+    });
+    const [ledger, ledgerSaid] = action(t("ledger"), { id: "ledger-check" }, async () => {
+      const answer = await api("POST", "/api/admin/ledger/check");
+      if (!answer.balanced) throw new Error(answer.problems.join("; "));
+      return t("ledgerOk");
+    });
+    const today = new Date().toISOString().slice(0, 10);
+    const from = h("input", { id: "export-from", type: "date", value: `${today.slice(0, 8)}01` });
+    const to = h("input", { id: "export-to", type: "date", value: today });
+    const [download, downloadSaid] = action(t("download"), { id: "export-download" }, async () => {
+      const response = await fetch(`/api/admin/export.csv?from=${from.value}&to=${to.value}`, { headers: { authorization: `Bearer ${session.access}` } });
+      if (!response.ok) throw new Error((await response.json().catch(() => null))?.error?.message ?? response.statusText);
+      const link = h("a", { href: URL.createObjectURL(await response.blob()), download: `commeow-${from.value}-${to.value}.csv` });
+      document.body.append(link); link.click(); link.remove();
+      return "";
+    });
+    const orders = await api("GET", "/api/admin/orders");
+    body.replaceChildren(
+      h("section", { class: "panel", id: "kakao-setup" }, h("h3", {}, t("kakao"), " ", state),
+        h("label", { for: "kakao-cid" }, t("cid")), cid, h("label", { for: "kakao-base-url" }, t("baseUrl")), baseUrl,
+        h("label", { for: "kakao-secret" }, t("secretKey")), secret, h("p", { class: "row" }, save, saveSaid), h("p", { class: "row" }, check, checkSaid)),
+      h("section", { class: "panel" }, h("h3", {}, t("catalog")),
+        h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, t("productId")), h("th", {}, t("points")), h("th", {}, t("price")), h("th", {}))), rows),
+        h("p", { class: "row" }, h("button", { type: "button", id: "product-add", onclick: () => rows.append(productRow()) }, t("addProduct")), saveProducts, productsSaid)),
+      h("section", { class: "panel" }, h("h3", {}, t("ledger")), h("p", { class: "row" }, ledger, ledgerSaid)),
+      h("section", { class: "panel" }, h("h3", {}, t("export")), h("div", { class: "row" }, h("label", { for: "export-from" }, t("from")), from, h("label", { for: "export-to" }, t("to")), to),
+        h("p", { class: "row" }, download, downloadSaid)),
+      h("section", { class: "panel" }, h("h3", {}, t("orders")), orders.length ? h("table", { id: "orders" }, orders.map((o) => h("tr", { "data-order": o.order_id },
+        h("td", {}, when(o.created_at)), h("td", {}, o.user), h("td", {}, `${o.points.toLocaleString()} / ₩${o.price_krw.toLocaleString()}`),
+        h("td", { class: o.state === "approved" ? "ok" : o.state === "pending" ? "muted" : "error" }, o.state)))) : h("p", { class: "muted" }, t("none"))));
+  },
+
+  async settings(body) {
+    const now = await api("GET", "/api/admin/settings");
+    const venue = h("input", { id: "venue-name", value: now.venue_name ?? "" });
+    const inputs = now.settings.map((s) => ({ s, input: h("input", { id: `setting-${s.key}`, "data-key": s.key, value: s.value ?? "" }) }));
+    const restartArea = h("div", { id: "restart" });
+    const [save, said] = action(t("save"), { id: "settings-save", class: "primary" }, async () => {
+      const values = Object.fromEntries(inputs.filter(({ s, input }) => String(s.value ?? "") !== input.value).map(({ s, input }) => [s.key, input.value]));
+      const answer = await api("PUT", "/api/admin/settings", { venue_name: venue.value, values });
+      inputs.forEach(({ s, input }) => { s.value = input.value; });
+      if (venue.value) { document.querySelector(".brand").textContent = venue.value; }
+      if (answer.restart_needed) restartArea.replaceChildren(restartButton(now.restart_available));
+    });
+    body.replaceChildren(h("section", { class: "panel", id: "settings" },
+      h("label", { for: "venue-name" }, `${t("venueName")} · ${t("live_")}`), venue,
+      inputs.map(({ s, input }) => [h("label", { for: input.id }, `${s.key} · ${s.applies === "live" ? t("live_") : t("atRestart")}`), input]),
+      h("p", { class: "row" }, save, said), restartArea));
+    restartArea.replaceChildren(restartButton(now.restart_available));
+  },
+
+  async box(body) {
+    const live = h("div", { id: "box-live" });
+    body.replaceChildren(live, fleetEnrollment());
+    const draw = async () => {
+      const s = await api("GET", "/api/admin/health");
+      const b = s.box;
+      const uptime = (n) => n == null ? t("na") : `${Math.floor(n / 86400)}d ${Math.floor(n % 86400 / 3600)}h ${Math.floor(n % 3600 / 60)}m`;
+      const facts = [
+        [t("version"), b.version], [t("uptime"), uptime(b.uptime_seconds)],
+        [t("cpu"), b.cpu_percent == null ? t("na") : `${b.cpu_percent.toFixed(0)} % · load ${b.load_average?.map((l) => l.toFixed(2)).join(" ") ?? t("na")} · ${b.cores} cores`],
+        [t("memory"), `${bytes(b.rss_bytes)} / ${bytes(b.memory_available_bytes)} free of ${bytes(b.memory_total_bytes)}`],
+        [t("temperature"), b.temperature_celsius == null ? t("na") : `${b.temperature_celsius.toFixed(1)} °C`],
+        [t("throttling"), b.throttled == null ? t("na") : (b.throttled.now.join(", ") || "none") + (b.throttled.since_boot.length ? ` (since boot: ${b.throttled.since_boot.join(", ")})` : "")],
+        [t("disk"), `${bytes(b.disk_free_bytes)} / ${bytes(b.disk_total_bytes)}`], [t("written"), bytes(b.bytes_written)],
+        [t("addresses"), b.addresses.join(" · ") || t("na")], [t("obsUrl"), s.obs_server],
+        [t("liveNow"), s.live_channels.join(", ") || "—"], [t("viewersNow"), String(s.viewers)],
+      ];
+      const relay = s.fleet.relay;
+      const fleet = s.fleet.enabled ? [
+        [t("fleet"), `${s.fleet.box_id} → ${s.fleet.broker}`],
+        [t("fleetState"), relay?.connected ? t("connected") : t("notConnected")],
+        [t("outbox"), String(relay?.outbox_depth ?? t("na"))],
+        [t("oldestUnacked"), relay?.oldest_unacked_seconds == null ? "—" : `${relay.oldest_unacked_seconds.toFixed(0)} s`],
+      ] : [[t("fleetState"), t("fleetOff")]];
+      const ladder = await api("GET", "/api/system/transcode").catch(() => null);
+      const rungs = (ladder?.probe?.rungs ?? []).map((r) => h("li", {}, `${r.name} ${r.width}x${r.height} ${r.video_kbps} Kbps: ${r.encoder ?? t("rejected")}`));
+      live.replaceChildren(
+        h("section", { class: "panel" }, h("h3", {}, t("box")), h("table", { id: "health" }, facts.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v))))),
+        h("section", { class: "panel" }, h("h3", {}, t("fleet")), h("table", { id: "fleet" }, fleet.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v))))),
+        h("section", { class: "panel", id: "ladder" }, h("h3", {}, t("ladder")),
+          h("p", {}, ladder?.probe ? `${ladder.probe.enabled ? t("ladderOn") : t("ladderOff")}: ${ladder.probe.why}` : "…"), h("ul", {}, rungs),
+          h("p", { class: "muted" }, h("a", { href: "/admin/settings" }, t("ladderHow")))),
+        h("section", { class: "panel" }, h("h3", {}, t("logs")), s.logs.length ? h("ol", { id: "logs", class: "logs" }, s.logs.slice().reverse().map((l) =>
+          h("li", { class: l.level === "error" ? "error" : "warning" }, `${when(l.at)} ${l.message}`))) : h("p", { class: "muted" }, t("none"))));
+    };
+    await draw();
+    const timer = setInterval(() => draw().catch(() => {}), 5000);
+    leave = () => clearInterval(timer);
+  },
+
+  async audit(body) {
+    const rows = await api("GET", "/api/admin/audit");
+    body.replaceChildren(rows.length ? h("ul", { class: "cards", id: "audit" }, rows.map((r) => h("li", { class: "card", "data-action": r.action },
+      h("div", {}, h("strong", {}, r.action), " ", r.target, r.detail ? ` · ${r.detail}` : ""),
+      h("div", { class: "muted" }, `${when(r.at)} · ${r.actor} · ${r.address}`)))) : h("p", { class: "muted" }, t("none")));
+  },
+};
+
+/// Joining the fleet from the page: the box makes its key and a request (the key never
+/// leaves it), the fleet admin signs it, the operator pastes the certificate and CA; or a
+/// bundle pasted whole. On at the next restart.
+function fleetEnrollment() {
+  const broker = h("input", { id: "fleet-broker", placeholder: "mqtts://fleet.example:8883" });
+  const boxId = h("input", { id: "fleet-box-id", placeholder: "hall-1" });
+  const csrArea = h("div", { id: "fleet-csr" });
+  const [makeCsr, csrSaid] = action(t("fleetCsr"), { id: "fleet-make-csr" }, async () => {
+    const answer = await api("POST", "/api/admin/fleet/csr", { box_id: boxId.value });
+    const file = URL.createObjectURL(new Blob([answer.csr], { type: "application/pkcs10" }));
+    csrArea.replaceChildren(h("p", {}, h("a", { href: file, download: `${boxId.value}.csr`, id: "fleet-csr-download" }, `${boxId.value}.csr`), " · ", copyButton(answer.csr)),
+      h("p", { class: "muted" }, t("fleetSign")(boxId.value)));
+    return "";
+  });
+  const ca = h("textarea", { id: "fleet-ca", rows: 4, placeholder: "-----BEGIN CERTIFICATE----- (CA)" });
+  const cert = h("textarea", { id: "fleet-cert", rows: 4, placeholder: "-----BEGIN CERTIFICATE----- (box)" });
+  const bundle = h("textarea", { id: "fleet-bundle", rows: 4, placeholder: "[fleet] … -----BEGIN …" });
+  const restartArea = h("div");
+  const enrolled = (answer) => { restartArea.replaceChildren(restartButton(answer.restart_available)); return t("fleetEnrolled"); };
+  const [enroll, enrollSaid] = action(t("fleetEnroll"), { id: "fleet-enroll", class: "primary" }, async () =>
+    enrolled(await api("PUT", "/api/admin/fleet", { broker: broker.value, box_id: boxId.value, ca_pem: ca.value, cert_pem: cert.value })));
+  const [paste, pasteSaid] = action(t("fleetEnroll"), { id: "fleet-enroll-bundle" }, async () =>
+    enrolled(await api("PUT", "/api/admin/fleet", { bundle: bundle.value })));
+  return h("section", { class: "panel", id: "fleet-join" }, h("h3", {}, t("fleetJoin")),
+    h("label", { for: "fleet-broker" }, "Broker"), broker, h("label", { for: "fleet-box-id" }, "Box id"), boxId,
+    h("p", { class: "row" }, makeCsr, csrSaid), csrArea,
+    h("label", { for: "fleet-ca" }, "CA"), ca, h("label", { for: "fleet-cert" }, t("fleetCert")), cert,
+    h("p", { class: "row" }, enroll, enrollSaid),
+    h("label", { for: "fleet-bundle" }, t("fleetBundle")), bundle, h("p", { class: "row" }, paste, pasteSaid), restartArea);
+}
+
+function restartButton(available) {
+  if (!available) return h("p", { class: "muted", id: "restart-note" }, t("restartNote"));
+  const [button, said] = action(t("restart"), { id: "restart-button" }, async () => {
+    await api("POST", "/api/admin/restart"); return t("restarting");
+  });
+  return h("p", { class: "row" }, button, said);
+}
+
 // ---- Router: plain paths, so every page has a shareable URL. ----
 async function route() {
   leave(); leave = () => {};
@@ -615,6 +974,8 @@ async function route() {
     else if (path === "/signup") accountForm("signup");
     else if (path === "/topup") await topUp();
     else if (path === "/dashboard") await dashboard();
+    else if (path === "/reset") resetForm();
+    else if ((m = path.match(/^\/admin(?:\/([a-z]+))?$/))) await adminConsole(m[1] ?? "people");
     else if ((m = path.match(/^\/payments\/([^/]+)$/))) await paymentResult(decodeURIComponent(m[1]));
     else show(h("p", {}, t("notFound")));
   } catch (error) {
