@@ -304,6 +304,10 @@ fn the_units_verify_and_the_service_is_locked_down() {
             "the service caps its memory: {limit}"
         );
     }
+    assert!(
+        unit.lines().any(|l| l == "RestartForceExitStatus=75"),
+        "the console's restart (exit 75) is restarted"
+    );
 
     let security = Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--no-pager", &root_arg])
@@ -322,4 +326,79 @@ fn the_units_verify_and_the_service_is_locked_down() {
         .unwrap_or_else(|| panic!("no exposure figure: {report}"));
     assert!(exposure <= 2.0, "exposure {exposure}:\n{report}");
     eprintln!("systemd-analyze security: exposure {exposure}");
+}
+
+/// The console's restart button, for settings that apply at restart: under systemd the
+/// daemon stops as `systemctl stop` would (STOPPING=1, publishes ended with ENDLIST) and
+/// exits with 75, which the unit's `RestartForceExitStatus=75` restarts; the settings
+/// changed before it are in force in the next process. (The unit carrying the directive
+/// is checked by `the_units_verify_and_the_service_is_locked_down`.)
+#[test]
+fn the_consoles_restart_exits_cleanly_with_the_status_the_unit_restarts_on() {
+    let notify = NotifySocket::bind();
+    let launch = Launch {
+        env: vec![("NOTIFY_SOCKET".into(), notify.path.display().to_string())],
+        ..Launch::default()
+    };
+    let mut daemon = Daemon::start_with("", launch);
+    notify.until("READY=1", Duration::from_secs(20));
+    let admin = daemon.add_user_token("boss", "admin");
+    let settings = common::send_json(
+        "GET",
+        &daemon.url("/api/admin/settings"),
+        None,
+        Some(&admin),
+    );
+    assert_eq!(settings.json()["restart_available"], true);
+    let change = common::send_json(
+        "PUT",
+        &daemon.url("/api/admin/settings"),
+        Some(&serde_json::json!({"values": {"chat.max_chars": "77"}})),
+        Some(&admin),
+    );
+    assert_eq!(change.json()["restart_needed"], true, "{change:?}");
+    let key = daemon.add_channel("stage");
+    let push = Push::start(&daemon.rtmp_url(&key), 60, "320x240");
+    poll_until(
+        Duration::from_secs(20),
+        "the channel is live",
+        || Some(daemon.channel_live("stage")),
+        |live| *live,
+    );
+    let restart = common::send_json(
+        "POST",
+        &daemon.url("/api/admin/restart"),
+        None,
+        Some(&admin),
+    );
+    assert_eq!(restart.status, 202, "{restart:?}");
+    notify.until("STOPPING=1", Duration::from_secs(10));
+    let mut status = None;
+    wait_until(Duration::from_secs(15), || {
+        status = daemon.child.try_wait().expect("wait");
+        status.is_some()
+    });
+    assert_eq!(status.and_then(|s| s.code()), Some(75), "{status:?}");
+    assert!(daemon.logged("restart asked from the console"));
+    drop(push);
+    // What systemd then does: start it again, on the same data; the setting is in force.
+    daemon.crash_and_restart();
+    let admin = daemon.login("boss");
+    let settings = common::send_json(
+        "GET",
+        &daemon.url("/api/admin/settings"),
+        None,
+        Some(&admin),
+    )
+    .json();
+    let max_chars = settings["settings"]
+        .as_array()
+        .expect("settings")
+        .iter()
+        .find(|s| s["key"] == "chat.max_chars")
+        .map(|s| s["value"].clone());
+    assert_eq!(max_chars, Some(serde_json::json!(77)));
+    let audit =
+        common::send_json("GET", &daemon.url("/api/admin/audit"), None, Some(&admin)).json();
+    assert_eq!(audit[0]["action"], "restart");
 }
