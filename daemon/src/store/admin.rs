@@ -174,22 +174,30 @@ impl Store {
              WHERE id = ?1",
             params![user.id, disabled, at],
         )?;
-        let mut ended = Vec::new();
-        if disabled {
-            ended = self
-                .conn()
-                .prepare(
-                    "SELECT DISTINCT family FROM refresh_tokens WHERE user_id = ?1 AND revoked = 0",
-                )?
-                .query_map(params![user.id], |row| row.get(0))?
-                .collect::<Result<_, _>>()?;
-            self.conn().execute(
-                "UPDATE refresh_tokens SET revoked = 1 WHERE user_id = ?1",
-                params![user.id],
-            )?;
-        }
+        let ended = if disabled {
+            self.end_sessions(user.id)?
+        } else {
+            Vec::new()
+        };
         self.mark_account_changed(user.id)?;
         Ok((user, ended))
+    }
+
+    /// Ends every session of an account (its refresh tokens revoked); returns their ids, so
+    /// their access tokens can be refused at once.
+    fn end_sessions(&self, user_id: i64) -> Result<Vec<String>, StoreError> {
+        let ended = self
+            .conn()
+            .prepare(
+                "SELECT DISTINCT family FROM refresh_tokens WHERE user_id = ?1 AND revoked = 0",
+            )?
+            .query_map(params![user_id], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        self.conn().execute(
+            "UPDATE refresh_tokens SET revoked = 1 WHERE user_id = ?1",
+            params![user_id],
+        )?;
+        Ok(ended)
     }
 
     /// Sets an account's one-time reset code (its SHA-256), valid until `expires_at` (Unix
@@ -250,17 +258,7 @@ impl Store {
              WHERE id = ?1",
             params![id, password_hash],
         )?;
-        let ended: Vec<String> = self
-            .conn()
-            .prepare(
-                "SELECT DISTINCT family FROM refresh_tokens WHERE user_id = ?1 AND revoked = 0",
-            )?
-            .query_map(params![id], |row| row.get(0))?
-            .collect::<Result<_, _>>()?;
-        self.conn().execute(
-            "UPDATE refresh_tokens SET revoked = 1 WHERE user_id = ?1",
-            params![id],
-        )?;
+        let ended = self.end_sessions(id)?;
         self.mark_account_changed(id)?;
         let user = self
             .user_by_id(id)?
@@ -372,12 +370,6 @@ impl Store {
             })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
-    }
-
-    /// The newest `limit` Kakao Pay orders, any state, newest first, with the buyer's
-    /// username.
-    pub fn recent_orders(&self, limit: usize) -> Result<Vec<(super::Order, String)>, StoreError> {
-        self.orders_with_buyers(limit)
     }
 
     /// Donations, top-ups and grants whose ledger transaction falls in `[from, to)` (RFC 3339

@@ -144,10 +144,7 @@ impl Store {
     }
 
     /// The newest `limit` orders, any state, newest first, each with its buyer's username.
-    pub(super) fn orders_with_buyers(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<(Order, String)>, StoreError> {
+    pub fn recent_orders(&self, limit: usize) -> Result<Vec<(Order, String)>, StoreError> {
         let columns = ORDER_COLUMNS
             .split(", ")
             .map(|c| format!("o.{}", c.trim()))
