@@ -333,6 +333,10 @@ fn run_daemon(config: Config) -> anyhow::Result<()> {
     })
 }
 
+/// Connections the kernel may hold for the daemon to accept (systemd's socket units ask
+/// for the same: `Backlog=` defaults to SOMAXCONN).
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// The socket systemd passed for `what`, else one bound on `addr` from the configuration.
 async fn listener(
     inherited: Option<std::net::TcpListener>,
@@ -346,9 +350,24 @@ async fn listener(
             tracing::info!("{what} socket from systemd");
             Ok(listener)
         }
-        None => tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for {what} on {addr}")),
+        None => {
+            // A deep accept queue (the kernel caps it at net.core.somaxconn): a venue's
+            // phones reconnecting at once after a Wi-Fi blip, or a burst the box is busy
+            // refusing, must not find it full (the kernel then drops SYNs, and clients wait
+            // a second to retry). tokio's `bind` would ask for 1024.
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            };
+            socket
+                .and_then(|socket| {
+                    socket.set_reuseaddr(true)?;
+                    socket.bind(addr)?;
+                    socket.listen(LISTEN_BACKLOG)
+                })
+                .with_context(|| format!("cannot listen for {what} on {addr}"))
+        }
     }
 }
 

@@ -45,6 +45,16 @@ pub async fn run(
     // libav prints to stderr by itself; keep it to what an operator should see.
     ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
     let rtmp_port = listeners.rtmp.local_addr()?.port();
+    // Every connection is a descriptor: say what the box may hold (the unit sets it).
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => tracing::info!(
+            soft,
+            hard,
+            http_max_connections = config.http.max_connections,
+            "file descriptor limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot read the file descriptor limit"),
+    }
     let health = system::Health::new();
     let store_activity = system::Activity::new("store");
     health.watch(&store_activity);
@@ -84,6 +94,8 @@ pub async fn run(
         // old key waits at most a second with the new one.
         throttle: throttle::Throttle::new(Duration::from_millis(250), Duration::from_secs(1)),
         connections: Arc::new(tokio::sync::Semaphore::new(config.rtmp.max_connections)),
+        per_address: Arc::default(),
+        connections_per_address: config.rtmp.connections_per_address,
         health: health.clone(),
         ladder: ladder.clone(),
         tracker: tracker.clone(),
@@ -203,20 +215,18 @@ pub async fn run(
             config: tokio::sync::Mutex::new(config.clone()),
         }),
     });
-    let http_shutdown = shutdown.clone();
-    let http = tokio::spawn(async move {
-        use axum::serve::ListenerExt;
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        // Chat frames and playlist answers are small and wanted now: no Nagle delay.
-        let listener = listeners.http.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(http_shutdown.cancelled_owned())
-            .await
-    });
+    let http_connections = TaskTracker::new();
+    let http = tokio::spawn(http::server::serve(
+        listeners.http,
+        app,
+        http::server::Limits {
+            max_connections: config.http.max_connections,
+            per_address: config.http.connections_per_address,
+            header_timeout: Duration::from_secs_f64(config.http.header_timeout_seconds),
+        },
+        shutdown.clone(),
+        http_connections.clone(),
+    ));
 
     // The listeners are listening and the store is open: connections made from now on are
     // served, so systemd may start what depends on us.
@@ -239,13 +249,13 @@ pub async fn run(
     {
         tracing::warn!("publishes still ending after {SHUTDOWN_PHASE_LIMIT:?}; exiting anyway");
     }
-    match tokio::time::timeout(SHUTDOWN_PHASE_LIMIT, http).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "http task failed"),
-        Err(_) => tracing::warn!(
-            "http connections still open after {SHUTDOWN_PHASE_LIMIT:?}; closing them"
-        ),
+    let _ = http.await;
+    http_connections.close();
+    if tokio::time::timeout(SHUTDOWN_PHASE_LIMIT, http_connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("http connections still open after {SHUTDOWN_PHASE_LIMIT:?}; closing them");
     }
     drop(store);
     let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;

@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A key with no counted attempt for this long starts afresh.
@@ -245,9 +245,75 @@ impl<K: Hash + Eq + Clone> Drop for Attempt<'_, K> {
     }
 }
 
+/// How many of something (open connections) each key (a client address) holds, against a
+/// bound: a place is taken only if one is free, and given back when its [`Seat`] drops.
+/// Entries go when their count does, so the table holds only keys with something open.
+pub struct Occupancy<K: Hash + Eq + Clone> {
+    held: Mutex<HashMap<K, usize>>,
+}
+
+/// A place taken in an [`Occupancy`].
+pub struct Seat<K: Hash + Eq + Clone> {
+    table: Arc<Occupancy<K>>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Clone> Default for Occupancy<K> {
+    fn default() -> Self {
+        Occupancy {
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> Occupancy<K> {
+    /// A place for `key` if it holds fewer than `bound`.
+    pub fn take(self: &Arc<Self>, key: K, bound: usize) -> Option<Seat<K>> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(key.clone()).or_insert(0);
+        if *count >= bound {
+            return None;
+        }
+        *count += 1;
+        Some(Seat {
+            table: self.clone(),
+            key,
+        })
+    }
+
+    /// How many `key` holds now.
+    pub fn held(&self, key: &K) -> usize {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(key).copied().unwrap_or(0)
+    }
+}
+
+impl<K: Hash + Eq + Clone> Drop for Seat<K> {
+    fn drop(&mut self) {
+        let mut held = self.table.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn occupancy_holds_each_key_to_its_bound_and_forgets_empty_keys() {
+        let table = Arc::new(Occupancy::default());
+        let a: Vec<_> = (0..3).filter_map(|_| table.take("a", 2)).collect();
+        assert_eq!(a.len(), 2, "the third is refused");
+        assert!(table.take("b", 2).is_some(), "another key is not slowed");
+        drop(a);
+        assert_eq!(table.held(&"a"), 0);
+        assert!(table.held.lock().map(|h| h.is_empty()).unwrap_or(false));
+    }
     use std::net::IpAddr;
     use std::sync::Arc;
 

@@ -627,6 +627,13 @@ impl AuthConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// Open HTTP connections at most; past it a new one is refused at once (503).
+    pub max_connections: usize,
+    /// Open HTTP connections one client address may hold.
+    pub connections_per_address: usize,
+    /// Seconds a request's headers may take to arrive, and an idle keep-alive connection
+    /// may wait for its next request.
+    pub header_timeout_seconds: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -635,6 +642,8 @@ pub struct RtmpConfig {
     pub listen: SocketAddr,
     pub public_host: String,
     pub max_connections: usize,
+    /// Open RTMP connections one address may hold (OBS needs one per stream).
+    pub connections_per_address: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -650,6 +659,12 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            // A Pi 4 with 1 GB: about 16 KB a connection, so 2048 is ~32 MB at worst, well
+            // inside the unit's descriptors (LimitNOFILE) and memory; a phone's browser
+            // opens at most 6 to one host, hls.js 2-3.
+            max_connections: 2048,
+            connections_per_address: 64,
+            header_timeout_seconds: 10.0,
         }
     }
 }
@@ -660,6 +675,7 @@ impl Default for RtmpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 1935)),
             public_host: String::new(),
             max_connections: 64,
+            connections_per_address: 4,
         }
     }
 }
@@ -854,10 +870,30 @@ impl Config {
         self.kakao_pay.validate()?;
         self.fleet.validate()?;
         self.transcode.validate()?;
+        if self.http.max_connections == 0
+            || !(1..=self.http.max_connections).contains(&self.http.connections_per_address)
+        {
+            return Err(ConfigError::Invalid {
+                key: "http.connections_per_address",
+                message: "must be at least 1 and at most http.max_connections".into(),
+            });
+        }
+        if !(0.5..=300.0).contains(&self.http.header_timeout_seconds) {
+            return Err(ConfigError::Invalid {
+                key: "http.header_timeout_seconds",
+                message: format!("{} is outside 0.5..=300", self.http.header_timeout_seconds),
+            });
+        }
         if self.rtmp.max_connections == 0 {
             return Err(ConfigError::Invalid {
                 key: "rtmp.max_connections",
                 message: "must be at least 1".into(),
+            });
+        }
+        if !(1..=self.rtmp.max_connections).contains(&self.rtmp.connections_per_address) {
+            return Err(ConfigError::Invalid {
+                key: "rtmp.connections_per_address",
+                message: "must be at least 1 and at most rtmp.max_connections".into(),
             });
         }
         Ok(())

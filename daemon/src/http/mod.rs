@@ -24,6 +24,7 @@ mod console;
 mod hls;
 mod onboarding;
 mod payments;
+pub mod server;
 mod system;
 mod wallet;
 mod web;

@@ -41,6 +41,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// RTMP parser buffer messages of up to 16 MB.
 pub const MAX_BYTES_BEFORE_PUBLISH: usize = 64 * 1024;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// From connect to an accepted publish: OBS takes well under a second; a socket that
+/// trickles bytes to stay under [`IDLE_TIMEOUT`] and never publishes is cut here.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
 const APP_NAME: &str = "live";
 const READ_BUFFER: usize = 64 * 1024;
 /// How long a refused publisher has to read why before the connection is closed.
@@ -58,6 +61,8 @@ pub enum IngestError {
     HandshakeTimeout,
     #[error("nothing received for {IDLE_TIMEOUT:?}")]
     Idle,
+    #[error("no publish within {PUBLISH_TIMEOUT:?} of connecting")]
+    NoPublish,
     #[error("RTMP handshake: {0}")]
     Handshake(String),
     #[error("RTMP: {0}")]
@@ -80,6 +85,9 @@ pub struct Ingest {
     /// Failed publishes (wrong keys) per source address.
     pub throttle: Throttle<IpAddr>,
     pub connections: Arc<Semaphore>,
+    /// Open connections per address, and the bound.
+    pub per_address: Arc<crate::throttle::Occupancy<IpAddr>>,
+    pub connections_per_address: usize,
     /// Media pipelines register here, so the watchdog sees a wedged one.
     pub health: Arc<crate::system::Health>,
     /// The transcoding ladder: each publish gets it when the probe turned it on.
@@ -187,13 +195,20 @@ pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>) {
             tracing::warn!(%peer, "rtmp connection refused: too many open connections");
             continue;
         };
+        let Some(seat) = ingest
+            .per_address
+            .take(peer.ip(), ingest.connections_per_address)
+        else {
+            tracing::warn!(%peer, "rtmp connection refused: too many from this address");
+            continue;
+        };
         let _ = socket.set_nodelay(true);
         let span = tracing::info_span!("rtmp", %peer, channel = tracing::field::Empty);
         let ingest_for_task = ingest.clone();
         let shutdown = shutdown.child_token();
         ingest.tracker.spawn(
             async move {
-                let _permit = permit;
+                let _held = (permit, seat);
                 match Connection::new(socket, peer, ingest_for_task)
                     .run(shutdown)
                     .await
@@ -264,6 +279,7 @@ impl Connection {
     }
 
     async fn serve(&mut self) -> Result<(), IngestError> {
+        let connected = Instant::now();
         let mut buffer = vec![0u8; READ_BUFFER];
         let leftover = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut buffer))
             .await
@@ -273,6 +289,7 @@ impl Connection {
             .map_err(|e| IngestError::Session(format!("{e:?}")))?;
         self.act_on(&mut session, initial).await?;
         let mut received_before_publish = leftover.len();
+        let publish_by = connected + PUBLISH_TIMEOUT;
         let results = parse(&mut session, &leftover)?;
         self.act_on(&mut session, results).await?;
 
@@ -285,8 +302,16 @@ impl Connection {
                     None => std::future::pending().await,
                 }
             };
+            // Until it publishes, a connection also has the publish deadline.
+            let wait = match self.publishing {
+                Some(_) => IDLE_TIMEOUT,
+                None => publish_by
+                    .checked_duration_since(Instant::now())
+                    .ok_or(IngestError::NoPublish)?
+                    .min(IDLE_TIMEOUT),
+            };
             let read = tokio::select! {
-                read = tokio::time::timeout(IDLE_TIMEOUT, self.socket.read(&mut buffer)) => read,
+                read = tokio::time::timeout(wait, self.socket.read(&mut buffer)) => read,
                 () = stopped => {
                     if let Some(why) = broadcast.and_then(|b| b.refusal()) {
                         return Err(IngestError::Refused(why));
@@ -295,7 +320,11 @@ impl Connection {
                     return Err(IngestError::Refused("the stream key was rotated".into()));
                 }
             };
-            let read = read.map_err(|_| IngestError::Idle)??;
+            let read = read.map_err(|_| match self.publishing {
+                Some(_) => IngestError::Idle,
+                None if Instant::now() >= publish_by => IngestError::NoPublish,
+                None => IngestError::Idle,
+            })??;
             if read == 0 {
                 return Err(IngestError::Closed);
             }
