@@ -211,6 +211,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         fleet: fleet_health,
         ladder: ladder.clone(),
+        held_requests: Arc::new(tokio::sync::Semaphore::new(config.hls.max_held_requests)),
         console: Arc::new(http::ConsoleState {
             config: tokio::sync::Mutex::new(config.clone()),
         }),

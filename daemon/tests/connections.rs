@@ -305,7 +305,8 @@ fn an_idle_keep_alive_connection_is_closed_after_the_header_deadline() {
 
 #[test]
 fn rtmp_connections_that_never_publish_are_cut_and_one_address_holds_four() {
-    let daemon = Daemon::start("");
+    // The shipped RTMP bounds (the test harness lifts the per-address one for other tests).
+    let daemon = Daemon::start("[rtmp]\nconnections_per_address = 4\n");
     let device = new_device();
     // Five from one address: the fifth is closed at once.
     let mut sockets: Vec<TcpStream> = (0..5)
@@ -351,4 +352,48 @@ fn rtmp_connections_that_never_publish_are_cut_and_one_address_holds_four() {
             .logged("no publish within")),
         "the log says why"
     );
+}
+
+/// Blocking-reload requests have a bound of their own: past `hls.max_held_requests` a new
+/// one is told at once to come back (503, `Retry-After`), the held ones are answered when
+/// their part appears, and one that is already answerable takes no place.
+#[test]
+fn held_playlist_requests_have_a_bound_of_their_own() {
+    let daemon = Daemon::start("[hls]\ntarget_duration = 1.0\nmax_held_requests = 2\n");
+    let key = daemon.add_channel("stage");
+    let _push = Push::start(&daemon.rtmp_url(&key), 60, "320x240");
+    let (msn, _) = poll_until(
+        Duration::from_secs(30),
+        "the channel is live with parts",
+        || {
+            daemon
+                .ll_playlist("stage", "")
+                .and_then(|p| p.newest_part())
+        },
+        |_| true,
+    );
+    let ahead = format!("/hls/stage/ll/index.m3u8?_HLS_msn={}&_HLS_part=0", msn + 2);
+    let url = daemon.url(&ahead);
+    // Five players ask for a part two segments ahead at once: two are held (and answered
+    // when it appears), three are told at once to come back.
+    let answers: Vec<_> = (0..5)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || get(&url))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("request"))
+        .collect();
+    let held = answers.iter().filter(|a| a.status == 200).count();
+    let refused: Vec<_> = answers.iter().filter(|a| a.status == 503).collect();
+    assert_eq!((held, refused.len()), (2, 3), "{answers:?}");
+    for answer in refused {
+        assert_eq!(answer.error_code(), "too_many_waiting");
+        assert_eq!(answer.header("retry-after"), Some("1"));
+    }
+    // What exists already is answered without waiting, whatever the bound.
+    assert!(daemon
+        .ll_playlist("stage", &format!("?_HLS_msn={msn}&_HLS_part=0"))
+        .is_some());
 }

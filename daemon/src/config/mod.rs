@@ -653,6 +653,9 @@ pub struct HlsConfig {
     pub part_target: f64,
     pub window_segments: usize,
     pub linger_seconds: u64,
+    /// Blocking-reload requests (LL-HLS playlists and preload-hinted parts) held at once;
+    /// past it a new one gets 503 with Retry-After at once.
+    pub max_held_requests: usize,
 }
 
 impl Default for HttpConfig {
@@ -687,6 +690,7 @@ impl Default for HlsConfig {
             part_target: 0.334,
             window_segments: 5,
             linger_seconds: 30,
+            max_held_requests: 1024,
         }
     }
 }
@@ -882,6 +886,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "http.header_timeout_seconds",
                 message: format!("{} is outside 0.5..=300", self.http.header_timeout_seconds),
+            });
+        }
+        if self.hls.max_held_requests == 0 {
+            return Err(ConfigError::Invalid {
+                key: "hls.max_held_requests",
+                message: "must be at least 1".into(),
             });
         }
         if self.rtmp.max_connections == 0 {

@@ -120,7 +120,7 @@ pub async fn media_file(
         if packaged.segment_count() == 0 {
             return Err(starting(&slug));
         }
-        return media_playlist(&packaged, &query, accepts_gzip(&headers)).await;
+        return media_playlist(&state, &packaged, &query, accepts_gzip(&headers)).await;
     }
     if let Some(timeline) = packaged.parse_init_name(&file) {
         let init = packaged
@@ -139,7 +139,7 @@ pub async fn media_file(
         // request until it does. Anything further ahead is not coming soon: 404.
         let hinted = packaged.next_part() == Some((sequence, index));
         if hinted {
-            wait_for(&packaged, sequence, Some(index)).await?;
+            wait_for(&state, &packaged, sequence, Some(index)).await?;
         }
         let data = packaged.part(sequence, index).ok_or_else(gone)?;
         return Ok(media_response(content_type, data.len(), Body::from(data)));
@@ -166,6 +166,7 @@ pub async fn media_file(
 /// A media playlist; for LL-HLS with blocking reload (`_HLS_msn`, `_HLS_part`) and delta
 /// updates (`_HLS_skip`), per RFC 8216bis §6.2.5.
 async fn media_playlist(
+    state: &AppState,
     packaged: &Packaged,
     query: &HashMap<String, String>,
     gzip: bool,
@@ -220,7 +221,7 @@ async fn media_playlist(
                     )));
                 }
             }
-            wait_for(packaged, msn, part).await?;
+            wait_for(state, packaged, msn, part).await?;
         }
         (None, None) => {}
     }
@@ -235,8 +236,28 @@ async fn media_playlist(
 }
 
 /// Holds a request until segment `sequence` (or its part) exists or the stream ends; gives
-/// up with 503 after three target durations.
-async fn wait_for(packaged: &Packaged, sequence: u64, part: Option<usize>) -> Result<(), ApiError> {
+/// up with 503 after three target durations. Held requests have a bound of their own
+/// (`hls.max_held_requests`): past it, 503 with `Retry-After` at once. What is already
+/// there is answered without taking a place.
+async fn wait_for(
+    state: &AppState,
+    packaged: &Packaged,
+    sequence: u64,
+    part: Option<usize>,
+) -> Result<(), ApiError> {
+    if packaged.has(sequence, part) || packaged.is_ended() {
+        return Ok(());
+    }
+    let Ok(_held) = state.held_requests.clone().try_acquire_owned() else {
+        return Err(ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_waiting",
+                "the box holds as many waiting playlist requests as it may; ask again in a second",
+            )
+        });
+    };
     let limit = Duration::from_secs(3 * packaged.target_duration().max(1));
     let deadline = tokio::time::Instant::now() + limit;
     let mut changes = packaged.subscribe();

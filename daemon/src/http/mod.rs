@@ -70,6 +70,8 @@ pub struct AppState {
     pub ladder: Arc<crate::media::ladder::Plan>,
     /// The venue's console: the config it changes.
     pub console: Arc<ConsoleState>,
+    /// Places for blocking-reload requests held at once (`hls.max_held_requests`).
+    pub held_requests: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn app(state: AppState) -> Router {

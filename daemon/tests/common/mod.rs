@@ -132,12 +132,15 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         // Every test client comes from 127.0.0.1 and stands for many devices at once (a
         // burst of 1,000 donations is 1,000 phones): the per-address connection bound is
-        // lifted unless the test sets `[http]` itself (tests/connections.rs does).
-        let config = if config.contains("[http]") {
-            config.to_string()
-        } else {
-            format!("{config}\n[http]\nconnections_per_address = 2048\n")
-        };
+        // lifted unless the test sets `[http]` (or `[rtmp]`) itself (tests/connections.rs
+        // does).
+        let mut config = config.to_string();
+        if !config.contains("[http]") {
+            config.push_str("\n[http]\nconnections_per_address = 2048\n");
+        }
+        if !config.contains("[rtmp]") {
+            config.push_str("\n[rtmp]\nconnections_per_address = 64\n");
+        }
         std::fs::write(dir.path().join("commeowd.toml"), config).expect("write config");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let child = spawn(dir.path(), &launch, logs.clone());
