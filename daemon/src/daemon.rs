@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::store::{Store, StoreHandle};
 use crate::{auth, chat, fleet, hls, http, ingest, media, obs, payments, store, system, throttle};
+use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -56,6 +57,7 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "cannot read the file descriptor limit"),
     }
     let health = system::Health::new();
+    let health_for_metrics = health.clone();
     let store_activity = system::Activity::new("store");
     health.watch(&store_activity);
     let store_path = store.path();
@@ -212,6 +214,25 @@ pub async fn run(
         fleet: fleet_health,
         ladder: ladder.clone(),
         held_requests: Arc::new(tokio::sync::Semaphore::new(config.hls.max_held_requests)),
+        held_requests_max: config.hls.max_held_requests,
+        metrics: match http::install_metrics() {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics are not recorded");
+                None
+            }
+        },
+        metrics_token: match &config.metrics.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read metrics.token_file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            )
+            .filter(|t| !t.is_empty()),
+            None => None,
+        },
+        health: health_for_metrics,
         console: Arc::new(http::ConsoleState {
             config: tokio::sync::Mutex::new(config.clone()),
         }),

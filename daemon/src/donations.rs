@@ -72,6 +72,8 @@ pub async fn donate(
         Err(refused) => return Ok(Err(Refused::Ledger(refused))),
     };
     if !replayed {
+        metrics::counter!("commeow_donations_total").increment(1);
+        metrics::counter!("commeow_donation_points_total").increment(donation.amount.max(0) as u64);
         tracing::info!(
             channel = %donation.channel,
             donor = %donor.nickname,

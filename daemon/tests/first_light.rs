@@ -544,8 +544,11 @@ fn an_unusable_video_configuration_is_refused_in_words() {
         "refused after {:?}",
         started.elapsed()
     );
-    assert!(daemon.logged("publish refused: unusable media"));
-    assert!(daemon.logged("choose x264 or a hardware H.264 encoder"));
+    // The log line may land a moment after the publisher hears the refusal.
+    assert!(wait_until(Duration::from_secs(5), || {
+        daemon.logged("publish refused: unusable media")
+            && daemon.logged("choose x264 or a hardware H.264 encoder")
+    }));
     // The streamer's dashboard has the same words.
     let admin = daemon.add_user_token("boss", "admin");
     let notices = common::send_json(

@@ -381,6 +381,7 @@ impl Room {
                 frame,
             },
         );
+        metrics::counter!("commeow_chat_messages_total").increment(1);
         Ok(id)
     }
 

@@ -46,6 +46,16 @@ pub struct Config {
     pub onboarding: OnboardingConfig,
     pub fleet: FleetConfig,
     pub transcode: TranscodeConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `/metrics` (Prometheus text): from the box itself always; from the LAN only with the
+/// token in `token_file` as `Authorization: Bearer <token>`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A file holding the scrape token (one line); without it, only loopback may scrape.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Whether the ladder runs: `"auto"` turns it on where the probe finds a hardware H.264

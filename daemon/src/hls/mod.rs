@@ -102,6 +102,8 @@ pub struct Packaged {
     edge: std::sync::atomic::AtomicU64,
     /// The broadcast's other LL-HLS variants (EXT-X-RENDITION-REPORT).
     siblings: Mutex<Vec<std::sync::Weak<Packaged>>>,
+    /// When the newest part appeared (for `/metrics`: a stalled packaging shows).
+    edge_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Packaged {
@@ -123,6 +125,7 @@ impl Packaged {
             }),
             changes: watch::Sender::new(0),
             edge: std::sync::atomic::AtomicU64::new(0),
+            edge_at: Mutex::new(None),
             siblings: Mutex::new(Vec::new()),
         };
         packaged.render(&mut packaged.lock());
@@ -204,7 +207,10 @@ impl Packaged {
     fn changed(&self, state: &mut PackagedState) {
         if let Some((sequence, index)) = newest_part(state) {
             let edge = (sequence << 16) | (u64::try_from(index).unwrap_or(0xfffe).min(0xfffe) + 1);
-            self.edge.store(edge, std::sync::atomic::Ordering::Release);
+            if self.edge.swap(edge, std::sync::atomic::Ordering::AcqRel) != edge {
+                *self.edge_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(std::time::Instant::now());
+            }
         }
         self.render(state);
         self.changes.send_modify(|n| *n += 1);
@@ -448,6 +454,14 @@ impl Packaged {
         }
         let segment = state.segments.iter().find(|s| s.sequence == sequence)?;
         segment.parts.get(index).map(|p| p.data.clone())
+    }
+
+    /// How long ago the newest part appeared.
+    pub fn newest_part_age(&self) -> Option<std::time::Duration> {
+        self.edge_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|at| at.elapsed())
     }
 
     /// The newest part: (segment sequence, part index).
@@ -820,6 +834,11 @@ impl Broadcast {
             .flat_map(|v| v.packagings())
             .find(|p| p.path == path)
             .cloned()
+    }
+
+    /// How long ago the source's newest LL-HLS part appeared.
+    pub fn newest_part_age(&self) -> Option<std::time::Duration> {
+        self.packaged("ll").and_then(|p| p.newest_part_age())
     }
 
     /// Publishing, and a player starting now plays this publish: its first segment

@@ -197,6 +197,15 @@ impl ChatSocket {
 
     async fn run(mut self) {
         let end = self.serve().await;
+        if matches!(end, End::TooSlow | End::WriteStalled | End::Flooding) {
+            let reason = match end {
+                End::TooSlow => "too_slow",
+                End::WriteStalled => "write_stalled",
+                _ => "flooding",
+            };
+            metrics::counter!("commeow_chat_sockets_dropped_total", "reason" => reason)
+                .increment(1);
+        }
         let reason = match end {
             End::Shutdown => Some((close_code::AWAY, "the box is shutting down")),
             End::TooSlow => Some((close_code::POLICY, "too slow: reconnect to catch up")),

@@ -22,6 +22,7 @@ mod channels;
 mod chat;
 mod console;
 mod hls;
+mod metrics;
 mod onboarding;
 mod payments;
 pub mod server;
@@ -31,6 +32,7 @@ mod web;
 
 pub use auth::CurrentUser;
 pub use console::ConsoleState;
+pub use metrics::install as install_metrics;
 pub use onboarding::SetupCode;
 
 #[derive(Clone)]
@@ -72,6 +74,12 @@ pub struct AppState {
     pub console: Arc<ConsoleState>,
     /// Places for blocking-reload requests held at once (`hls.max_held_requests`).
     pub held_requests: Arc<tokio::sync::Semaphore>,
+    pub held_requests_max: usize,
+    /// The recorder `/metrics` renders (`None`: not recording), and the LAN's scrape token.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub metrics_token: Option<String>,
+    /// What the watchdog watches, for `/metrics`.
+    pub health: Arc<crate::system::Health>,
 }
 
 pub fn app(state: AppState) -> Router {
@@ -87,6 +95,7 @@ pub fn app(state: AppState) -> Router {
         );
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::scrape))
         .route("/api/channels", get(channels::list).post(channels::create))
         .route(
             "/api/channels/{slug}/stream-key/rotate",

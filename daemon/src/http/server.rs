@@ -47,8 +47,9 @@ fn the_refusal_is_a_whole_response() {
     assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
 }
 
-fn refuse(socket: TcpStream, peer: SocketAddr, why: &str) {
+fn refuse(socket: TcpStream, peer: SocketAddr, why: &'static str) {
     tracing::debug!(%peer, "http connection refused: {why}");
+    metrics::counter!("commeow_http_connections_refused_total", "reason" => why).increment(1);
     // Written on the plain socket (non-blocking): tokio's `try_write` would wait for a
     // readiness event a just-accepted socket has not had yet, and say nothing.
     let Ok(mut socket) = socket.into_std() else {
@@ -96,11 +97,11 @@ pub async fn serve(
                     "http connections refused: the box's bound is reached"
                 );
             }
-            refuse(socket, peer, "the box's bound is reached");
+            refuse(socket, peer, "box_bound");
             continue;
         };
         let Some(slot) = per_address.take(peer.ip(), limits.per_address) else {
-            refuse(socket, peer, "this address's bound is reached");
+            refuse(socket, peer, "address_bound");
             continue;
         };
         // Chat frames and playlist answers are small and wanted now: no Nagle delay.

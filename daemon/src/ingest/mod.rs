@@ -222,6 +222,24 @@ pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>) {
     }
 }
 
+/// A publish's frame counters (registered once per publish, not looked up per frame).
+struct Counted {
+    video: metrics::Counter,
+    audio: metrics::Counter,
+    dropped: metrics::Counter,
+}
+
+impl Counted {
+    fn for_channel(slug: &str) -> Counted {
+        let label = [("channel", slug.to_string())];
+        Counted {
+            video: metrics::counter!("commeow_ingest_video_frames_total", &label),
+            audio: metrics::counter!("commeow_ingest_audio_frames_total", &label),
+            dropped: metrics::counter!("commeow_ingest_dropped_frames_total", &label),
+        }
+    }
+}
+
 /// A publish in progress on this connection.
 struct Publishing {
     broadcast: Arc<Broadcast>,
@@ -234,6 +252,8 @@ struct Publishing {
     /// Set when the pipeline queue overflowed: drop media until the next keyframe.
     skipping: bool,
     dropped: u64,
+    /// `/metrics`: frames in and dropped, this channel's series.
+    counted: Counted,
     /// Ends the stream-key watch when the publish ends.
     _key_watch: tokio_util::sync::DropGuard,
 }
@@ -606,6 +626,7 @@ impl Connection {
             audio_clock: Clock::default(),
             skipping: false,
             dropped: 0,
+            counted: Counted::for_channel(&channel.slug),
         });
         Ok(())
     }
@@ -697,9 +718,15 @@ impl Connection {
             return;
         };
         let is_media = matches!(event, MediaEvent::Video(_) | MediaEvent::Audio(_));
+        match event {
+            MediaEvent::Video(_) => publishing.counted.video.increment(1),
+            MediaEvent::Audio(_) => publishing.counted.audio.increment(1),
+            _ => {}
+        }
         if publishing.skipping && is_media {
             if !keyframe {
                 publishing.dropped += 1;
+                publishing.counted.dropped.increment(1);
                 return;
             }
             tracing::warn!(
@@ -719,6 +746,7 @@ impl Connection {
                 }
                 publishing.skipping = true;
                 publishing.dropped += 1;
+                publishing.counted.dropped.increment(1);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 tracing::error!("media pipeline stopped unexpectedly");

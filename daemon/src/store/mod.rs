@@ -423,12 +423,16 @@ fn group_commit(
             }
         }
     }
+    let commit_started = std::time::Instant::now();
     let committed = began.and_then(|()| {
         store
             .conn()
             .execute_batch("COMMIT")
             .map_err(StoreError::from)
     });
+    metrics::histogram!("commeow_store_commit_seconds")
+        .record(commit_started.elapsed().as_secs_f64());
+    metrics::histogram!("commeow_store_group_commit_writes").record(answers.len() as f64);
     if let Err(e) = &committed {
         tracing::error!(error = %e, writes = answers.len(), "group commit failed");
         let _ = store.conn().execute_batch("ROLLBACK");

@@ -17,6 +17,8 @@ pub struct Facts {
     pub box_uptime_seconds: Option<u64>,
     /// Share of one core the daemon used since the previous reading, in percent.
     pub cpu_percent: Option<f64>,
+    /// CPU time the daemon has used, in seconds.
+    pub cpu_seconds: Option<f64>,
     pub load_average: Option<[f64; 3]>,
     pub cores: usize,
     pub rss_bytes: Option<u64>,
@@ -164,6 +166,7 @@ pub fn facts(data_dir: &Path) -> Facts {
             .and_then(|u| u.split_whitespace().next()?.parse::<f64>().ok())
             .map(|s| s as u64),
         cpu_percent: cpu_percent(),
+        cpu_seconds: cpu_seconds(),
         load_average: load,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         rss_bytes: proc_kb(&status, "VmRSS:"),

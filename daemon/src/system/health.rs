@@ -119,6 +119,18 @@ impl Health {
         watched.push(Arc::downgrade(activity));
     }
 
+    /// Every watched activity by name, with how long its current piece of work has run
+    /// (`None`: idle), as the watchdog sees them (for `/metrics`).
+    pub fn activities(&self) -> Vec<(String, Option<Duration>)> {
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        watched.retain(|a| a.strong_count() > 0);
+        watched
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|a| (a.name.clone(), a.busy_for()))
+            .collect()
+    }
+
     /// The longest-running piece of work past `limit`, if any.
     pub fn stalled(&self, limit: Duration) -> Option<Stall> {
         let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
