@@ -281,6 +281,17 @@ where
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
+        if matches!(e, StoreError::StorageFull) {
+            tracing::error!("the storage is full: a write was refused (nothing was recorded)");
+            return ApiError {
+                retry_after: Some(30),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_full",
+                    "the box's storage is full: nothing was recorded; try again later",
+                )
+            };
+        }
         tracing::error!(error = %e, "store error while answering a request");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -34,7 +34,16 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
+    /// The disk holding the database is full: the write did not happen.
+    #[error("the storage is full: nothing was written")]
+    StorageFull,
+    /// The database file is damaged; the daemon will not start on it, nor replace it.
+    #[error("the database {path} is damaged ({detail}). commeowd will not start on it and will not replace it: restore it from a backup (stop commeowd, copy the backup over {path}), or, to start over with no accounts, channels or points, move it aside (mv {path} {path}.damaged)")]
+    Damaged {
+        path: std::path::PathBuf,
+        detail: String,
+    },
     #[error("database migration: {0}")]
     Migration(#[from] rusqlite_migration::Error),
     #[error("cannot create data directory {path}: {source}")]
@@ -75,6 +84,27 @@ pub enum StoreError {
     Closed,
     #[error("the write could not be committed: {0}")]
     CommitFailed(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            StoreError::StorageFull
+        } else {
+            StoreError::Sqlite(e)
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether the database says its file is not a sound database.
+    fn is_damage(&self) -> bool {
+        matches!(self, StoreError::Sqlite(e) if matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        )) || matches!(self, StoreError::Migration(rusqlite_migration::Error::RusqliteError { err, .. })
+            if matches!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)))
+    }
 }
 
 /// An open database, migrated to the current schema.
@@ -124,7 +154,16 @@ impl Store {
                 .open(path)
             {
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    // The daemon never leaves an empty database behind (it migrates at once),
+                    // so an existing empty one was truncated: SQLite would take it for new.
+                    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+                        return Err(StoreError::Damaged {
+                            path: path.to_path_buf(),
+                            detail: "the file is empty: it was truncated".into(),
+                        });
+                    }
+                }
                 Err(source) => {
                     return Err(StoreError::DatabaseFile {
                         path: path.to_path_buf(),
@@ -133,6 +172,19 @@ impl Store {
                 }
             }
         }
+        Store::open_checked(path).map_err(|e| {
+            if e.is_damage() {
+                StoreError::Damaged {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                }
+            } else {
+                e
+            }
+        })
+    }
+
+    fn open_checked(path: &Path) -> Result<Store, StoreError> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -151,6 +203,15 @@ impl Store {
         // scattered places (one leaf per donor), and a page found in the cache is a page
         // not read back from the OS before every change.
         conn.pragma_update(None, "cache_size", -32 * 1024)?;
+        // Every page read once: a file cut short or overwritten is found now, with a clear
+        // word, not later in the middle of a donation.
+        let check: String = conn.query_row("PRAGMA quick_check", [], |row| row.get(0))?;
+        if check != "ok" {
+            return Err(StoreError::Damaged {
+                path: path.to_path_buf(),
+                detail: format!("SQLite's check says: {check}"),
+            });
+        }
         schema::migrations().to_latest(&mut conn)?;
         Ok(Store { conn })
     }
@@ -440,6 +501,8 @@ fn group_commit(
     for answer in answers {
         let outcome = match &committed {
             Ok(()) => Ok(()),
+            // Said as what it is, so the caller can tell the client (503 storage_full).
+            Err(StoreError::StorageFull) => Err(StoreError::StorageFull),
             Err(e) => Err(StoreError::CommitFailed(e.to_string())),
         };
         answer(outcome);

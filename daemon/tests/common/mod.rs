@@ -129,7 +129,15 @@ impl Daemon {
 
     /// Starts with `config`, launched as `launch` says.
     pub fn start_with(config: &str, launch: Launch) -> Daemon {
+        Daemon::start_on(config, launch, |_| {})
+    }
+
+    /// Starts with `config` after `prepare` has made its data directory (a small
+    /// filesystem mounted there, say).
+    pub fn start_on(config: &str, launch: Launch, prepare: impl FnOnce(&Path)) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+        prepare(&dir.path().join("data"));
         // Every test client comes from 127.0.0.1 and stands for many devices at once (a
         // burst of 1,000 donations is 1,000 phones): the per-address connection bound is
         // lifted unless the test sets `[http]` (or `[rtmp]`) itself (tests/connections.rs
