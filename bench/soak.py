@@ -37,6 +37,7 @@ target_duration = 2.0
 
 ERRORS = []
 STALLS = []
+PARTS = {"fetched": 0}
 
 
 def proc_value(pid, key):
@@ -88,6 +89,7 @@ async def player(port, slug, stop, n):
         if part_status != 200 or not part:
             ERRORS.append(f"player {n}: part {uri} {part_status}")
         else:
+            PARTS["fetched"] += 1
             if now - last_part > 3.0:
                 STALLS.append(f"player {n}: {now - last_part:.1f} s without a part before {uri}")
             last_part = now
@@ -269,11 +271,10 @@ async def main():
         verdict.append("the ledger does not balance")
     summary = (f"Soak: {args.minutes:g} min, {args.players} LL-HLS players, {args.sockets} chat sockets "
                f"(a message every {args.chat_every} s), a donation every {args.donation_every} s. "
-               f"RSS after minute 5: {growth:+.1f} %. Ledger: {balanced.stdout.strip() or balanced.stderr.strip()}. "
+               f"{PARTS['fetched']} parts fetched. RSS after minute 5: {growth:+.1f} %. "
+               f"Ledger: {(balanced.stdout.strip() or balanced.stderr.strip()).rstrip('.')}. "
                + ("PASS" if not verdict else "FAIL: " + "; ".join(verdict)))
     write_report("soak", summary + "\n\n" + "\n".join(lines) + "\n", {"rows": rows, "errors": ERRORS[:20], "stalls": STALLS[:20]})
-    print(summary)
-    print("\n".join(lines))
     return 0 if not verdict else 1
 
 
