@@ -33,6 +33,9 @@ rate_seconds = 1.0
 sockets_per_address = 1000
 [hls]
 target_duration = 2.0
+[auth]
+# One login for the whole run: the soak measures the box, not the clients' token refresh.
+access_token_seconds = 86400
 """
 
 ERRORS = []
@@ -172,7 +175,7 @@ async def donor(port, slug, token, stop, every, latencies):
         await reader.readexactly(length)
         latencies.append(time.monotonic() - started)
         if status != 201:
-            ERRORS.append(f"donation {n}: {status}")
+            ERRORS.append(f"donation {n}: {status} {head[:60]!r}")
         n += 1
         await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
     writer.close()
