@@ -99,9 +99,10 @@ fn cpu_seconds() -> Option<f64> {
     Some(ticks / hz as f64)
 }
 
-fn cpu_percent() -> Option<f64> {
+/// The share of a core used since the previous reading, from this reading's CPU seconds.
+fn cpu_percent(seconds: Option<f64>) -> Option<f64> {
     let now = Instant::now();
-    let seconds = cpu_seconds()?;
+    let seconds = seconds?;
     let mut last = LAST_CPU.lock().unwrap_or_else(|e| e.into_inner());
     let previous = last.replace((now, seconds));
     let (then, before) = previous.or_else(|| STARTED.get().map(|s| (*s, 0.0)))?;
@@ -155,6 +156,7 @@ pub fn facts(data_dir: &Path) -> Facts {
     let status = read("/proc/self/status").unwrap_or_default();
     let meminfo = read("/proc/meminfo").unwrap_or_default();
     let disk = nix::sys::statvfs::statvfs(data_dir).ok();
+    let cpu = cpu_seconds();
     let load = read("/proc/loadavg").and_then(|l| {
         let mut it = l.split_whitespace().map(|n| n.parse::<f64>().ok());
         Some([it.next()??, it.next()??, it.next()??])
@@ -165,8 +167,8 @@ pub fn facts(data_dir: &Path) -> Facts {
         box_uptime_seconds: read("/proc/uptime")
             .and_then(|u| u.split_whitespace().next()?.parse::<f64>().ok())
             .map(|s| s as u64),
-        cpu_percent: cpu_percent(),
-        cpu_seconds: cpu_seconds(),
+        cpu_percent: cpu_percent(cpu),
+        cpu_seconds: cpu,
         load_average: load,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         rss_bytes: proc_kb(&status, "VmRSS:"),
