@@ -327,7 +327,8 @@ pub fn set_kakao_pay(
         }
     }
     let has_secret = secret.is_some() || secret_path.is_file();
-    // Checked before anything is written: the new key goes in only with valid settings.
+    // The whole config is checked before anything is written: a refused change leaves
+    // neither a new key nor a new drop-in behind.
     let check = |t: &mut toml::Table| {
         let kakao = t
             .entry("kakao_pay")
@@ -349,13 +350,12 @@ pub fn set_kakao_pay(
         }
         Ok(())
     };
-    let mut probe = drop_in::current(&dir)?;
-    check(&mut probe)?;
+    let change = config.plan_console(check)?;
     if let Some(secret) = secret {
         drop_in::write_atomically(&secret_path, secret.as_bytes(), 0o600)
             .map_err(|e| SettingsError::Write(secret_path.display().to_string(), e))?;
     }
-    Ok(config.change_console(check)?)
+    Ok(change.write()?)
 }
 
 /// The top-up catalog from the console: replaces the products (checked as the config file's

@@ -425,6 +425,17 @@ fn kakao_pay_switched_on_from_the_console_works_at_once_and_across_a_restart_and
             Some(&admin),
         )
     };
+    // A refused setup leaves nothing behind: no key file, no drop-in.
+    let refused = call(
+        &daemon,
+        "PUT",
+        "/api/admin/kakao-pay",
+        Some(json!({"cid": "TC0ONETIME", "base_url": "ftp://pay.example", "secret_key": SECRET})),
+        Some(&admin),
+    );
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(!daemon.data_dir().join("kakao_pay.secret").exists());
+    assert!(!daemon.data_dir().join("console.toml").exists());
     assert_eq!(setup("WRONGKEY").status, 200);
     let check = call(
         &daemon,

@@ -141,6 +141,16 @@ impl Config {
         &self,
         edit: impl FnOnce(&mut toml::Table) -> Result<(), ConfigError>,
     ) -> Result<Config, ConfigError> {
+        self.plan_console(edit)?.write()
+    }
+
+    /// [`Config::change_console`] up to the write: the edit applied and the result checked,
+    /// nothing written yet, so a caller with files of its own to write (a secret the
+    /// drop-in names) writes them only for a change that will be taken.
+    pub fn plan_console(
+        &self,
+        edit: impl FnOnce(&mut toml::Table) -> Result<(), ConfigError>,
+    ) -> Result<ConsoleChange, ConfigError> {
         let dir = self.data_dir();
         let file = path(&dir);
         let mut drop_in = current(&dir)?;
@@ -155,11 +165,28 @@ impl Config {
                 message: e.to_string(),
             })?
         );
-        write_atomically(&file, text.as_bytes(), 0o600).map_err(|source| ConfigError::Read {
-            path: file.clone(),
-            source,
+        Ok(ConsoleChange { merged, file, text })
+    }
+}
+
+/// A checked change to the console's drop-in, not yet written.
+#[derive(Debug)]
+pub struct ConsoleChange {
+    merged: Config,
+    file: PathBuf,
+    text: String,
+}
+
+impl ConsoleChange {
+    /// Writes the drop-in (atomically, owner-only) and returns the config it makes.
+    pub fn write(self) -> Result<Config, ConfigError> {
+        write_atomically(&self.file, self.text.as_bytes(), 0o600).map_err(|source| {
+            ConfigError::Read {
+                path: self.file.clone(),
+                source,
+            }
         })?;
-        Ok(merged)
+        Ok(self.merged)
     }
 }
 
