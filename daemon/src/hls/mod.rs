@@ -26,6 +26,7 @@
 
 pub mod health;
 pub mod playlist;
+pub mod request;
 pub mod segmenter;
 
 use bytes::Bytes;

@@ -3,6 +3,7 @@
 
 use super::{ApiError, AppState};
 use crate::hls::playlist::Rendered;
+use crate::hls::request::{PlaylistRequest, RequestError, Skip};
 use crate::hls::{Broadcast, Packaged, Packaging};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -171,65 +172,20 @@ async fn media_playlist(
     query: &HashMap<String, String>,
     gzip: bool,
 ) -> Result<Response, ApiError> {
-    let Packaging::LowLatency { part_target } = packaged.packaging else {
+    if !matches!(packaged.packaging, Packaging::LowLatency { .. }) {
         return Ok(playlist_response(packaged.media_playlist(), gzip));
-    };
-    let number = |key: &str| -> Result<Option<u64>, ApiError> {
-        query
-            .get(key)
-            .map(|v| {
-                crate::hls::canonical_number::<u64>(v)
-                    .ok_or_else(|| ApiError::bad_request(format!("{key} must be a whole number")))
-            })
-            .transpose()
-    };
-    let msn = number("_HLS_msn")?;
-    let part = number("_HLS_part")?;
-    let skip = match query.get("_HLS_skip").map(String::as_str) {
-        None => None,
-        Some(kind @ ("YES" | "v2")) => Some(kind),
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "_HLS_skip={other}: expected YES or v2"
-            )))
-        }
-    };
-    match (msn, part) {
-        (None, Some(_)) => return Err(ApiError::bad_request("_HLS_part needs _HLS_msn")),
-        (Some(msn), part) => {
-            let part = part.map(|p| usize::try_from(p).unwrap_or(usize::MAX));
-            if let Some(newest) = packaged.last_complete_sequence() {
-                // RFC 8216bis: more than two segments, or more parts than the Advance Part
-                // Limit, past the end of the playlist is a request that cannot be met soon.
-                let advance_part_limit = if part_target < 1.0 {
-                    (3.0 / part_target).floor() as usize
-                } else {
-                    3
-                };
-                // "The last Media Segment" is the last complete one; parts count from the
-                // last Partial Segment, wherever it is.
-                let part_too_far = match (packaged.newest_part(), part) {
-                    (Some((sequence, index)), Some(p)) => {
-                        msn == sequence && p > index + advance_part_limit
-                    }
-                    _ => false,
-                };
-                let too_far = msn > newest + 2 || part_too_far;
-                if too_far && !packaged.is_ended() {
-                    return Err(ApiError::bad_request(format!(
-                        "_HLS_msn={msn} is too far ahead of the live edge (segment {newest})"
-                    )));
-                }
-            }
-            wait_for(state, packaged, msn, part).await?;
-        }
-        (None, None) => {}
+    }
+    let bad = |e: RequestError| ApiError::bad_request(e.to_string());
+    let request = PlaylistRequest::parse(query).map_err(bad)?;
+    packaged.check_reach(&request).map_err(bad)?;
+    if let Some(msn) = request.msn {
+        wait_for(state, packaged, msn, request.part).await?;
     }
     // A delta update of an ended playlist is not one (RFC 8216bis: ignore _HLS_skip then).
-    let playlist = match skip {
+    let playlist = match request.skip {
         Some(_) if packaged.is_ended() => packaged.media_playlist(),
-        Some("v2") => packaged.delta_v2_playlist(),
-        Some(_) => packaged.delta_playlist(),
+        Some(Skip::V2) => packaged.delta_v2_playlist(),
+        Some(Skip::Yes) => packaged.delta_playlist(),
         None => packaged.media_playlist(),
     };
     Ok(playlist_response(playlist, gzip))
