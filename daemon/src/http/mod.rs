@@ -279,6 +279,62 @@ where
     }
 }
 
+/// Every JSON body the API takes, by type name. [`parse_body`] parses each as its route's
+/// [`ApiJson`] does; the fuzzer (`daemon/fuzz`) goes in here, and a test keeps the list
+/// whole.
+#[doc(hidden)]
+pub const BODY_KINDS: &[&str] = &[
+    "CreateChannel",
+    "CsrRequest",
+    "DisabledChange",
+    "DonateRequest",
+    "EnrollRequest",
+    "GrantRequest",
+    "KakaoSetup",
+    "LoginRequest",
+    "OnboardRequest",
+    "OwnerChange",
+    "ReadyRequest",
+    "RefreshRequest",
+    "ResetRequest",
+    "RoleChange",
+    "SettingsChange",
+    "SignupRequest",
+    "Vec<Product>",
+];
+
+/// Parses `body` as the body of kind `kind` (one of [`BODY_KINDS`]) exactly as the route's
+/// extractor does after its size and content-type checks (`axum::Json::from_bytes`), and
+/// says whether it was taken. `None` for a kind not in the list.
+#[doc(hidden)]
+pub fn parse_body(kind: &str, body: &[u8]) -> Option<Result<(), String>> {
+    fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<(), String> {
+        Json::<T>::from_bytes(body)
+            .map(drop)
+            .map_err(|e| e.body_text())
+    }
+    Some(match kind {
+        "CreateChannel" => parse::<channels::CreateChannel>(body),
+        "CsrRequest" => parse::<console::CsrRequest>(body),
+        "DisabledChange" => parse::<console::DisabledChange>(body),
+        "DonateRequest" => parse::<wallet::DonateRequest>(body),
+        "EnrollRequest" => parse::<console::EnrollRequest>(body),
+        "GrantRequest" => parse::<console::GrantRequest>(body),
+        "KakaoSetup" => parse::<console::KakaoSetup>(body),
+        "LoginRequest" => parse::<auth::LoginRequest>(body),
+        "OnboardRequest" => parse::<onboarding::OnboardRequest>(body),
+        "OwnerChange" => parse::<console::OwnerChange>(body),
+        "ReadyRequest" => parse::<payments::ReadyRequest>(body),
+        "RefreshRequest" => parse::<auth::RefreshRequest>(body),
+        "ResetRequest" => parse::<auth::ResetRequest>(body),
+        "RoleChange" => parse::<console::RoleChange>(body),
+        "SettingsChange" => parse::<console::SettingsChange>(body),
+        "SignupRequest" => parse::<auth::SignupRequest>(body),
+        "Vec<Product>" => parse::<Vec<crate::config::Product>>(body),
+        _ => return None,
+    })
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         if matches!(e, StoreError::StorageFull) {
@@ -341,4 +397,62 @@ async fn healthz(
         health["fleet"] = serde_json::to_value(fleet).unwrap_or_default();
     }
     Json(health)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fuzzer reaches every body through [`BODY_KINDS`]: a handler taking a new
+    /// `ApiJson<T>` must add `T` there, or this fails.
+    #[test]
+    fn every_json_body_is_listed_for_the_fuzzer() {
+        let sources = [
+            include_str!("auth.rs"),
+            include_str!("channels.rs"),
+            include_str!("chat.rs"),
+            include_str!("console.rs"),
+            include_str!("hls.rs"),
+            include_str!("metrics.rs"),
+            include_str!("onboarding.rs"),
+            include_str!("payments.rs"),
+            include_str!("server.rs"),
+            include_str!("system.rs"),
+            include_str!("wallet.rs"),
+            include_str!("web.rs"),
+        ];
+        let mut taken: Vec<&str> = sources
+            .iter()
+            .flat_map(|s| s.split("ApiJson<").skip(1))
+            .filter_map(|rest| {
+                // The type up to the `>` that closes `ApiJson<`.
+                let mut depth = 0usize;
+                let end = rest.char_indices().find(|&(_, c)| match c {
+                    '<' => {
+                        depth += 1;
+                        false
+                    }
+                    '>' if depth == 0 => true,
+                    '>' => {
+                        depth -= 1;
+                        false
+                    }
+                    _ => false,
+                })?;
+                Some(&rest[..end.0])
+            })
+            .collect();
+        taken.sort_unstable();
+        taken.dedup();
+        let mut listed = BODY_KINDS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(taken, listed);
+        for kind in BODY_KINDS {
+            assert!(parse_body(kind, b"{").is_some_and(|r| r.is_err()), "{kind}");
+        }
+        assert_eq!(
+            parse_body("DonateRequest", br#"{"amount": 1000, "message": "hi"}"#),
+            Some(Ok(()))
+        );
+    }
 }
