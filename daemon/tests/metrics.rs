@@ -96,6 +96,8 @@ fn a_live_box_exports_its_state_and_promtool_and_prometheus_read_it() {
         (r#"commeow_task_busy_seconds{task="store"}"#, (0.0, 5.0)),
         ("commeow_process_open_fds", (5.0, 10_000.0)),
         ("commeow_process_resident_memory_bytes", (1e6, 1e10)),
+        // Page caches and statements: something, and within the caches' bounds (42 MB).
+        ("commeow_store_sqlite_memory_bytes", (10_000.0, 44e6)),
         ("commeow_process_cpu_seconds", (0.0, 1e6)),
         ("commeow_disk_free_bytes", (1.0, 1e15)),
     ] {

@@ -131,6 +131,11 @@ fn describe() {
         "The daemon's resident memory"
     );
     describe_gauge!(
+        "commeow_store_sqlite_memory_bytes",
+        Unit::Bytes,
+        "Memory SQLite holds (page caches, bounded by cache_size), part of the resident memory"
+    );
+    describe_gauge!(
         "commeow_process_open_fds",
         "File descriptors the daemon holds"
     );
@@ -225,7 +230,7 @@ async fn gauges(state: &AppState) {
     }
     let data_dir = state.console.config.lock().await.data_dir();
     if let Ok(facts) =
-        tokio::task::spawn_blocking(move || crate::system::facts::facts(&data_dir)).await
+        tokio::task::spawn_blocking(move || crate::system::facts::process(&data_dir)).await
     {
         if let Some(cpu) = facts.cpu_seconds {
             gauge!("commeow_process_cpu_seconds").set(cpu);
@@ -233,6 +238,7 @@ async fn gauges(state: &AppState) {
         if let Some(rss) = facts.rss_bytes {
             gauge!("commeow_process_resident_memory_bytes").set(rss as f64);
         }
+        gauge!("commeow_store_sqlite_memory_bytes").set(crate::store::sqlite_memory_bytes() as f64);
         if let Some(fds) = facts.open_files {
             gauge!("commeow_process_open_fds").set(fds as f64);
         }

@@ -112,6 +112,16 @@ pub struct Store {
     conn: Connection,
 }
 
+/// Bytes SQLite holds in this process: every connection's page cache, its statements and
+/// its own allocations. Bounded by the connections' `cache_size` (32 + 8 + 2 MB), and
+/// filling towards it as the database grows, by design; `/metrics` reports it so the
+/// process's memory can be read net of it (bench/soak.sh does).
+pub fn sqlite_memory_bytes() -> i64 {
+    // SAFETY: reads SQLite's global memory counter, which it keeps under its own mutex
+    // (the bundled build has SQLITE_DEFAULT_MEMSTATUS=1); no pointer is involved.
+    unsafe { rusqlite::ffi::sqlite3_memory_used() }
+}
+
 impl Store {
     /// Opens (creating if needed) `<data_dir>/commeow.db`.
     pub fn open_in(data_dir: &Path) -> Result<Store, StoreError> {

@@ -151,6 +151,34 @@ fn addresses() -> Vec<String> {
     found
 }
 
+/// The process's own figures, as `/metrics` reports them: counters and levels only, so a
+/// scrape never moves the console's CPU window (its `cpu_percent` is since its previous
+/// reading; Prometheus takes the rate of `cpu_seconds` itself).
+#[derive(Debug, Clone, Copy)]
+pub struct Process {
+    pub cpu_seconds: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub open_files: Option<usize>,
+    pub disk_free_bytes: Option<u64>,
+}
+
+/// Reads [`Process`] now; `data_dir` is where the free space is taken.
+pub fn process(data_dir: &Path) -> Process {
+    let status = read("/proc/self/status").unwrap_or_default();
+    Process {
+        cpu_seconds: cpu_seconds(),
+        rss_bytes: proc_kb(&status, "VmRSS:"),
+        open_files: open_files(),
+        disk_free_bytes: nix::sys::statvfs::statvfs(data_dir)
+            .ok()
+            .map(|d| d.blocks_available() * d.fragment_size()),
+    }
+}
+
+fn open_files() -> Option<usize> {
+    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+}
+
 /// Reads the box's facts now; `data_dir` is where the disk figures are taken.
 pub fn facts(data_dir: &Path) -> Facts {
     let status = read("/proc/self/status").unwrap_or_default();
@@ -185,7 +213,7 @@ pub fn facts(data_dir: &Path) -> Facts {
                 .find_map(|l| l.strip_prefix("write_bytes:"))
                 .and_then(|n| n.trim().parse().ok())
         }),
-        open_files: std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count()),
+        open_files: open_files(),
         addresses: addresses(),
     }
 }
