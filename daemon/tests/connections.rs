@@ -354,6 +354,74 @@ fn rtmp_connections_that_never_publish_are_cut_and_one_address_holds_four() {
     );
 }
 
+/// An RTMP handshake as the daemon's peer, the simplest one (C1 and C2 are echoes).
+fn rtmp_handshake(to: std::net::SocketAddr) -> TcpStream {
+    let mut socket = TcpStream::connect(to).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut c0c1 = vec![3u8];
+    c0c1.extend(std::iter::repeat_n(0u8, 1536));
+    socket.write_all(&c0c1).expect("C0C1");
+    let mut s0s1s2 = vec![0u8; 1 + 1536 * 2];
+    socket.read_exact(&mut s0s1s2).expect("S0S1S2");
+    socket.write_all(&s0s1s2[1..1537]).expect("C2");
+    socket
+}
+
+/// What the RTMP fuzzer found (`daemon/fuzz/findings/rtmp`: chunks that make rml_rtmp's
+/// deserializer underflow a length, and an AMF0 command that makes it index past a slice)
+/// costs the connection that sent it and nothing else: it is closed at once, the log says
+/// why, and a live stream on the box goes on making parts.
+#[test]
+fn rtmp_input_that_panics_the_parser_ends_only_its_connection() {
+    let daemon = Daemon::start("[hls]\ntarget_duration = 1.0\n");
+    let key = daemon.add_channel("stage");
+    let _push = Push::start(&daemon.rtmp_url(&key), 60, "320x240");
+    let live = || {
+        daemon
+            .ll_playlist("stage", "")
+            .and_then(|p| p.newest_part())
+    };
+    let before = poll_until(Duration::from_secs(30), "the channel is live", live, |_| {
+        true
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/findings/rtmp");
+    let mut findings: Vec<_> = std::fs::read_dir(&dir)
+        .expect("findings")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    findings.sort();
+    assert!(!findings.is_empty(), "no findings in {}", dir.display());
+    for finding in &findings {
+        let bytes = std::fs::read(finding).expect("finding");
+        let mut socket = rtmp_handshake(daemon.rtmp);
+        let started = Instant::now();
+        // The daemon may close before it has read everything: a reset is an answer too.
+        let _ = socket.write_all(&bytes);
+        let mut rest = Vec::new();
+        let _ = socket.read_to_end(&mut rest);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{}: held {:?}, not closed at once",
+            finding.display(),
+            started.elapsed()
+        );
+        assert_eq!(daemon.get("/healthz").status, 200, "{}", finding.display());
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || daemon
+            .logged("the parser gave up on it")),
+        "the log says why"
+    );
+    poll_until(
+        Duration::from_secs(10),
+        "the live stream goes on making parts",
+        live,
+        |now| *now > before,
+    );
+}
+
 /// Blocking-reload requests have a bound of their own: past `hls.max_held_requests` a new
 /// one is told at once to come back (503, `Retry-After`), the held ones are answered when
 /// their part appears, and one that is already answerable takes no place.
