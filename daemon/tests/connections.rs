@@ -326,12 +326,7 @@ fn rtmp_connections_that_never_publish_are_cut_and_one_address_holds_four() {
     // A connection that handshakes and then says nothing is cut at the publish deadline
     // (15 s from connecting), well before the idle one (30 s) would.
     let mut quiet = sockets.pop().expect("quiet");
-    let mut c0c1 = vec![3u8];
-    c0c1.extend(std::iter::repeat_n(0u8, 1536));
-    quiet.write_all(&c0c1).expect("C0C1");
-    let mut s0s1s2 = vec![0u8; 1 + 1536 * 2];
-    quiet.read_exact(&mut s0s1s2).expect("S0S1S2");
-    quiet.write_all(&s0s1s2[1..1537]).expect("C2");
+    handshake(&mut quiet);
     let started = Instant::now();
     quiet
         .set_read_timeout(Some(Duration::from_secs(25)))
@@ -354,18 +349,23 @@ fn rtmp_connections_that_never_publish_are_cut_and_one_address_holds_four() {
     );
 }
 
-/// An RTMP handshake as the daemon's peer, the simplest one (C1 and C2 are echoes).
-fn rtmp_handshake(to: std::net::SocketAddr) -> TcpStream {
-    let mut socket = TcpStream::connect(to).expect("connect");
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+/// An RTMP handshake as the daemon's peer, the simplest one (C2 echoes the server's S1).
+fn handshake(socket: &mut TcpStream) {
     let mut c0c1 = vec![3u8];
     c0c1.extend(std::iter::repeat_n(0u8, 1536));
     socket.write_all(&c0c1).expect("C0C1");
     let mut s0s1s2 = vec![0u8; 1 + 1536 * 2];
     socket.read_exact(&mut s0s1s2).expect("S0S1S2");
     socket.write_all(&s0s1s2[1..1537]).expect("C2");
+}
+
+/// A new RTMP connection, handshaken.
+fn rtmp_handshake(to: std::net::SocketAddr) -> TcpStream {
+    let mut socket = TcpStream::connect(to).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    handshake(&mut socket);
     socket
 }
 
