@@ -807,9 +807,11 @@ fn parse(
         .map_err(|e| IngestError::Session(format!("{e:?}")))
 }
 
-/// Runs rml_rtmp on untrusted bytes. Its chunk deserializer (0.8) can panic on crafted
-/// input (an interleaved chunk stream underflows a length); a panic must cost only the
-/// connection that sent it, never the daemon. The session is dropped afterwards, so no
+/// Runs rml_rtmp on untrusted bytes. Its session (0.8) panics on crafted input at five
+/// places the fuzzer found (two length underflows in the chunk deserializer, an index past
+/// a slice in the AMF0 command reader, a `@setDataFrame` with fewer than two values;
+/// `daemon/fuzz/findings/rtmp`); a panic must cost only the connection that sent it,
+/// never the daemon. The session is dropped afterwards, so no
 /// state from the panicked call is reused.
 fn contain_parser<T>(parse: impl FnOnce() -> T) -> Result<T, IngestError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse))
