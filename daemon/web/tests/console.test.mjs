@@ -157,8 +157,9 @@ test("an operator runs the box from a phone: people, channels, Kakao Pay, grants
     assert.match(await admin.page.locator("#fleet-csr").innerText(), /fleet-certs DIR sign hall-1 hall-1\.csr/);
     await admin.page.screenshot({ path: join(ARTIFACTS, "console-box.png"), fullPage: true });
     await admin.page.click('[data-tab="audit"]');
-    // The log arrives in one answer after the tab opens: wait for its rows, then read them.
-    await admin.page.waitForFunction(() => document.querySelectorAll("#audit [data-action]").length > 0);
+    // The log arrives in one answer after the tab opens: wait for its newest row (the CSR
+    // just made), then read them all.
+    await admin.page.waitForSelector('#audit [data-action="fleet_csr"]');
     const actions = await admin.page.locator("#audit [data-action]").evaluateAll((rows) => rows.map((r) => r.dataset.action).reverse());
     assert.deepEqual(actions, ["onboard", "set_role", "kakao_pay", "grant", "ledger_check", "export", "ledger_check", "rename_venue", "fleet_csr"]);
     assert.match(await admin.page.locator("#audit").innerText(), /boss · 127\.0\.0\.1/);
