@@ -233,6 +233,7 @@ fn broadcast() -> Arc<commeow::hls::Broadcast> {
         duration: Duration::from_millis(667),
         independent: true,
     };
+    source.set_init(0, Bytes::from_static(b"init"));
     for sequence in 0..4u64 {
         let start = SegmentStart {
             sequence,
@@ -240,7 +241,6 @@ fn broadcast() -> Arc<commeow::hls::Broadcast> {
             discontinuity: false,
             timeline: 0,
         };
-        source.set_init(0, Bytes::from_static(b"init"));
         for _ in 0..3 {
             source.push_part(start, part());
         }
