@@ -4,7 +4,9 @@
 
 use crate::config::Config;
 use crate::store::{Store, StoreHandle};
-use crate::{auth, chat, fleet, hls, http, ingest, media, obs, payments, store, system, throttle};
+use crate::{
+    auth, chat, fleet, hls, http, ingest, media, obs, payments, store, system, throttle, webrtc,
+};
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,9 +180,16 @@ pub async fn run(
             line
         })
     };
+    let webrtc = webrtc::Webrtc::start(
+        config.webrtc.clone(),
+        broadcasts.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    );
     let app = http::app(http::AppState {
         store: store.clone(),
         broadcasts,
+        webrtc,
         auth: authority,
         // Wrong passwords: 1 s doubling to 5 min, so guessing online is hopeless.
         login_by_address: Arc::new(throttle::Throttle::new(

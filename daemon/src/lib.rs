@@ -18,7 +18,7 @@
 //! | 2 | `console` | the venue operator's actions (roles, accounts, grants, channels, Kakao Pay and settings), one function each for the console's API, the CLI and fleet commands |
 //! | 3 | `auth`, `hls`, `fleet` | tokens and passwords; segments, renditions and playlists in memory; the outbox relayed to the central service over MQTT |
 //! | 4 | `chat`, `payments`, `media` | chat rooms; Kakao Pay verification; the libav pipeline and the transcoding ladder |
-//! | 5 | `ingest`, `donations` | RTMP connections, stream keys, FLV tags into the pipeline; the rules of a donation |
+//! | 5 | `ingest`, `donations`, `webrtc` | RTMP connections, stream keys, FLV tags into the pipeline; the rules of a donation; WebRTC viewers (WHEP) on one UDP port |
 //! | 6 | `http` | players, the JSON API, chat sockets, the web app, the venue's console |
 //! | 7 | `daemon` | everything wired, run until shutdown |
 //! | 8 | `cli` | the operator's commands |
@@ -41,3 +41,4 @@ pub mod store;
 pub mod system;
 pub mod text;
 pub mod throttle;
+pub mod webrtc;

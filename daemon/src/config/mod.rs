@@ -47,6 +47,38 @@ pub struct Config {
     pub fleet: FleetConfig,
     pub transcode: TranscodeConfig,
     pub metrics: MetricsConfig,
+    pub webrtc: WebrtcConfig,
+}
+
+/// "In the room" playback: WebRTC (WHEP) on the LAN, one UDP port for every viewer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebrtcConfig {
+    pub enabled: bool,
+    /// The UDP port every WebRTC viewer's media goes through (bound on all IPv4
+    /// interfaces; 0 takes any free one, for tests).
+    pub port: u16,
+    /// Addresses offered to browsers as ICE host candidates. Empty: every IPv4 address of
+    /// the box's interfaces (loopback only to a browser on the box itself).
+    pub addresses: Vec<std::net::IpAddr>,
+    /// WebRTC viewers at once on the box, and on one channel; past either, the page plays
+    /// LL-HLS.
+    pub max_viewers: usize,
+    pub max_viewers_per_channel: usize,
+}
+
+impl Default for WebrtcConfig {
+    fn default() -> Self {
+        WebrtcConfig {
+            enabled: true,
+            port: 8189,
+            addresses: Vec::new(),
+            // SRTP is encrypted once per viewer: ~1 % of a Pi 4 core per 2.5 Mbps viewer
+            // (bench/README.md), and the Wi-Fi runs out well before 50 of them.
+            max_viewers: 50,
+            max_viewers_per_channel: 50,
+        }
+    }
 }
 
 /// `/metrics` (Prometheus text): from the box itself always; from the LAN only with the
@@ -884,6 +916,12 @@ impl Config {
         self.kakao_pay.validate()?;
         self.fleet.validate()?;
         self.transcode.validate()?;
+        if self.webrtc.max_viewers_per_channel > self.webrtc.max_viewers {
+            return Err(ConfigError::Invalid {
+                key: "webrtc.max_viewers_per_channel",
+                message: "must be at most webrtc.max_viewers".into(),
+            });
+        }
         if self.http.max_connections == 0
             || !(1..=self.http.max_connections).contains(&self.http.connections_per_address)
         {

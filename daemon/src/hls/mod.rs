@@ -26,6 +26,7 @@
 
 pub mod health;
 pub mod playlist;
+pub mod realtime;
 pub mod request;
 pub mod segmenter;
 
@@ -562,6 +563,8 @@ pub struct Variant {
     /// Where its media timestamps ended (milliseconds): a returning publisher's start
     /// there, so even a player that ignores EXT-X-DISCONTINUITY sees time run on.
     media_end: std::sync::atomic::AtomicI64,
+    /// Its video for WebRTC viewers, as the pipeline has it.
+    pub realtime: realtime::Feed,
 }
 
 impl Variant {
@@ -596,6 +599,7 @@ impl Variant {
                 id.to_string(),
             )),
             media_end: std::sync::atomic::AtomicI64::new(0),
+            realtime: realtime::Feed::default(),
         }
     }
 
@@ -695,6 +699,8 @@ pub struct Broadcast {
     part_target: f64,
     /// The publish feeding it now, or the last one.
     publish: Mutex<Publish>,
+    /// Its audio for WebRTC viewers (Opus), whichever variant's video they watch.
+    pub realtime_audio: realtime::Feed,
 }
 
 /// One publish (one OBS connection) on a broadcast: a broadcast has several when the
@@ -962,6 +968,7 @@ impl Broadcasts {
             target_duration: self.target_duration,
             part_target: self.part_target,
             publish: Mutex::new(Publish::new(1)),
+            realtime_audio: realtime::Feed::default(),
         });
         by_slug.insert(slug.to_string(), broadcast.clone());
         Ok(broadcast)

@@ -215,6 +215,17 @@ async fn gauges(state: &AppState) {
     gauge!("commeow_hls_held_requests")
         .set(max_held - state.held_requests.available_permits() as f64);
     gauge!("commeow_chat_viewers").set(state.chat.total_viewers() as f64);
+    let (webrtc_viewers, by_channel) = state.webrtc.viewers();
+    gauge!("commeow_webrtc_viewers").set(webrtc_viewers as f64);
+    for slug in state.broadcasts.live_slugs() {
+        let viewers = by_channel.get(&slug).copied().unwrap_or(0);
+        gauge!("commeow_webrtc_channel_viewers", "channel" => slug).set(viewers as f64);
+    }
+    let (unknown, full) = state.webrtc.dropped();
+    metrics::counter!("commeow_webrtc_datagrams_dropped_total", "reason" => "unknown")
+        .absolute(unknown);
+    metrics::counter!("commeow_webrtc_datagrams_dropped_total", "reason" => "inbox_full")
+        .absolute(full);
     if let Ok(depth) = state.store.read(|s| s.outbox_depth()).await {
         gauge!("commeow_outbox_depth").set(depth as f64);
     }

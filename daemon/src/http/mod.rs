@@ -29,6 +29,7 @@ pub mod server;
 mod system;
 mod wallet;
 mod web;
+mod whep;
 
 pub use auth::CurrentUser;
 pub use console::ConsoleState;
@@ -80,6 +81,8 @@ pub struct AppState {
     pub metrics_token: Option<String>,
     /// What the watchdog watches, for `/metrics`.
     pub health: Arc<crate::system::Health>,
+    /// WebRTC viewers (WHEP).
+    pub webrtc: Arc<crate::webrtc::Webrtc>,
 }
 
 pub fn app(state: AppState) -> Router {
@@ -92,6 +95,20 @@ pub fn app(state: AppState) -> Router {
             CorsLayer::new()
                 .allow_origin(Any)
                 .allow_methods([Method::GET, Method::HEAD]),
+        );
+    // WHEP is public as the playlists are; a player on another origin reads `Location`.
+    let whep = Router::new()
+        .route("/whep/{slug}", post(whep::offer))
+        .route(
+            "/whep/{slug}/{id}",
+            axum::routing::delete(whep::end).patch(whep::patch),
+        )
+        .layer(
+            CorsLayer::new()
+                .allow_origin(Any)
+                .allow_methods([Method::POST, Method::DELETE, Method::PATCH])
+                .allow_headers([header::CONTENT_TYPE])
+                .expose_headers([header::LOCATION]),
         );
     Router::new()
         .route("/healthz", get(healthz))
@@ -130,6 +147,7 @@ pub fn app(state: AppState) -> Router {
         .merge(console_routes())
         .route("/assets/{name}", get(web::asset))
         .merge(hls)
+        .merge(whep)
         .fallback(fallback)
         // Every request body the API takes is a small JSON object; a larger one is refused
         // (413) before it is read into memory.
@@ -373,8 +391,10 @@ impl IntoResponse for ApiError {
 /// Unknown API and media paths are JSON 404s; any other GET is a page of the web app.
 async fn fallback(method: Method, uri: axum::http::Uri, headers: HeaderMap) -> Response {
     let path = uri.path();
-    let api =
-        path.starts_with("/api/") || path.starts_with("/hls/") || path.starts_with("/assets/");
+    let api = path.starts_with("/api/")
+        || path.starts_with("/hls/")
+        || path.starts_with("/whep/")
+        || path.starts_with("/assets/");
     // A file name (`/favicon.ico`, `/robots.txt`) is not a page of the app.
     let file = path
         .rsplit('/')

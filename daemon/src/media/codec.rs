@@ -170,6 +170,69 @@ pub fn avcc_record(sps: &[u8], pps: &[u8]) -> Option<Vec<u8>> {
     Some(record)
 }
 
+/// The other way, for WebRTC (RFC 6184 packetizers read Annex B): an AVCC frame's NAL
+/// units behind start codes, and before a keyframe the stream's SPS and PPS, which a
+/// viewer joining there needs and an AVCC stream keeps only in its configuration record.
+#[derive(Debug, Clone)]
+pub struct ToAnnexB {
+    length_size: usize,
+    /// The record's SPS and PPS, each behind a start code.
+    parameter_sets: Vec<u8>,
+    /// SDP's `profile-level-id`: profile, constraint flags, level.
+    pub profile_level_id: u32,
+}
+
+impl ToAnnexB {
+    /// From an AVCDecoderConfigurationRecord; `None` when it is malformed.
+    pub fn new(avcc: &[u8]) -> Option<ToAnnexB> {
+        use h264_reader::avcc::AvcDecoderConfigurationRecord;
+        let record = AvcDecoderConfigurationRecord::try_from(avcc).ok()?;
+        let length_size = usize::from(record.length_size_minus_one()) + 1;
+        let mut parameter_sets = Vec::new();
+        for nal in record
+            .sequence_parameter_sets()
+            .chain(record.picture_parameter_sets())
+        {
+            parameter_sets.extend_from_slice(&[0, 0, 0, 1]);
+            parameter_sets.extend_from_slice(nal.ok()?);
+        }
+        let profile_level_id = match avcc {
+            [1, profile, compat, level, ..] => {
+                u32::from(*profile) << 16 | u32::from(*compat) << 8 | u32::from(*level)
+            }
+            _ => return None,
+        };
+        Some(ToAnnexB {
+            length_size,
+            parameter_sets,
+            profile_level_id,
+        })
+    }
+
+    /// One frame; `None` when its NAL lengths overrun it.
+    pub fn convert(&self, frame: &[u8], keyframe: bool) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(frame.len() + self.parameter_sets.len() + 16);
+        if keyframe {
+            out.extend_from_slice(&self.parameter_sets);
+        }
+        let mut rest = frame;
+        while !rest.is_empty() {
+            let (length, tail) = rest.split_at_checked(self.length_size)?;
+            let length = length
+                .iter()
+                .fold(0usize, |n, byte| n << 8 | usize::from(*byte));
+            let (nal, tail) = tail.split_at_checked(length)?;
+            // An access unit delimiter means nothing to a WebRTC depacketizer.
+            if nal.first().is_some_and(|b| b & 0x1f != NAL_AUD) {
+                out.extend_from_slice(&[0, 0, 0, 1]);
+                out.extend_from_slice(nal);
+            }
+            rest = tail;
+        }
+        Some(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +244,25 @@ mod tests {
         0x40, 0x00, 0x00, 0x0f, 0x23, 0xc6, 0x0c, 0xa8,
     ];
     const PPS: [u8; 4] = [0x68, 0xce, 0x0f, 0xc8];
+
+    #[test]
+    fn avcc_frames_become_annexb_with_the_parameter_sets_before_keyframes() {
+        let record = avcc_record(&SPS_720P, &PPS).expect("record");
+        let to_annexb = ToAnnexB::new(&record).expect("converter");
+        assert_eq!(to_annexb.profile_level_id, 0x42c01f);
+        let slice = [0x65, 0x88, 0x84, 0x21];
+        let mut frame = vec![0, 0, 0, 2, 0x09, 0xf0]; // an AUD, dropped
+        frame.extend_from_slice(&[0, 0, 0, 4]);
+        frame.extend_from_slice(&slice);
+        let key = to_annexb.convert(&frame, true).expect("keyframe");
+        assert_eq!(annexb_nals(&key), [&SPS_720P[..], &PPS[..], &slice[..]]);
+        let delta = to_annexb.convert(&frame, false).expect("delta");
+        assert_eq!(annexb_nals(&delta), [&slice[..]]);
+        // A length that runs past the frame (garbage from the network) is refused.
+        assert!(to_annexb.convert(&[0, 0, 0, 9, 0x65], false).is_none());
+        assert!(to_annexb.convert(&[0, 0], false).is_none());
+        assert!(ToAnnexB::new(&[1, 2, 3]).is_none());
+    }
 
     #[test]
     fn annexb_access_units_become_avcc_with_their_parameter_sets_apart() {

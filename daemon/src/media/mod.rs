@@ -11,6 +11,7 @@
 pub mod codec;
 pub mod ladder;
 pub mod mux;
+pub mod opus;
 
 use crate::hls::segmenter::Segmenter;
 use crate::hls::segmenter::{Part, SegmentStart};
@@ -134,6 +135,10 @@ struct Pipeline {
     last_dts: [Option<i64>; 2],
     /// A rung's asked-for bit rate (see [`StreamInfo::nominal_bandwidth`]).
     nominal_bandwidth: Option<u64>,
+    /// The video for WebRTC viewers: AVCC frames to Annex B (see [`crate::hls::realtime`]).
+    to_annexb: Option<codec::ToAnnexB>,
+    /// The audio for them, made while one listens (the source's pipeline only).
+    opus: Option<opus::Transcoder>,
 }
 
 impl Pipeline {
@@ -168,6 +173,8 @@ impl Pipeline {
             frame_rate: None,
             last_dts: [None, None],
             nominal_bandwidth: None,
+            to_annexb: None,
+            opus: None,
         }
     }
 
@@ -206,6 +213,7 @@ impl Pipeline {
                         tap.audio_config(&config);
                     }
                     self.audio_config = Some(config);
+                    self.opus = None;
                 }
             }
             MediaEvent::SegmentStart(sequence) => {
@@ -279,6 +287,17 @@ impl Pipeline {
         self.variant
             .set_init(self.segmenter.timeline(), cmaf.init_segment());
         self.variant.set_info(info);
+        self.to_annexb = codec::ToAnnexB::new(avcc);
+        match &self.to_annexb {
+            Some(to_annexb) => self
+                .variant
+                .realtime
+                .set_profile(to_annexb.profile_level_id),
+            None => self
+                .variant
+                .realtime
+                .set_unusable(Some("its H.264 configuration is malformed".into())),
+        }
         self.muxers = Some(Muxers { ts, cmaf });
         Ok(())
     }
@@ -368,8 +387,67 @@ impl Pipeline {
                 }
             }
         }
+        self.realtime_video(&frame, pts);
         if let Cuts::Own { tap: Some(tap) } = &mut self.cuts {
             tap.video(dts, pts, frame.keyframe, frame.data, frame.arrived, begins);
+        }
+    }
+
+    /// Hands a frame to the variant's WebRTC viewers, if it has any, and notes B-frames,
+    /// which WebRTC cannot carry (such a source's viewers get a ladder rung).
+    fn realtime_video(&mut self, frame: &Frame, pts: i64) {
+        let feed = &self.variant.realtime;
+        if frame.pts != frame.dts {
+            feed.note_reordered();
+        }
+        if !feed.is_watched() {
+            return;
+        }
+        let Some(data) = self
+            .to_annexb
+            .as_ref()
+            .and_then(|c| c.convert(&frame.data, frame.keyframe))
+        else {
+            return;
+        };
+        feed.send(crate::hls::realtime::Sample {
+            pts,
+            keyframe: frame.keyframe,
+            data: Bytes::from(data),
+        });
+    }
+
+    /// The source's audio as Opus for WebRTC viewers, while any listens.
+    fn realtime_audio(&mut self, frame: &Frame, dts: i64) {
+        let feed = &self.broadcast.realtime_audio;
+        if !matches!(self.cuts, Cuts::Own { .. }) {
+            return;
+        }
+        if !feed.is_watched() {
+            self.opus = None;
+            return;
+        }
+        if self.opus.is_none() {
+            let Some(asc) = self.audio_config.as_deref() else {
+                return;
+            };
+            match opus::Transcoder::new(asc) {
+                Ok(transcoder) => self.opus = Some(transcoder),
+                Err(e) => {
+                    feed.set_unusable(Some(e.to_string()));
+                    return;
+                }
+            }
+        }
+        let Some(transcoder) = self.opus.as_mut() else {
+            return;
+        };
+        for (pts, data) in transcoder.push(&frame.data, dts) {
+            feed.send(crate::hls::realtime::Sample {
+                pts,
+                keyframe: true,
+                data,
+            });
         }
     }
 
@@ -385,6 +463,7 @@ impl Pipeline {
                 }
             }
         }
+        self.realtime_audio(&frame, dts);
         if let Cuts::Own { tap: Some(tap) } = &mut self.cuts {
             tap.audio(dts, frame.data, frame.arrived);
         }

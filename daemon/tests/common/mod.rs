@@ -2,6 +2,8 @@
 //! as the OBS stand-in, `ffprobe` as the player stand-in.
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
+pub mod whep;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -149,6 +151,10 @@ impl Daemon {
         if !config.contains("[rtmp]") {
             config.push_str("\n[rtmp]\nconnections_per_address = 64\n");
         }
+        // Tests run side by side: each daemon's WebRTC port is any free one.
+        if !config.contains("[webrtc]") {
+            config.push_str("\n[webrtc]\nport = 0\n");
+        }
         std::fs::write(dir.path().join("commeowd.toml"), config).expect("write config");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let child = spawn(dir.path(), &launch, logs.clone());
@@ -189,6 +195,15 @@ impl Daemon {
             self.http.port() != 0 && self.rtmp.port() != 0
         });
         assert!(found, "commeowd did not report its listeners");
+    }
+
+    /// The UDP port of WebRTC viewers' media, as the daemon reported it.
+    pub fn webrtc_addr(&self) -> SocketAddr {
+        let mut addr = self
+            .logged_addr("webrtc listening")
+            .expect("commeowd reported no WebRTC port");
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        addr
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -539,6 +554,17 @@ pub fn try_send_json_with(
         }
     };
     try_read(response.ok()?)
+}
+
+/// A POST of `body` as `content_type` (not JSON: an SDP offer, say).
+pub fn post_raw(url: &str, content_type: &str, body: &[u8]) -> Response {
+    read(
+        agent()
+            .post(url)
+            .header("content-type", content_type)
+            .send(body)
+            .expect("http request"),
+    )
 }
 
 /// A browser's form POST (no body), without following the redirect it answers with.

@@ -257,7 +257,9 @@ impl Worker {
         if !slowdown.is_zero() {
             std::thread::sleep(slowdown);
         }
-        let keyframe = mark.begins.is_some() || mark.keyframe;
+        // A WebRTC viewer joining or losing packets asks for one (PLI/FIR).
+        let asked = self.pipeline.variant.realtime.take_keyframe_request();
+        let keyframe = mark.begins.is_some() || mark.keyframe || asked;
         self.pending.insert(pts, mark);
         for encoded in self.encoder.encode(&mut scaled, keyframe)? {
             self.emit(encoded);

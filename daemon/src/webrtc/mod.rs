@@ -1,0 +1,322 @@
+//! "In the room" playback: WebRTC viewers on the venue's network, a few tenths of a second
+//! behind the stage, through WHEP (an SDP offer posted over HTTP, answered with SDP).
+//!
+//! The box is ICE-lite with host candidates only: it is on the same LAN as the phones, so
+//! no STUN or TURN server is involved, and every viewer's media shares one UDP port
+//! ([`socket`]). Each viewer is a task ([`peer`]) reading its variant's real-time feed
+//! (see [`crate::hls::realtime`]): the source's H.264 as it came when it has no B-frames,
+//! else a ladder rung's (which never has them and makes a keyframe when asked), and the
+//! source's audio as Opus. Viewers are bounded per box and per channel; past either, a
+//! join is refused and the page plays LL-HLS.
+
+pub mod peer;
+pub mod socket;
+
+use crate::config::WebrtcConfig;
+use crate::hls::{Broadcast, Broadcasts, Variant};
+use rand::Rng;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use str0m::change::SdpOffer;
+use str0m::{Candidate, IceCreds, RtcConfig};
+
+/// WebRTC viewers one client address may hold: a phone with a few tabs. Places are few
+/// (`webrtc.max_viewers`): one device posting offers in a loop must not take them all.
+pub const PER_ADDRESS: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("WebRTC playback is off on this box")]
+    Off,
+    #[error("channel `{0}` is not live")]
+    NotLive(String),
+    #[error("{0}")]
+    Full(String),
+    /// The stream has no video a WebRTC viewer can be sent.
+    #[error("{0}")]
+    NoVideo(String),
+    #[error("the SDP offer cannot be used: {0}")]
+    BadOffer(String),
+}
+
+/// One viewer's place, from its join until its task ends.
+struct Session {
+    slug: String,
+    client: IpAddr,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+pub struct Webrtc {
+    config: WebrtcConfig,
+    broadcasts: Arc<Broadcasts>,
+    port: Option<Arc<socket::Port>>,
+    sessions: Mutex<HashMap<String, Session>>,
+    shutdown: tokio_util::sync::CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
+}
+
+/// A viewer that joined: its resource's id and the SDP answer.
+#[derive(Debug)]
+pub struct Joined {
+    pub id: String,
+    pub answer: String,
+}
+
+impl Webrtc {
+    /// Binds the UDP port (when enabled) and starts reading it. A port that cannot be
+    /// bound leaves WebRTC off, said in the log: viewers play LL-HLS, and the box runs.
+    pub fn start(
+        config: WebrtcConfig,
+        broadcasts: Arc<Broadcasts>,
+        shutdown: tokio_util::sync::CancellationToken,
+        tracker: tokio_util::task::TaskTracker,
+    ) -> Arc<Webrtc> {
+        // RustCrypto and dimpl (see Cargo.toml): set once for every session.
+        str0m::crypto::from_feature_flags().install_process_default();
+        let port = match config.enabled.then(|| socket::Port::bind(config.port)) {
+            Some(Ok(port)) => {
+                tracing::info!(addr = %SocketAddr::from(([0, 0, 0, 0], port.port)), "webrtc listening");
+                tracker.spawn(port.clone().run(shutdown.clone()));
+                Some(port)
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, port = config.port, "WebRTC is off: its UDP port cannot be bound");
+                None
+            }
+            None => None,
+        };
+        Arc::new(Webrtc {
+            config,
+            broadcasts,
+            port,
+            sessions: Mutex::new(HashMap::new()),
+            shutdown,
+            tracker,
+        })
+    }
+
+    /// The UDP port viewers' media uses, when WebRTC is on.
+    pub fn port(&self) -> Option<u16> {
+        self.port.as_ref().map(|p| p.port)
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// WebRTC viewers now, on the box and by channel.
+    pub fn viewers(&self) -> (usize, HashMap<String, usize>) {
+        let sessions = self.sessions();
+        let mut by_channel = HashMap::new();
+        for session in sessions.values() {
+            *by_channel.entry(session.slug.clone()).or_insert(0) += 1;
+        }
+        (sessions.len(), by_channel)
+    }
+
+    /// Datagrams the port dropped: from no viewer (garbage, scans), and for a viewer
+    /// whose inbox was full.
+    pub fn dropped(&self) -> (u64, u64) {
+        self.port.as_ref().map_or((0, 0), |p| {
+            (
+                p.dropped.unknown.load(std::sync::atomic::Ordering::Relaxed),
+                p.dropped.full.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// A viewer at `client` offers `offer` to watch `slug`: the answer, or why not.
+    pub fn join(
+        self: &Arc<Self>,
+        slug: &str,
+        offer: &str,
+        client: IpAddr,
+    ) -> Result<Joined, JoinError> {
+        let Some(port) = self.port.clone() else {
+            return Err(JoinError::Off);
+        };
+        let broadcast = self
+            .broadcasts
+            .get(slug)
+            .filter(|b| b.is_live())
+            .ok_or_else(|| JoinError::NotLive(slug.to_string()))?;
+        let variant = video_for_webrtc(&broadcast)?;
+        let offer =
+            SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::BadOffer(e.to_string()))?;
+        let creds = IceCreds {
+            ufrag: random_token(8),
+            pass: random_token(24),
+        };
+        let mut rtc = RtcConfig::new()
+            .clear_codecs()
+            .enable_h264(true)
+            .enable_opus(true, false)
+            .set_ice_lite(true)
+            .set_local_ice_credentials(creds.clone())
+            .build(std::time::Instant::now());
+        for ip in self.candidate_addresses(client) {
+            match Candidate::host(SocketAddr::new(ip, port.port), "udp") {
+                Ok(candidate) => {
+                    rtc.add_local_candidate(candidate);
+                }
+                Err(e) => tracing::debug!(error = %e, %ip, "address not offered"),
+            }
+        }
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| JoinError::BadOffer(e.to_string()))?;
+        let answer = answer.to_sdp_string();
+        let added = answered_media(&answer);
+        let profile = variant.realtime.traits().map_or(0, |t| t.profile_level_id);
+        let tracks = peer::Tracks::negotiated(&mut rtc, &added, profile).ok_or_else(|| {
+            JoinError::BadOffer("it receives no H.264 video (packetization-mode=1)".into())
+        })?;
+        let id = random_token(16);
+        let stop = self.shutdown.child_token();
+        {
+            let mut sessions = self.sessions();
+            let on_channel = sessions.values().filter(|s| s.slug == slug).count();
+            let from_client = sessions.values().filter(|s| s.client == client).count();
+            if from_client >= PER_ADDRESS {
+                return Err(JoinError::Full(format!(
+                    "this device has {PER_ADDRESS} WebRTC sessions open already"
+                )));
+            }
+            if sessions.len() >= self.config.max_viewers {
+                return Err(JoinError::Full(format!(
+                    "the box has its {} WebRTC viewers",
+                    self.config.max_viewers
+                )));
+            }
+            if on_channel >= self.config.max_viewers_per_channel {
+                return Err(JoinError::Full(format!(
+                    "the channel has its {} WebRTC viewers",
+                    self.config.max_viewers_per_channel
+                )));
+            }
+            sessions.insert(
+                id.clone(),
+                Session {
+                    slug: slug.to_string(),
+                    client,
+                    stop: stop.clone(),
+                },
+            );
+        }
+        let (inbox_tx, inbox) = tokio::sync::mpsc::channel(socket::INBOX);
+        port.route(&creds.ufrag, inbox_tx);
+        let viewer = peer::Peer {
+            rtc,
+            port: port.clone(),
+            inbox,
+            tracks,
+            video: variant.realtime.subscribe(),
+            audio: broadcast.realtime_audio.subscribe(),
+            variant: Arc::downgrade(&variant),
+            broadcast: Arc::downgrade(&broadcast),
+            stop,
+        };
+        let this = self.clone();
+        let session = id.clone();
+        let slug = slug.to_string();
+        let variant_name = variant.name.clone();
+        tracing::info!(channel = %slug, session = %session, variant = %variant_name, %client, "WebRTC viewer joined");
+        self.tracker.spawn(async move {
+            let ended = viewer.run().await;
+            port.unroute(&creds.ufrag);
+            this.sessions().remove(&session);
+            tracing::info!(channel = %slug, session = %session, ?ended, "WebRTC viewer left");
+        });
+        Ok(Joined { id, answer })
+    }
+
+    /// Ends a viewer's session (`DELETE` on its resource). Whether it existed.
+    pub fn leave(&self, slug: &str, id: &str) -> bool {
+        let mut sessions = self.sessions();
+        match sessions.get(id) {
+            Some(session) if session.slug == slug => {
+                session.stop.cancel();
+                // Its place is free now; the task finishes its goodbye by itself.
+                sessions.remove(id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The box's addresses offered to a viewer at `client`: the configured ones, else every
+    /// IPv4 interface address, loopback only to a browser on the box itself.
+    fn candidate_addresses(&self, client: IpAddr) -> Vec<IpAddr> {
+        if !self.config.addresses.is_empty() {
+            return self.config.addresses.clone();
+        }
+        let local_client = client.is_loopback() || client.to_canonical().is_loopback();
+        let mut addresses: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+            .map(|interfaces| {
+                interfaces
+                    .filter_map(|i| i.address?.as_sockaddr_in().map(|a| IpAddr::V4(a.ip())))
+                    .filter(|ip| local_client || !ip.is_loopback())
+                    .collect()
+            })
+            .unwrap_or_default();
+        addresses.sort();
+        addresses.dedup();
+        addresses
+    }
+}
+
+/// The media lines of an SDP answer, by mid (str0m tells them as events only once the
+/// session runs; the join must know before it answers).
+fn answered_media(answer: &str) -> Vec<(str0m::media::Mid, str0m::media::MediaKind)> {
+    let mut media = Vec::new();
+    let mut kind = None;
+    for line in answer.lines() {
+        if let Some(rest) = line.strip_prefix("m=") {
+            kind = match rest.split(' ').next() {
+                Some("video") => Some(str0m::media::MediaKind::Video),
+                Some("audio") => Some(str0m::media::MediaKind::Audio),
+                _ => None,
+            };
+        } else if let (Some(mid), Some(k)) = (line.strip_prefix("a=mid:"), kind) {
+            media.push((str0m::media::Mid::from(mid.trim()), k));
+            kind = None;
+        }
+    }
+    media
+}
+
+/// The variant whose video WebRTC viewers get: the source when WebRTC can carry it (no
+/// B-frames), else the highest ladder rung running.
+fn video_for_webrtc(broadcast: &Broadcast) -> Result<Arc<Variant>, JoinError> {
+    let variants = broadcast.variants();
+    let usable = |v: &Arc<Variant>| {
+        v.realtime.unusable().is_none()
+            && !v.is_ended()
+            && v.realtime.traits().is_some_and(|t| !t.reordered)
+    };
+    if let Some(variant) = variants.iter().find(|v| usable(v)) {
+        return Ok(variant.clone());
+    }
+    let source = broadcast.source();
+    let why = match (source.realtime.unusable(), source.realtime.traits()) {
+        (Some(why), _) => why,
+        (None, Some(traits)) if traits.reordered => {
+            "the stream has B-frames, which WebRTC cannot carry, and no ladder rung is \
+             running (in OBS: Settings > Output, set B-frames to 0, or use the \
+             \"baseline\" profile)"
+                .to_string()
+        }
+        _ => "the stream's video has not started".to_string(),
+    };
+    Err(JoinError::NoVideo(why))
+}
+
+fn random_token(length: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..length)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
+}
