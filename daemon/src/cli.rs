@@ -326,7 +326,11 @@ fn run_daemon(config: Config) -> anyhow::Result<()> {
         crate::daemon::run(
             config,
             store,
-            crate::daemon::Listeners { http, rtmp },
+            crate::daemon::Listeners {
+                http,
+                rtmp,
+                webrtc: inherited.webrtc,
+            },
             shutdown,
         )
         .await

@@ -21,6 +21,8 @@ const SHUTDOWN_PHASE_LIMIT: Duration = Duration::from_secs(5);
 pub struct Listeners {
     pub http: TcpListener,
     pub rtmp: TcpListener,
+    /// WebRTC's UDP port from systemd; `None`: bound from `webrtc.port`.
+    pub webrtc: Option<std::net::UdpSocket>,
 }
 
 /// Runs the daemon until `shutdown` is cancelled, then stops in order: stop accepting,
@@ -182,6 +184,7 @@ pub async fn run(
     };
     let webrtc = webrtc::Webrtc::start(
         config.webrtc.clone(),
+        listeners.webrtc,
         broadcasts.clone(),
         shutdown.clone(),
         tracker.clone(),

@@ -215,7 +215,9 @@ fn two_unnamed_sockets_are_http_then_rtmp_and_a_stranger_is_refused_by_name() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("socket `web` from systemd: expected FileDescriptorName=http or rtmp"),
+        stderr.contains(
+            "socket `web` from systemd: expected FileDescriptorName=http, rtmp or webrtc"
+        ),
         "{stderr}"
     );
 }
@@ -250,6 +252,7 @@ fn analyze_root() -> tempfile::TempDir {
         "commeowd.service",
         "commeowd-http.socket",
         "commeowd-rtmp.socket",
+        "commeowd-webrtc.socket",
     ] {
         std::fs::copy(ours.join(unit), etc.join(unit)).expect("copy unit");
     }
@@ -288,6 +291,7 @@ fn the_units_verify_and_the_service_is_locked_down() {
             "commeowd.service",
             "commeowd-http.socket",
             "commeowd-rtmp.socket",
+            "commeowd-webrtc.socket",
         ])
         .output()
         .expect("systemd-analyze verify");

@@ -25,6 +25,8 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 pub struct Inherited {
     pub http: Option<TcpListener>,
     pub rtmp: Option<TcpListener>,
+    /// WebRTC viewers' media (`ListenDatagram=`).
+    pub webrtc: Option<std::net::UdpSocket>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +35,10 @@ pub enum SocketError {
     Environment(#[source] std::io::Error),
     #[error("socket `{name}` from systemd is not a listening TCP socket")]
     NotListening { name: String },
+    #[error("socket `webrtc` from systemd is not a bound UDP socket")]
+    NotDatagram,
     #[error(
-        "socket `{name}` from systemd: expected FileDescriptorName=http or rtmp \
+        "socket `{name}` from systemd: expected FileDescriptorName=http, rtmp or webrtc \
          (or two unnamed sockets, HTTP first)"
     )]
     UnknownName { name: String },
@@ -42,8 +46,9 @@ pub enum SocketError {
     Twice { name: String },
 }
 
-/// Takes the sockets systemd passed (none when not socket-activated). Named `http` and
-/// `rtmp` by their units' `FileDescriptorName=`; two unnamed ones are HTTP then RTMP.
+/// Takes the sockets systemd passed (none when not socket-activated). Named `http`,
+/// `rtmp` and `webrtc` by their units' `FileDescriptorName=`; two unnamed ones are HTTP
+/// then RTMP.
 ///
 /// Call it before any thread starts: it removes `LISTEN_*` from the environment, so nothing
 /// started later mistakes them for its own.
@@ -61,6 +66,13 @@ pub fn inherited_sockets() -> Result<Inherited, SocketError> {
         let role = match (unnamed, index, name.as_str()) {
             (true, 0, _) | (false, _, "http") => "http",
             (true, 1, _) | (false, _, "rtmp") => "rtmp",
+            (false, _, "webrtc") => {
+                let socket = bound_udp(fd).ok_or(SocketError::NotDatagram)?;
+                if inherited.webrtc.replace(socket).is_some() {
+                    return Err(SocketError::Twice { name });
+                }
+                continue;
+            }
             _ => return Err(SocketError::UnknownName { name }),
         };
         let listener = listening_tcp(fd).ok_or_else(|| SocketError::NotListening {
@@ -76,6 +88,16 @@ pub fn inherited_sockets() -> Result<Inherited, SocketError> {
         }
     }
     Ok(inherited)
+}
+
+fn bound_udp(fd: OwnedFd) -> Option<std::net::UdpSocket> {
+    use nix::sys::socket::{getsockopt, sockopt, SockType};
+    if getsockopt(&fd, sockopt::SockType).ok()? != SockType::Datagram {
+        return None;
+    }
+    let socket = std::net::UdpSocket::from(fd);
+    socket.local_addr().ok()?;
+    Some(socket)
 }
 
 fn listening_tcp(fd: OwnedFd) -> Option<TcpListener> {

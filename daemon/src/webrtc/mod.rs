@@ -64,17 +64,24 @@ pub struct Joined {
 }
 
 impl Webrtc {
-    /// Binds the UDP port (when enabled) and starts reading it. A port that cannot be
-    /// bound leaves WebRTC off, said in the log: viewers play LL-HLS, and the box runs.
+    /// Takes the UDP port systemd opened (`commeowd-webrtc.socket`), or binds
+    /// `webrtc.port`, when enabled, and starts reading it. A port that cannot be had leaves
+    /// WebRTC off, said in the log: viewers play LL-HLS, and the box runs.
     pub fn start(
         config: WebrtcConfig,
+        inherited: Option<std::net::UdpSocket>,
         broadcasts: Arc<Broadcasts>,
         shutdown: tokio_util::sync::CancellationToken,
         tracker: tokio_util::task::TaskTracker,
     ) -> Arc<Webrtc> {
         // RustCrypto and dimpl (see Cargo.toml): set once for every session.
         str0m::crypto::from_feature_flags().install_process_default();
-        let port = match config.enabled.then(|| socket::Port::bind(config.port)) {
+        let bound = config.enabled.then(|| match inherited {
+            Some(socket) => socket::Port::from_std(socket),
+            None => std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], config.port)))
+                .and_then(socket::Port::from_std),
+        });
+        let port = match bound {
             Some(Ok(port)) => {
                 tracing::info!(addr = %SocketAddr::from(([0, 0, 0, 0], port.port)), "webrtc listening");
                 tracker.spawn(port.clone().run(shutdown.clone()));

@@ -58,9 +58,9 @@ pub struct Port {
 }
 
 impl Port {
-    /// Binds `0.0.0.0:port` (0: any free port, for tests) with `IP_PKTINFO`.
-    pub fn bind(port: u16) -> std::io::Result<Arc<Port>> {
-        let socket = std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
+    /// Serves on `socket` (bound to `0.0.0.0`, by us or by systemd), reading each
+    /// datagram's destination (`IP_PKTINFO`).
+    pub fn from_std(socket: std::net::UdpSocket) -> std::io::Result<Arc<Port>> {
         socket::setsockopt(&socket, socket::sockopt::Ipv4PacketInfo, &true)
             .map_err(std::io::Error::from)?;
         socket.set_nonblocking(true)?;

@@ -9,7 +9,7 @@ const TEXT = {
     channels: "채널", live: "방송 중", offline: "방송 전", viewers: "명 시청", login: "로그인",
     signup: "회원가입", logout: "로그아웃", topup: "충전", dashboard: "방송 관리",
     noChannels: "아직 채널이 없어요.", brb: "잠시 후 돌아올게요", brbNote: "방송이 다시 시작되면 자동으로 재생돼요.",
-    unmute: "🔇 눌러서 소리 켜기", chatLogin: "로그인하면 채팅할 수 있어요", send: "보내기",
+    unmute: "🔇 눌러서 소리 켜기", modeRoom: "⚡ 현장 모드 (WebRTC)", modeHls: "LL-HLS", chatLogin: "로그인하면 채팅할 수 있어요", send: "보내기",
     say: "메시지 보내기", donate: "후원", balance: "잔액", points: "포인트", message: "메시지 (선택)",
     donated: "후원했어요!", username: "아이디", password: "비밀번호", nickname: "닉네임",
     haveAccount: "계정이 있나요?", noAccount: "처음인가요?", products: "충전할 포인트를 고르세요",
@@ -53,7 +53,7 @@ const TEXT = {
     channels: "Channels", live: "LIVE", offline: "Offline", viewers: " watching", login: "Log in",
     signup: "Sign up", logout: "Log out", topup: "Top up", dashboard: "Dashboard",
     noChannels: "No channels yet.", brb: "Be right back", brbNote: "Playback resumes by itself when the stream returns.",
-    unmute: "🔇 Tap to unmute", chatLogin: "Log in to chat", send: "Send",
+    unmute: "🔇 Tap to unmute", modeRoom: "⚡ In the room (WebRTC)", modeHls: "LL-HLS", chatLogin: "Log in to chat", send: "Send",
     say: "Say something", donate: "Donate", balance: "Balance", points: "points", message: "Message (optional)",
     donated: "Thank you!", username: "Username", password: "Password", nickname: "Nickname",
     haveAccount: "Have an account?", noAccount: "New here?", products: "Choose a top-up",
@@ -327,9 +327,22 @@ async function watch(slug) {
     h("div", {}, h("div", { class: "stage" }, video, brb, unmute), h("p", { class: "row" }, viewers), donate),
     chat.element));
 
+  // Which way the video comes, shown on the stage; the reason WebRTC was not used in
+  // its title (a long press or hover tells the curious).
+  const mode = h("span", { class: "mode hidden", id: "play-mode" });
+  video.parentElement.append(mode);
+  const showMode = (name, why) => {
+    mode.textContent = t(name === "webrtc" ? "modeRoom" : "modeHls");
+    mode.dataset.mode = name;
+    mode.title = why ?? "";
+    mode.classList.remove("hidden");
+  };
+  // `?play=hls` skips WebRTC (a player comparison, a network that drops UDP badly).
+  let hlsOnly = new URLSearchParams(location.search).get("play") === "hls";
   let player = null;
+  let rtc = null;
   let playing = false;
-  const start = async () => {
+  const startHls = async (why) => {
     await loadHls();
     const source = `/hls/${encodeURIComponent(slug)}/master.m3u8`;
     if (window.Hls?.isSupported()) {
@@ -342,12 +355,31 @@ async function watch(slug) {
     } else if (video.canPlayType("application/vnd.apple.mpegurl")) {
       video.src = source; // Safari and iOS play HLS themselves.
     }
-    video.play().catch(() => {});
+    showMode("hls", why);
+  };
+  const start = async () => {
     playing = true;
     brb.classList.add("hidden");
+    let why = hlsOnly ? "?play=hls" : null;
+    if (!hlsOnly) {
+      try {
+        rtc = await playWhep(slug, video, () => {
+          // The path broke mid-stream: LL-HLS from here on, for this visit.
+          hlsOnly = true;
+          if (playing) { stop(); start(); }
+        });
+        showMode("webrtc");
+      } catch (error) {
+        why = error.message;
+      }
+    }
+    if (!rtc) await startHls(why);
+    video.play().catch(() => {});
   };
   const stop = () => {
+    rtc?.close(); rtc = null;
     player?.destroy(); player = null;
+    video.srcObject = null;
     video.removeAttribute("src"); video.load();
     playing = false;
     brb.classList.remove("hidden");
@@ -365,7 +397,59 @@ async function watch(slug) {
   };
   await check();
   const timer = setInterval(check, 2000);
-  leave = () => { clearInterval(timer); chat.close(); player?.destroy(); };
+  leave = () => { clearInterval(timer); chat.close(); player?.destroy(); rtc?.close(); };
+}
+
+// "In the room": WebRTC through WHEP, a few tenths of a second behind the stage. Rejects
+// (and the page plays LL-HLS) when the browser has no WebRTC, the box says no (its viewer
+// limit, a stream WebRTC cannot carry), or no UDP path opens within a few seconds.
+// `broken` is called if the path fails after it played.
+async function playWhep(slug, video, broken) {
+  if (!window.RTCPeerConnection) throw new Error("this browser has no WebRTC");
+  const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+  let resource = null;
+  // The box hears the DELETE before the browser's goodbye on the media path, so it ends
+  // the session for that reason (and answers 200, not 404 for a session already gone).
+  const close = () => {
+    const ending = resource ? fetch(resource, { method: "DELETE", keepalive: true }).catch(() => {}) : null;
+    resource = null;
+    if (ending) Promise.race([ending, new Promise((r) => setTimeout(r, 1000))]).then(() => pc.close());
+    else pc.close();
+  };
+  try {
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addTransceiver("audio", { direction: "recvonly" });
+    const stream = new MediaStream();
+    pc.ontrack = (event) => stream.addTrack(event.track);
+    await pc.setLocalDescription(await pc.createOffer());
+    // The box is ICE-lite and offers its addresses in the answer: no need to wait for this
+    // side's candidates, which its checks bring.
+    const response = await fetch(`/whep/${encodeURIComponent(slug)}`, {
+      method: "POST", headers: { "content-type": "application/sdp" }, body: pc.localDescription.sdp,
+    });
+    if (response.status !== 201) {
+      const body = await response.json().catch(() => null);
+      throw new Error(body?.error?.message ?? `WHEP ${response.status}`);
+    }
+    resource = response.headers.get("location");
+    await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("no UDP path to the box")), 5000);
+      pc.addEventListener("connectionstatechange", () => {
+        if (pc.connectionState === "connected") { clearTimeout(timer); resolve(); }
+        if (pc.connectionState === "failed") { clearTimeout(timer); reject(new Error("WebRTC failed")); }
+      });
+    });
+    video.srcObject = stream;
+    // A Wi-Fi hiccup shows as "disconnected" for a moment; "failed" is for good.
+    pc.addEventListener("connectionstatechange", () => {
+      if (pc.connectionState === "failed") { close(); broken(); }
+    });
+    return { close, pc };
+  } catch (error) {
+    close();
+    throw error;
+  }
 }
 
 function chatPanel(slug, viewers) {

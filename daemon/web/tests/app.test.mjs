@@ -389,8 +389,10 @@ test("hls.js lists the source and two rungs, switches between them without a sta
       assert.ok(tries < 60, `the master never offered three variants: ${master}`);
       await new Promise((r) => setTimeout(r, 500));
     }
-    await viewer.page.goto(`${daemon.base}/c/stage`);
+    // hls.js, not WebRTC (which plays one rendition): the page's own switch.
+    await viewer.page.goto(`${daemon.base}/c/stage?play=hls`);
     await assertPlays(viewer.page);
+    assert.equal(await viewer.page.locator("#play-mode").getAttribute("data-mode"), "hls");
     // Every stall hls.js sees is counted from here on.
     await viewer.page.evaluate(() => {
       window.stalls = 0;

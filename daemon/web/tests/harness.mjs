@@ -35,7 +35,9 @@ export class Daemon {
   static async start(config = "") {
     const daemon = new Daemon();
     daemon.dir = mkdtempSync(join(tmpdir(), "commeow-web-"));
-    writeFileSync(join(daemon.dir, "commeowd.toml"), config);
+    // Tests run one after another, each daemon on any free WebRTC port unless the test says.
+    const webrtc = config.includes("[webrtc]") ? "" : "\n[webrtc]\nport = 0\n";
+    writeFileSync(join(daemon.dir, "commeowd.toml"), config + webrtc);
     daemon.log = [];
     daemon.child = spawn(BIN, ["--config", join(daemon.dir, "commeowd.toml"), "--data-dir", join(daemon.dir, "data"),
       "--http-listen", "127.0.0.1:0", "--rtmp-listen", "127.0.0.1:0"], { stdio: ["ignore", "ignore", "pipe"] });
