@@ -112,19 +112,20 @@ class Nginx:
 class Commeowd:
     """commeowd with a fresh data directory and one channel, `slug`."""
 
-    def __init__(self, slug="bench", log_level="warn", config=""):
+    def __init__(self, slug="bench", log_level="warn", config="", data_name="commeowd-data"):
         OUT.mkdir(parents=True, exist_ok=True)
-        data = OUT / "commeowd-data"
+        data = OUT / data_name
         subprocess.run(["rm", "-rf", str(data)], check=True)
         added = subprocess.run([str(BIN), "--data-dir", str(data), "channel", "add", slug, "--json"],
                                check=True, capture_output=True, text=True)
         self.slug = slug
         self.key = json.loads(added.stdout)["stream_key"]
         self.http_port, self.rtmp_port = free_port(), free_port()
-        self.log = OUT / "commeowd.log"
+        self.log = OUT / f"{data_name.replace('-data', '')}.log"
         self.data = data
-        config_file = OUT / "commeowd.toml"
-        config_file.write_text(config)
+        config_file = OUT / f"{data_name.replace('-data', '')}.toml"
+        # WebRTC on any free UDP port, told to browsers in each answer.
+        config_file.write_text(config + ("" if "[webrtc]" in config else "\n[webrtc]\nport = 0\n"))
         self.proc = subprocess.Popen(
             [str(BIN), "--config", str(config_file), "--data-dir", str(data),
              "--http-listen", f"127.0.0.1:{self.http_port}",

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Glass-to-glass latency: commeowd LL-HLS vs nginx-rtmp classic HLS, side by side.
+"""Glass-to-glass latency: commeowd's WebRTC (WHEP), its LL-HLS in stock hls.js and in the
+web app's tuned hls.js, and nginx-rtmp's classic HLS, side by side in one run.
 
 One clock-painting pusher (latency/clock_pusher.py) is teed to both servers; one headless
-Chromium opens a tab per server with hls.js (low-latency mode) and reads, from every
-presented frame, the wall-clock time painted into it. Reports p50/p95 latency, time to
-first frame and stalls per server. Run through bench/latency.sh.
+Chromium opens a tab per player and reads, from every presented frame, the wall-clock time
+painted into it. Reports p50/p95 latency, time to first frame and stalls per player.
+Run through bench/latency.sh.
 """
 
 import argparse
@@ -31,6 +32,9 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
 
     commeowd = Commeowd()
+    # The same box with shorter LL-HLS parts (the shipped default is 0.334 s), to weigh
+    # what a stock player gains against the requests it costs.
+    short_parts = Commeowd(config="[hls]\npart_target = 0.2\n", data_name="commeowd-data-short")
     nginx = Nginx()
     page_port = free_port()
     page_server = subprocess.Popen(
@@ -39,24 +43,33 @@ def main():
     wait_listening(page_port)
     pushed_at = time.monotonic()
     pusher = subprocess.Popen([sys.executable, str(LATENCY / "clock_pusher.py"), str(args.seconds + 30),
-                               commeowd.rtmp_url(), nginx.rtmp_url("bench")],
+                               commeowd.rtmp_url(), short_parts.rtmp_url(), nginx.rtmp_url("bench")],
                               env={**os.environ, "GOP_FRAMES": str(args.gop_frames)})
     try:
+        master = commeowd.url("/hls/bench/master.m3u8")
         players = {
-            "commeowd LL-HLS": commeowd.url("/hls/bench/master.m3u8"),
-            "nginx-rtmp HLS": f"http://127.0.0.1:{nginx.http_port}/hls/bench.m3u8",
+            "commeowd WebRTC (WHEP)": "whep:" + commeowd.url("/whep/bench"),
+            "commeowd LL-HLS, stock hls.js": "stock:" + master,
+            "commeowd LL-HLS, the page's hls.js": "tuned:" + master,
+            "commeowd LL-HLS 0.2 s parts, stock hls.js": "stock:" + short_parts.url("/hls/bench/master.m3u8"),
+            "nginx-rtmp HLS": "stock:" + f"http://127.0.0.1:{nginx.http_port}/hls/bench.m3u8",
         }
         # How long after the push starts each server offers a playlist: no player, ours or
         # a TV, can start before that.
         up_after = {}
         for name, url in players.items():
-            wait_for_url(url)
+            if "WHEP" in name:
+                continue
+            wait_for_url(url.split(":", 1)[1])
             up_after[name] = time.monotonic() - pushed_at
         print(f"both streams are up; {len(players)} players watch for {args.seconds} s...", file=sys.stderr)
         # Late joins land 0.27, 0.54 and 0.81 of the way into a keyframe interval.
         gop = args.gop_frames / 30
-        late = {f"commeowd LL-HLS, joining +{(k + 1) * 1.27 * gop:.1f} s@{(k + 1) * 1.27 * gop:.1f}":
-                players["commeowd LL-HLS"] for k in range(args.late_joins)}
+        late = {}
+        for k in range(args.late_joins):
+            at = (k + 1) * 1.27 * gop
+            late[f"commeowd WebRTC, joining +{at:.1f} s@{at:.1f}"] = players["commeowd WebRTC (WHEP)"]
+            late[f"commeowd LL-HLS stock, joining +{at:.1f} s@{at:.1f}"] = players["commeowd LL-HLS, stock hls.js"]
         run = subprocess.run(
             ["node", str(LATENCY / "run.mjs"), f"http://127.0.0.1:{page_port}", str(args.seconds)]
             + [f"{name}={url}" for name, url in {**players, **late}.items()],
@@ -69,10 +82,11 @@ def main():
         pusher.wait()
         page_server.terminate()
         commeowd.stop()
+        short_parts.stop()
         nginx.stop()
 
     lines = [
-        f"# Glass to glass: commeowd LL-HLS vs nginx-rtmp HLS ({args.seconds} s, GOP {args.gop_frames} frames = {args.gop_frames / 30:.2f} s, hls.js {hls_version()} in headless Chromium, loopback)",
+        f"# Glass to glass: commeowd WebRTC and LL-HLS vs nginx-rtmp HLS ({args.seconds} s, GOP {args.gop_frames} frames = {args.gop_frames / 30:.2f} s, hls.js {hls_version()} in headless Chromium, loopback)",
         "",
         "| player | latency p50 s | latency p95 s | playlist up after push start s | time to first frame s | stalls | frames read | unreadable | errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -93,7 +107,10 @@ def main():
     lines += ["", "Latency = wall clock when Chromium presented a frame minus the wall clock painted into it",
               "before encoding: encode, RTMP, server, HTTP, player buffer, decode and display.",
               "Playlist up: from the push's start until the server answered 200 for the playlist (the",
-              "players open after both are up). Time to first frame counts from page load.",
+              "players open after both are up). Time to first frame counts from page load: a WebRTC",
+              "viewer of a passed-through stream starts at the source's next keyframe.",
+              "Stock hls.js: `lowLatencyMode: true` only (what Safari, VLC and other pages follow: the",
+              "playlist's hold-back). The page's: one part of live sync and catch-up to 1.5x.",
               "Screenshots: bench/out/latency-*.png."]
     name = "latency" if args.gop_frames == 60 else f"latency-gop{args.gop_frames}"
     write_report(name, "\n".join(lines) + "\n", summary)

@@ -1,7 +1,8 @@
 // Opens one headless Chromium tab per player URL, lets them play for the given seconds,
 // and prints each tab's glass-to-glass figures as JSON. A NAME@DELAY=URL tab opens DELAY
-// seconds after the others: a viewer joining late, mid-keyframe-interval.
-// Usage: node run.mjs PAGE_BASE SECONDS NAME[@DELAY]=URL [...]
+// seconds after the others: a viewer joining late, mid-keyframe-interval. URL may start with
+// the probe page's player (`stock:`, `tuned:`, `whep:`); tuned hls.js otherwise.
+// Usage: node run.mjs PAGE_BASE SECONDS NAME[@DELAY]=[PLAYER:]URL [...]
 import { chromium } from "playwright-core";
 
 const [base, seconds, ...targets] = process.argv.slice(2);
@@ -26,7 +27,8 @@ for (const target of targets) {
     await new Promise((r) => setTimeout(r, Number(delay ?? 0) * 1000));
     const page = await browser.newPage();
     page.on("console", (m) => m.type() === "error" && console.error(`[${name}] ${m.text()}`));
-    await page.goto(`${base}/www/index.html?src=${encodeURIComponent(url)}`);
+    const [, player, src] = url.match(/^(?:(stock|tuned|whep):)?(.*)$/s);
+    await page.goto(`${base}/www/index.html?player=${player ?? "tuned"}&src=${encodeURIComponent(src)}`);
     pages.push({ name, page });
   })());
 }

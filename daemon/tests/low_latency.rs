@@ -387,3 +387,63 @@ fn an_ended_playlist_is_never_a_delta_and_too_far_counts_complete_segments() {
     assert!(asked.ended && asked.skipped == 0, "{}", asked.text);
     assert_eq!(asked.text, ended.text);
 }
+
+/// A fresh stream goes live for LL-HLS players once its parts cover PART-HOLD-BACK, where
+/// they start, not a whole segment after its first keyframe; classic players wait for the
+/// segment they need.
+#[test]
+fn a_fresh_stream_is_live_for_ll_hls_from_its_first_parts() {
+    let daemon = Daemon::start("[hls]\ntarget_duration = 2.0\npart_target = 0.2\n");
+    let key = daemon.add_channel("stage");
+    let _push = Push::start_with(
+        &daemon.rtmp_url(&key),
+        20,
+        "320x240",
+        &[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "60",
+        ],
+        true,
+    );
+    let master = poll_until(
+        Duration::from_secs(20),
+        "the LL-HLS master",
+        || Some(daemon.get("/hls/stage/master.m3u8")),
+        |r| r.status == 200,
+    );
+    // Offered with no complete segment yet: a player starts on the parts.
+    let p = daemon.ll_playlist("stage", "").expect("the LL playlist");
+    assert!(master.text().contains("ll/index.m3u8"), "{}", master.text());
+    assert!(
+        p.segments.is_empty(),
+        "live only after a segment:\n{}",
+        p.text
+    );
+    let covered: f64 = p.open_parts.iter().map(|part| part.duration).sum();
+    assert!(
+        covered >= 3.0 * 0.2 - 0.034,
+        "parts cover {covered} s:\n{}",
+        p.text
+    );
+    assert!(p.open_parts[0].independent, "{}", p.text);
+    assert!(daemon.channel_live("stage"));
+    // Classic players need a whole segment: their master is not offered yet.
+    assert_eq!(daemon.get("/hls/stage/classic.m3u8").status, 404);
+    // What an LL-HLS player fetches to start is there: the map and the first part.
+    let map = p.map.as_deref().expect("EXT-X-MAP");
+    let init = daemon.get(&format!("/hls/stage/ll/{map}"));
+    assert_eq!(init.status, 200);
+    assert_eq!(&init.body[4..8], b"ftyp");
+    let part = daemon.get(&format!("/hls/stage/ll/{}", p.open_parts[0].uri));
+    assert_eq!(part.status, 200);
+    assert!(
+        part.body.windows(4).any(|w| w == b"moof"),
+        "not an fMP4 fragment"
+    );
+}

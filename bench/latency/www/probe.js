@@ -1,4 +1,4 @@
-// Plays ?src= with hls.js (low-latency mode) and, for every frame the browser presents,
+// Plays ?src= (see ?player= below) and, for every frame the browser presents,
 // reads the wall-clock time painted into it by clock_pusher.py: latency = now - frame time.
 // Results accumulate in window.results for the runner to collect.
 "use strict";
@@ -50,12 +50,36 @@ video.addEventListener("waiting", () => {
 });
 video.requestVideoFrameCallback(onFrame);
 
-// The web app's player settings: low-latency mode, and a gentle catch-up (up to 1.5x)
-// when playback drifts behind the target latency (hls.js never speeds up by default).
-const hls = new Hls({ lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.5 });
-hls.on(Hls.Events.ERROR, (_, data) => {
-  if (data.fatal) results.errors.push(`${data.type}: ${data.details}`);
-});
-hls.loadSource(params.get("src"));
-hls.attachMedia(video);
+// ?player= picks how to play ?src=:
+// - "stock": hls.js with lowLatencyMode and nothing else, as any other page or player would;
+// - "tuned": the web app's own settings (one part-target of live sync, catch-up to 1.5x);
+// - "whep": WebRTC through WHEP (?src= is the WHEP endpoint), as the web app does first.
+const player = params.get("player") ?? "tuned";
+if (player === "whep") {
+  playWhep(params.get("src")).catch((e) => results.errors.push(`whep: ${e.message}`));
+} else {
+  const config = player === "stock"
+    ? { lowLatencyMode: true }
+    : { lowLatencyMode: true, liveSyncDurationCount: 1, maxLiveSyncPlaybackRate: 1.5, backBufferLength: 10 };
+  const hls = new Hls(config);
+  hls.on(Hls.Events.ERROR, (_, data) => {
+    if (data.fatal) results.errors.push(`${data.type}: ${data.details}`);
+  });
+  hls.loadSource(params.get("src"));
+  hls.attachMedia(video);
+}
 video.play().catch((e) => results.errors.push(`play: ${e}`));
+
+async function playWhep(endpoint) {
+  const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+  pc.addTransceiver("video", { direction: "recvonly" });
+  pc.addTransceiver("audio", { direction: "recvonly" });
+  const stream = new MediaStream();
+  pc.ontrack = (event) => stream.addTrack(event.track);
+  await pc.setLocalDescription(await pc.createOffer());
+  const response = await fetch(endpoint, { method: "POST", headers: { "content-type": "application/sdp" }, body: pc.localDescription.sdp });
+  if (response.status !== 201) throw new Error(`${response.status} ${await response.text()}`);
+  await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
+  video.srcObject = stream;
+  video.play().catch((e) => results.errors.push(`play: ${e}`));
+}

@@ -65,6 +65,8 @@ pub struct WebrtcConfig {
     /// LL-HLS.
     pub max_viewers: usize,
     pub max_viewers_per_channel: usize,
+    /// WebRTC sessions one client address may hold (a phone with a few tabs).
+    pub max_viewers_per_device: usize,
 }
 
 impl Default for WebrtcConfig {
@@ -77,6 +79,7 @@ impl Default for WebrtcConfig {
             // (bench/README.md), and the Wi-Fi runs out well before 50 of them.
             max_viewers: 50,
             max_viewers_per_channel: 50,
+            max_viewers_per_device: 4,
         }
     }
 }

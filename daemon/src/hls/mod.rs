@@ -324,21 +324,46 @@ impl Packaged {
         self.changed(&mut state);
     }
 
-    /// Whether a player starting now plays the current publish: it has a complete
-    /// segment, and if the playlist still lists segments from before a drop, its own last
-    /// three target durations, where a classic player starts (RFC 8216 §6.3.3).
+    /// Whether a player starting now plays the current publish: it has media to start on
+    /// (see [`Packaged::is_playable`]), and if the playlist still lists segments from before
+    /// a drop, its own last three target durations, where a classic player starts
+    /// (RFC 8216 §6.3.3).
     fn starts_current(&self) -> bool {
         let state = self.lock();
         let listed = self.listed(&state);
         let current = listed.iter().filter(|s| s.sequence >= state.live_from);
         match listed.first() {
-            None => false,
+            None => self.has_first_part(&state),
             Some(first) if first.sequence >= state.live_from => true,
             Some(_) => {
                 let seconds: f64 = current.map(|s| s.duration.as_secs_f64()).sum();
                 seconds >= 3.0 * state.target_duration as f64
             }
         }
+    }
+
+    /// An LL-HLS packaging of a fresh publish is playable once its parts cover
+    /// PART-HOLD-BACK (three part targets): an LL-HLS player starts that far behind the
+    /// live edge, on parts, so the stream goes live that long after its first keyframe
+    /// rather than a whole segment after. Sooner, a player starts at the edge with nothing
+    /// in hand and stalls (hls.js, measured: each stall is latency it keeps). Classic
+    /// players need a segment.
+    fn has_first_part(&self, state: &PackagedState) -> bool {
+        let Packaging::LowLatency { part_target } = self.packaging else {
+            return false;
+        };
+        state.open.as_ref().is_some_and(|o| {
+            let covered: f64 = o.parts.iter().map(|p| p.duration.as_secs_f64()).sum();
+            // Parts are whole frames, a little under the target each (10 frames at 30 fps
+            // for 0.334 s): a frame's slack.
+            o.start.sequence >= state.live_from && covered + 0.034 >= 3.0 * part_target
+        })
+    }
+
+    /// Whether a player could start on it now: a segment, or an LL-HLS part.
+    pub fn is_playable(&self) -> bool {
+        let state = self.lock();
+        !state.segments.is_empty() || self.has_first_part(&state)
     }
 
     /// Publishes a closed segment and forgets the oldest beyond twice the window.
@@ -677,9 +702,11 @@ impl Variant {
         }
     }
 
-    /// Whether a player starting now plays the current publish, in both packagings.
+    /// Whether a player starting now plays the current publish.
     fn starts_current(&self) -> bool {
-        self.ll.starts_current() && self.classic.starts_current()
+        // LL-HLS decides: it starts first (a part before classic's segment), and after a
+        // drop both hold the same segments.
+        self.ll.starts_current()
     }
 }
 
@@ -871,12 +898,10 @@ impl Broadcast {
         let offered: Vec<StreamInf> = variants
             .iter()
             .map(|v| pick(v))
-            .filter(|p| p.segment_count() > 0 && !p.is_ended())
+            .filter(|p| p.is_playable() && !p.is_ended())
             .map(|p| p.stream_inf(format!("{}/index.m3u8", p.path)))
             .collect();
-        let source_ready = variants
-            .first()
-            .is_some_and(|v| pick(v).segment_count() > 0);
+        let source_ready = variants.first().is_some_and(|v| pick(v).is_playable());
         source_ready.then(|| Rendered::new(playlist::master(&offered)))
     }
 

@@ -116,9 +116,9 @@ pub async fn media_file(
         .packaged(&path)
         .ok_or_else(|| ApiError::not_found(format!("no `{path}` in this broadcast")))?;
     if file == "index.m3u8" {
-        // No playlist for a stream that has not produced a segment (a publish whose
-        // configuration cannot be muxed never will): players are told it is starting.
-        if packaged.segment_count() == 0 {
+        // No playlist for a stream with nothing to start on yet (a publish whose
+        // configuration cannot be muxed never will have): players are told it is starting.
+        if !packaged.is_playable() {
             return Err(starting(&slug));
         }
         return media_playlist(&state, &packaged, &query, accepts_gzip(&headers)).await;

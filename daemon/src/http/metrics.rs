@@ -57,6 +57,18 @@ fn describe() {
         "Frames dropped before the pipeline (it fell behind), per channel"
     );
     describe_gauge!(
+        "commeow_webrtc_viewers",
+        "WebRTC (WHEP) sessions open on the box"
+    );
+    describe_gauge!(
+        "commeow_webrtc_channel_viewers",
+        "WebRTC (WHEP) sessions open, per live channel"
+    );
+    describe_counter!(
+        "commeow_webrtc_datagrams_dropped_total",
+        "Datagrams on the WebRTC port that reached no session: from no viewer (unknown), or for a viewer whose queue was full (inbox_full)"
+    );
+    describe_gauge!(
         "commeow_channel_viewers",
         "Chat sockets open on a live channel (people watching the page)"
     );

@@ -149,36 +149,6 @@ fn parse_chat(frame: &str) -> Option<(usize, u64)> {
     Some((tag, sent))
 }
 
-fn server_cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    let clock_ticks = 100.0; // USER_HZ on Linux
-    match (ticks(11), ticks(12)) {
-        (Some(user), Some(system)) => (user + system) / clock_ticks,
-        _ => f64::NAN,
-    }
-}
-
-fn server_rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 async fn connect(
     url: &str,
     token: Option<&str>,
@@ -282,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
         hellos: AtomicU64::new(0),
     });
 
-    let rss_before = server_rss_kb(pid);
+    let rss_before = commeow_bench::server_rss_kb(pid);
     let started = Instant::now();
     let mut outboxes = Vec::new();
     let (connected_tx, mut connected_rx) = mpsc::channel(args.sockets);
@@ -322,7 +292,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_idle = server_rss_kb(pid);
+    let rss_idle = commeow_bench::server_rss_kb(pid);
 
     let pad: String = "x".repeat(args.text_chars.saturating_sub(24));
     let mut steps = Vec::new();
@@ -343,7 +313,7 @@ async fn main() -> anyhow::Result<()> {
             match measuring_since {
                 None if now >= warm_until => {
                     measuring_since = Some(now);
-                    cpu_start = server_cpu_seconds(pid);
+                    cpu_start = commeow_bench::server_cpu_seconds(pid);
                     shared.tag.store(step, Ordering::Relaxed);
                 }
                 Some(since) if now.duration_since(since) >= measure => break,
@@ -363,7 +333,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         let elapsed = measuring_since.map_or(0.0, |s| s.elapsed().as_secs_f64());
-        let cpu = server_cpu_seconds(pid) - cpu_start;
+        let cpu = commeow_bench::server_cpu_seconds(pid) - cpu_start;
         shared.tag.store(UNMEASURED, Ordering::Relaxed);
         // Let what was sent arrive before counting it.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -398,7 +368,7 @@ async fn main() -> anyhow::Result<()> {
         "connect_seconds": connect_seconds,
         "rss_before_kb": rss_before,
         "rss_idle_kb": rss_idle,
-        "rss_after_kb": server_rss_kb(pid),
+        "rss_after_kb": commeow_bench::server_rss_kb(pid),
         "steps": steps,
     });
     println!("{report}");
