@@ -41,7 +41,7 @@ def main():
         [sys.executable, "-m", "http.server", str(page_port), "--bind", "127.0.0.1", "--directory", str(LATENCY)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_listening(page_port)
-    pushed_at = time.monotonic()
+    pushed_at_ms = int(time.time() * 1000)
     pusher = subprocess.Popen([sys.executable, str(LATENCY / "clock_pusher.py"), str(args.seconds + 30),
                                commeowd.rtmp_url(), short_parts.rtmp_url(), nginx.rtmp_url("bench")],
                               env={**os.environ, "GOP_FRAMES": str(args.gop_frames)})
@@ -54,26 +54,20 @@ def main():
             "commeowd LL-HLS 0.2 s parts, stock hls.js": "stock:" + short_parts.url("/hls/bench/master.m3u8"),
             "nginx-rtmp HLS": "stock:" + f"http://127.0.0.1:{nginx.http_port}/hls/bench.m3u8",
         }
-        # How long after the push starts each server offers a playlist: no player, ours or
-        # a TV, can start before that.
-        up_after = {}
-        for name, url in players.items():
-            if "WHEP" in name:
-                continue
-            wait_for_url(url.split(":", 1)[1])
-            up_after[name] = time.monotonic() - pushed_at
-        print(f"both streams are up; {len(players)} players watch for {args.seconds} s...", file=sys.stderr)
-        # Late joins land 0.27, 0.54 and 0.81 of the way into a keyframe interval.
+        # Each player opens the moment its server offers the stream (run.mjs polls); late
+        # joins land 0.27, 0.54 and 0.81 of the way into a keyframe interval after 3 s.
         gop = args.gop_frames / 30
         late = {}
         for k in range(args.late_joins):
-            at = (k + 1) * 1.27 * gop
+            at = 3 + (k + 1) * 1.27 * gop
             late[f"commeowd WebRTC, joining +{at:.1f} s@{at:.1f}"] = players["commeowd WebRTC (WHEP)"]
             late[f"commeowd LL-HLS stock, joining +{at:.1f} s@{at:.1f}"] = players["commeowd LL-HLS, stock hls.js"]
+        print(f"{len(players) + len(late)} players watch for {args.seconds} s...", file=sys.stderr)
         run = subprocess.run(
-            ["node", str(LATENCY / "run.mjs"), f"http://127.0.0.1:{page_port}", str(args.seconds)]
+            ["node", str(LATENCY / "run.mjs"), f"http://127.0.0.1:{page_port}", str(args.seconds + 5)]
             + [f"{name}={url}" for name, url in {**players, **late}.items()],
-            check=True, capture_output=True, text=True, env={**os.environ, "OUT": str(OUT)})
+            check=True, capture_output=True, text=True,
+            env={**os.environ, "OUT": str(OUT), "PUSHED_AT_MS": str(pushed_at_ms)})
         if run.stderr:
             print(run.stderr, file=sys.stderr)
         raw = json.loads(run.stdout)
@@ -88,8 +82,8 @@ def main():
     lines = [
         f"# Glass to glass: commeowd WebRTC and LL-HLS vs nginx-rtmp HLS ({args.seconds} s, GOP {args.gop_frames} frames = {args.gop_frames / 30:.2f} s, hls.js {hls_version()} in headless Chromium, loopback)",
         "",
-        "| player | latency p50 s | latency p95 s | playlist up after push start s | time to first frame s | stalls | frames read | unreadable | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| player | latency p50 s | latency p95 s | opened after push start s | first frame after page load s | first frame after push start s | stalls | frames read | unreadable | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     summary = {}
     for name, r in raw.items():
@@ -98,17 +92,19 @@ def main():
         summary[name] = {
             "p50_s": statistics.median(latencies) if latencies else float("nan"),
             "p95_s": percentile(latencies, 95), "first_frame_s": first, "stalls": r["stalls"],
-            "playlist_up_s": up_after.get(name, float("nan")),
+            "opened_s": r["openedAfterPushMs"] / 1000,
             "frames": len(latencies), "unreadable": r["unreadable"], "errors": r["errors"],
         }
         s = summary[name]
-        lines.append(f"| {name} | {s['p50_s']:.2f} | {s['p95_s']:.2f} | {s['playlist_up_s']:.2f} | {s['first_frame_s']:.2f} | {s['stalls']} | "
+        lines.append(f"| {name} | {s['p50_s']:.2f} | {s['p95_s']:.2f} | {s['opened_s']:.2f} | {s['first_frame_s']:.2f} | "
+                     f"{s['opened_s'] + s['first_frame_s']:.2f} | {s['stalls']} | "
                      f"{s['frames']} | {s['unreadable']} | {'; '.join(s['errors']) or '-'} |")
     lines += ["", "Latency = wall clock when Chromium presented a frame minus the wall clock painted into it",
               "before encoding: encode, RTMP, server, HTTP, player buffer, decode and display.",
-              "Playlist up: from the push's start until the server answered 200 for the playlist (the",
-              "players open after both are up). Time to first frame counts from page load: a WebRTC",
-              "viewer of a passed-through stream starts at the source's next keyframe.",
+              "Opened: each player's tab opens when its server first answers 200 for the playlist",
+              "(a late join: at its time). First frame after push start: when the push started until",
+              "that tab showed its first frame (the push's first keyframe is its first frame, within",
+              "a few ms). A WebRTC viewer of a passed-through stream starts at the next keyframe.",
               "Stock hls.js: `lowLatencyMode: true` only (what Safari, VLC and other pages follow: the",
               "playlist's hold-back). The page's: one part of live sync and catch-up to 1.5x.",
               "Screenshots: bench/out/latency-*.png."]
