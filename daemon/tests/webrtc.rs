@@ -231,3 +231,29 @@ fn garbage_on_the_port_and_malformed_offers_disturb_no_viewer() {
         .unwrap_or(0.0);
     assert!(dropped >= 2000.0, "dropped {dropped}\n{metrics}");
 }
+
+#[test]
+fn an_offer_whose_browser_never_connects_gives_its_place_back() {
+    let daemon = Daemon::start("[webrtc]\nport = 0\nmax_viewers_per_channel = 1\n");
+    let key = daemon.add_channel("stage");
+    let _push = Push::start(&daemon.rtmp_url(&key), 60, "320x240");
+    live(&daemon, "stage");
+    // An offer answered, then nothing: no check ever reaches the port (a phone that left,
+    // a network with no UDP path, or someone holding places).
+    let (_, _, sdp, ..) = offer();
+    let answered = post_offer(&daemon.url("/whep/stage"), &sdp);
+    assert_eq!(answered.status, 201);
+    let refused = Viewer::join(&base(&daemon), "stage")
+        .err()
+        .expect("the place is taken");
+    assert_eq!(refused.error_code(), "webrtc_full");
+    // Ten seconds on, the session ends by itself and the place is free.
+    assert!(
+        wait_until(Duration::from_secs(15), || daemon
+            .logged("ended=NeverConnected")),
+        "the silent session never ended"
+    );
+    let viewer = Viewer::join(&base(&daemon), "stage").expect("the place came back");
+    let got = viewer.wait_for(Duration::from_secs(10), |r| r.video_frames >= 10);
+    assert!(got.video_frames >= 10, "{got:?}");
+}

@@ -81,10 +81,14 @@ impl Feed {
         self.keyframe_wanted.swap(false, Ordering::Relaxed)
     }
 
-    /// The video's profile, from its H.264 configuration.
+    /// A new configuration (a publish, or a return after a drop): its profile, and what
+    /// was seen of the frames before it no longer holds (the streamer may have turned
+    /// B-frames off).
     pub fn set_profile(&self, profile_level_id: u32) {
         self.profile_level_id
             .store(profile_level_id, Ordering::Relaxed);
+        self.reordered.store(false, Ordering::Relaxed);
+        self.set_unusable(None);
     }
 
     /// A frame whose presentation time is not its decode time: B-frames.

@@ -213,7 +213,11 @@ impl Pipeline {
                         tap.audio_config(&config);
                     }
                     self.audio_config = Some(config);
+                    // A new configuration gets a new transcoder, or another try at one.
                     self.opus = None;
+                    if let Cuts::Own { .. } = self.cuts {
+                        self.broadcast.realtime_audio.set_unusable(None);
+                    }
                 }
             }
             MediaEvent::SegmentStart(sequence) => {
@@ -428,7 +432,8 @@ impl Pipeline {
             return;
         }
         if self.opus.is_none() {
-            let Some(asc) = self.audio_config.as_deref() else {
+            // Tried and failed (no Opus encoder in this libav): not again every frame.
+            let (Some(asc), None) = (self.audio_config.as_deref(), feed.unusable()) else {
                 return;
             };
             match opus::Transcoder::new(asc) {

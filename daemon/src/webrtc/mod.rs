@@ -145,6 +145,9 @@ impl Webrtc {
             .filter(|b| b.is_live())
             .ok_or_else(|| JoinError::NotLive(slug.to_string()))?;
         let variant = video_for_webrtc(&broadcast)?;
+        // Refused before the session's certificate is made, so a flood of offers past the
+        // limits costs little; checked again where the place is taken.
+        self.check_place(&self.sessions(), slug, client)?;
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::BadOffer(e.to_string()))?;
         let creds = IceCreds {
@@ -183,27 +186,7 @@ impl Webrtc {
         let stop = self.shutdown.child_token();
         {
             let mut sessions = self.sessions();
-            let on_channel = sessions.values().filter(|s| s.slug == slug).count();
-            let from_client = sessions.values().filter(|s| s.client == client).count();
-            // Places are few: one device posting offers in a loop must not take them all.
-            if from_client >= self.config.max_viewers_per_device {
-                return Err(JoinError::Full(format!(
-                    "this device has {} WebRTC sessions open already",
-                    self.config.max_viewers_per_device
-                )));
-            }
-            if sessions.len() >= self.config.max_viewers {
-                return Err(JoinError::Full(format!(
-                    "the box has its {} WebRTC viewers",
-                    self.config.max_viewers
-                )));
-            }
-            if on_channel >= self.config.max_viewers_per_channel {
-                return Err(JoinError::Full(format!(
-                    "the channel has its {} WebRTC viewers",
-                    self.config.max_viewers_per_channel
-                )));
-            }
+            self.check_place(&sessions, slug, client)?;
             sessions.insert(
                 id.clone(),
                 Session {
@@ -238,6 +221,37 @@ impl Webrtc {
             tracing::info!(channel = %slug, session = %session, ?ended, "WebRTC viewer left");
         });
         Ok(Joined { id, answer })
+    }
+
+    /// Whether a viewer at `client` may join `slug` with the sessions open now.
+    fn check_place(
+        &self,
+        sessions: &HashMap<String, Session>,
+        slug: &str,
+        client: IpAddr,
+    ) -> Result<(), JoinError> {
+        let on_channel = sessions.values().filter(|s| s.slug == slug).count();
+        let from_client = sessions.values().filter(|s| s.client == client).count();
+        // Places are few: one device posting offers in a loop must not take them all.
+        if from_client >= self.config.max_viewers_per_device {
+            return Err(JoinError::Full(format!(
+                "this device has {} WebRTC sessions open already",
+                self.config.max_viewers_per_device
+            )));
+        }
+        if sessions.len() >= self.config.max_viewers {
+            return Err(JoinError::Full(format!(
+                "the box has its {} WebRTC viewers",
+                self.config.max_viewers
+            )));
+        }
+        if on_channel >= self.config.max_viewers_per_channel {
+            return Err(JoinError::Full(format!(
+                "the channel has its {} WebRTC viewers",
+                self.config.max_viewers_per_channel
+            )));
+        }
+        Ok(())
     }
 
     /// Ends a viewer's session (`DELETE` on its resource). Whether it existed.

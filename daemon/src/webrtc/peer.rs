@@ -131,6 +131,12 @@ impl Peer {
             Err(ended) => return ended,
         };
         loop {
+            // An ICE-lite session waits for the browser's checks and may have no timer of
+            // its own: the connect deadline must wake it, or a viewer that posted an offer
+            // and vanished would keep its place.
+            if !state.connected {
+                next = next.min(started + CONNECT_WITHIN + Duration::from_millis(10));
+            }
             let wake = tokio::time::sleep_until(next.into());
             let outcome = tokio::select! {
                 _ = self.stop.cancelled() => Err(Ended::Closed),
