@@ -36,6 +36,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("chat_frame", chat_frame),
     ("json_body", json_body),
     ("config_file", config_file),
+    ("whep_offer", whep_offer),
+    ("webrtc_datagram", webrtc_datagram),
 ];
 
 /// RTMP chunks after the handshake, as a publisher's socket delivers them: rml_rtmp's
@@ -399,3 +401,59 @@ pub fn config_file(data: &[u8]) {
         let _ = config.validate();
     }
 }
+
+/// The box's address in the WebRTC targets' sessions, and the viewer's (the candidate in
+/// the datagram target's offer).
+const BOX: ([u8; 4], u16) = ([127, 0, 0, 1], 8189);
+const VIEWER: ([u8; 4], u16) = ([127, 0, 0, 1], 50000);
+
+/// A WHEP offer from anyone, answered as `POST /whep/<slug>` answers it
+/// (`webrtc::answer_offer`: str0m's SDP parser and negotiation, then the box's choice of
+/// tracks), for a Constrained Baseline source.
+pub fn whep_offer(data: &[u8]) {
+    str0m::crypto::from_feature_flags().install_process_default();
+    let Ok(offer) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = commeow::webrtc::answer_offer(offer, &[std::net::SocketAddr::from(BOX)], 0x42e01f);
+}
+
+/// A datagram on the WebRTC port: routed as the port routes it (the ICE username of a
+/// STUN check), then handed to a session that answered a browser's offer as a viewer's
+/// task hands it: parsed as STUN, DTLS, RTP or RTCP, accepted or not, fed in, and the
+/// session's output drained. It comes from the offer's candidate, so the session takes
+/// it as the viewer's.
+pub fn webrtc_datagram(data: &[u8]) {
+    use str0m::net::{Protocol, Receive};
+    use str0m::{Input, Output};
+    let _ = commeow::webrtc::socket::viewer_ufrag(data);
+    str0m::crypto::from_feature_flags().install_process_default();
+    let Ok(mut answered) =
+        commeow::webrtc::answer_offer(VIEWER_OFFER, &[std::net::SocketAddr::from(BOX)], 0x42e01f)
+    else {
+        panic!("the datagram target's own offer was refused");
+    };
+    let rtc = &mut answered.rtc;
+    let Ok(receive) = Receive::new(
+        Protocol::Udp,
+        std::net::SocketAddr::from(VIEWER),
+        std::net::SocketAddr::from(BOX),
+        data,
+    ) else {
+        return;
+    };
+    let input = Input::Receive(Instant::now(), receive);
+    if !rtc.accepts(&input) || rtc.handle_input(input).is_err() {
+        return;
+    }
+    for _ in 0..64 {
+        match rtc.poll_output() {
+            Ok(Output::Timeout(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A browser's offer (str0m's, receiving video and audio) with a host candidate at
+/// [`VIEWER`].
+const VIEWER_OFFER: &str = include_str!("../corpus/whep_offer/str0m-recvonly.sdp");

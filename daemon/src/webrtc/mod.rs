@@ -148,40 +148,18 @@ impl Webrtc {
         // Refused before the session's certificate is made, so a flood of offers past the
         // limits costs little; checked again where the place is taken.
         self.check_place(&self.sessions(), slug, client)?;
-        let offer =
-            SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::BadOffer(e.to_string()))?;
-        let creds = IceCreds {
-            ufrag: random_token(8),
-            pass: random_token(24),
-        };
-        let mut rtc = RtcConfig::new()
-            .clear_codecs()
-            .enable_h264(true)
-            .enable_opus(true, false)
-            .set_ice_lite(true)
-            .set_local_ice_credentials(creds.clone())
-            // Packets kept for resends (NACK): ~1.5 s at 2.5 Mb/s, and a whole 1080p
-            // keyframe, is plenty on a LAN; str0m's default (1,000) is 1.2 MB a viewer.
-            .set_send_buffer_video(400)
-            .build(std::time::Instant::now());
-        for ip in self.candidate_addresses(client) {
-            match Candidate::host(SocketAddr::new(ip, port.port), "udp") {
-                Ok(candidate) => {
-                    rtc.add_local_candidate(candidate);
-                }
-                Err(e) => tracing::debug!(error = %e, %ip, "address not offered"),
-            }
-        }
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| JoinError::BadOffer(e.to_string()))?;
-        let answer = answer.to_sdp_string();
-        let added = answered_media(&answer);
+        let candidates: Vec<SocketAddr> = self
+            .candidate_addresses(client)
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port.port))
+            .collect();
         let profile = variant.realtime.traits().map_or(0, |t| t.profile_level_id);
-        let tracks = peer::Tracks::negotiated(&mut rtc, &added, profile).ok_or_else(|| {
-            JoinError::BadOffer("it receives no H.264 video (packetization-mode=1)".into())
-        })?;
+        let Answered {
+            rtc,
+            answer,
+            tracks,
+            ufrag,
+        } = answer_offer(offer, &candidates, profile)?;
         let id = random_token(16);
         let stop = self.shutdown.child_token();
         {
@@ -197,7 +175,7 @@ impl Webrtc {
             );
         }
         let (inbox_tx, inbox) = tokio::sync::mpsc::channel(socket::INBOX);
-        port.route(&creds.ufrag, inbox_tx);
+        port.route(&ufrag, inbox_tx);
         let viewer = peer::Peer {
             rtc,
             port: port.clone(),
@@ -216,7 +194,7 @@ impl Webrtc {
         tracing::info!(channel = %slug, session = %session, variant = %variant_name, %client, "WebRTC viewer joined");
         self.tracker.spawn(async move {
             let ended = viewer.run().await;
-            port.unroute(&creds.ufrag);
+            port.unroute(&ufrag);
             this.sessions().remove(&session);
             tracing::info!(channel = %slug, session = %session, ?ended, "WebRTC viewer left");
         });
@@ -287,6 +265,64 @@ impl Webrtc {
         addresses.dedup();
         addresses
     }
+}
+
+/// A session that answered an offer: the SDP answer, the tracks it will send, and its
+/// side of the ICE username (how the port knows its datagrams).
+#[derive(Debug)]
+pub struct Answered {
+    pub rtc: str0m::Rtc,
+    pub answer: String,
+    pub tracks: peer::Tracks,
+    pub ufrag: String,
+}
+
+/// The box's side of a viewer's session for an `offer`, offering `candidates` (ICE-lite,
+/// H.264 and Opus only), with the video track matched to `profile` where the offer allows.
+/// What the HTTP handler and the fuzzer (`daemon/fuzz`) call with an offer from anyone.
+pub fn answer_offer(
+    offer: &str,
+    candidates: &[SocketAddr],
+    profile: u32,
+) -> Result<Answered, JoinError> {
+    let offer = SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::BadOffer(e.to_string()))?;
+    let creds = IceCreds {
+        ufrag: random_token(8),
+        pass: random_token(24),
+    };
+    let mut rtc = RtcConfig::new()
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true, false)
+        .set_ice_lite(true)
+        .set_local_ice_credentials(creds.clone())
+        // Packets kept for resends (NACK): ~1.5 s at 2.5 Mb/s, and a whole 1080p keyframe,
+        // is plenty on a LAN; str0m's default (1,000) is 1.2 MB a viewer.
+        .set_send_buffer_video(400)
+        .build(std::time::Instant::now());
+    for &address in candidates {
+        match Candidate::host(address, "udp") {
+            Ok(candidate) => {
+                rtc.add_local_candidate(candidate);
+            }
+            Err(e) => tracing::debug!(error = %e, %address, "address not offered"),
+        }
+    }
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| JoinError::BadOffer(e.to_string()))?
+        .to_sdp_string();
+    let added = answered_media(&answer);
+    let tracks = peer::Tracks::negotiated(&mut rtc, &added, profile).ok_or_else(|| {
+        JoinError::BadOffer("it receives no H.264 video (packetization-mode=1)".into())
+    })?;
+    Ok(Answered {
+        rtc,
+        answer,
+        tracks,
+        ufrag: creds.ufrag,
+    })
 }
 
 /// The media lines of an SDP answer, by mid (str0m tells them as events only once the

@@ -172,7 +172,8 @@ impl Port {
 /// The box's side of the ICE username in a STUN binding request (`box:browser`, RFC 8445
 /// §7.2.2). Only the attribute is read, bounds-checked: the viewer's ICE agent checks the
 /// message's integrity.
-fn viewer_ufrag(data: &[u8]) -> Option<String> {
+#[doc(hidden)]
+pub fn viewer_ufrag(data: &[u8]) -> Option<String> {
     const BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
     const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
     const USERNAME: u16 = 0x0006;

@@ -1,0 +1,4 @@
+//! AFL++ target: [`commeow_fuzz::whep_offer`] on each input.
+fn main() {
+    afl::fuzz!(|data: &[u8]| commeow_fuzz::whep_offer(data));
+}
