@@ -99,11 +99,6 @@ impl Webrtc {
         })
     }
 
-    /// The UDP port viewers' media uses, when WebRTC is on.
-    pub fn port(&self) -> Option<u16> {
-        self.port.as_ref().map(|p| p.port)
-    }
-
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }

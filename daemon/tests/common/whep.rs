@@ -2,7 +2,7 @@
 //! own, counting what it receives on a thread.
 
 use super::Response;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -21,7 +21,6 @@ pub struct Received {
     pub audio_frames: u64,
     /// NAL unit types of the first video frame (an IDR with SPS and PPS: 7, 8, 5).
     pub first_video_nals: Vec<u8>,
-    pub first_video_at: Option<Instant>,
     pub video_codec: Option<String>,
     pub audio_codec: Option<String>,
 }
@@ -31,7 +30,6 @@ pub struct Viewer {
     received: Arc<Mutex<Received>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    pub offered_at: Instant,
 }
 
 /// An SDP offer receiving one video and one audio track, and the session behind it.
@@ -60,7 +58,6 @@ impl Viewer {
     /// the box refuses.
     pub fn join(base: &str, slug: &str) -> Result<Viewer, Response> {
         let (mut rtc, pending, sdp, socket, video_mid, _) = offer();
-        let offered_at = Instant::now();
         let response = post_offer(&format!("{base}/whep/{slug}"), &sdp);
         if response.status != 201 {
             return Err(response);
@@ -82,7 +79,6 @@ impl Viewer {
             received,
             stop,
             thread: Some(thread),
-            offered_at,
         })
     }
 
@@ -158,7 +154,6 @@ fn note(event: Event, video_mid: Mid, received: &Mutex<Received>) {
             let codec = format!("{:?}", data.params.spec().codec);
             if data.mid == video_mid {
                 if r.video_frames == 0 {
-                    r.first_video_at = Some(Instant::now());
                     r.first_video_nals = commeow::media::codec::annexb_nals(&data.data)
                         .iter()
                         .map(|nal| nal[0] & 0x1f)
@@ -173,9 +168,4 @@ fn note(event: Event, video_mid: Mid, received: &Mutex<Received>) {
         }
         _ => {}
     }
-}
-
-/// The socket address of the local end, for tests that need it.
-pub fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
 }
