@@ -411,11 +411,23 @@ const VIEWER: ([u8; 4], u16) = ([127, 0, 0, 1], 50000);
 /// (`webrtc::answer_offer`: str0m's SDP parser and negotiation, then the box's choice of
 /// tracks), for a Constrained Baseline source.
 pub fn whep_offer(data: &[u8]) {
-    str0m::crypto::from_feature_flags().install_process_default();
     let Ok(offer) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = commeow::webrtc::answer_offer(offer, &[std::net::SocketAddr::from(BOX)], 0x42e01f);
+    let _ = commeow::webrtc::answer_offer(
+        offer,
+        &[std::net::SocketAddr::from(BOX)],
+        0x42e01f,
+        box_certificate(),
+    );
+}
+
+/// The box's certificate, made once as the box makes it at start.
+fn box_certificate() -> &'static str0m::config::DtlsCert {
+    static CERT: std::sync::OnceLock<str0m::config::DtlsCert> = std::sync::OnceLock::new();
+    CERT.get_or_init(|| {
+        commeow::webrtc::certificate().unwrap_or_else(|e| panic!("the box's certificate: {e}"))
+    })
 }
 
 /// A datagram on the WebRTC port: routed as the port routes it (the ICE username of a
@@ -427,10 +439,12 @@ pub fn webrtc_datagram(data: &[u8]) {
     use str0m::net::{Protocol, Receive};
     use str0m::{Input, Output};
     let _ = commeow::webrtc::socket::viewer_ufrag(data);
-    str0m::crypto::from_feature_flags().install_process_default();
-    let Ok(mut answered) =
-        commeow::webrtc::answer_offer(VIEWER_OFFER, &[std::net::SocketAddr::from(BOX)], 0x42e01f)
-    else {
+    let Ok(mut answered) = commeow::webrtc::answer_offer(
+        VIEWER_OFFER,
+        &[std::net::SocketAddr::from(BOX)],
+        0x42e01f,
+        box_certificate(),
+    ) else {
         panic!("the datagram target's own offer was refused");
     };
     let rtc = &mut answered.rtc;

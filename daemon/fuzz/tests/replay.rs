@@ -78,11 +78,11 @@ fn the_rtmp_seed_reaches_media() {
 /// offers the box takes, not ones it refuses at the first line.
 #[test]
 fn the_whep_offer_seeds_are_answered() {
-    str0m::crypto::from_feature_flags().install_process_default();
+    let cert = commeow::webrtc::certificate().expect("the box's certificate");
     for path in inputs("corpus", "whep_offer") {
         let offer = String::from_utf8(read(&path)).expect("UTF-8");
         let box_address = std::net::SocketAddr::from(([127, 0, 0, 1], 8189));
-        let answered = commeow::webrtc::answer_offer(&offer, &[box_address], 0x42e01f)
+        let answered = commeow::webrtc::answer_offer(&offer, &[box_address], 0x42e01f, &cert)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(
             answered.answer.contains("a=ice-lite"),

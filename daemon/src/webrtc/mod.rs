@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
 use str0m::{Candidate, IceCreds, RtcConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,10 @@ struct Session {
 
 pub struct Webrtc {
     config: WebrtcConfig,
+    /// The box's DTLS certificate, made once at start and shown to every viewer: making
+    /// one is the dearest step of a join (each session still agrees its own keys).
+    /// None, like `port`, when WebRTC is off.
+    cert: Option<DtlsCert>,
     broadcasts: Arc<Broadcasts>,
     port: Option<Arc<socket::Port>>,
     sessions: Mutex<HashMap<String, Session>>,
@@ -70,9 +75,15 @@ impl Webrtc {
         shutdown: tokio_util::sync::CancellationToken,
         tracker: tokio_util::task::TaskTracker,
     ) -> Arc<Webrtc> {
-        // RustCrypto and dimpl (see Cargo.toml): set once for every session.
-        str0m::crypto::from_feature_flags().install_process_default();
-        let bound = config.enabled.then(|| match inherited {
+        let cert = match config.enabled.then(certificate) {
+            Some(Ok(cert)) => Some(cert),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "WebRTC is off");
+                None
+            }
+            None => None,
+        };
+        let bound = cert.is_some().then(|| match inherited {
             Some(socket) => socket::Port::from_std(socket),
             None => std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], config.port)))
                 .and_then(socket::Port::from_std),
@@ -91,6 +102,7 @@ impl Webrtc {
         };
         Arc::new(Webrtc {
             config,
+            cert: port.as_ref().and(cert),
             broadcasts,
             port,
             sessions: Mutex::new(HashMap::new()),
@@ -131,7 +143,7 @@ impl Webrtc {
         offer: &str,
         client: IpAddr,
     ) -> Result<Joined, JoinError> {
-        let Some(port) = self.port.clone() else {
+        let (Some(port), Some(cert)) = (self.port.clone(), self.cert.as_ref()) else {
             return Err(JoinError::Off);
         };
         let broadcast = self
@@ -140,7 +152,7 @@ impl Webrtc {
             .filter(|b| b.is_live())
             .ok_or_else(|| JoinError::NotLive(slug.to_string()))?;
         let variant = video_for_webrtc(&broadcast)?;
-        // Refused before the session's certificate is made, so a flood of offers past the
+        // Refused before the offer is parsed and answered, so a flood of offers past the
         // limits costs little; checked again where the place is taken.
         self.check_place(&self.sessions(), slug, client)?;
         let candidates: Vec<SocketAddr> = self
@@ -154,7 +166,7 @@ impl Webrtc {
             answer,
             tracks,
             ufrag,
-        } = answer_offer(offer, &candidates, profile)?;
+        } = answer_offer(offer, &candidates, profile, cert)?;
         let id = random_token(16);
         let stop = self.shutdown.child_token();
         {
@@ -272,13 +284,26 @@ pub struct Answered {
     pub ufrag: String,
 }
 
+/// The certificate a box shows its viewers in DTLS (self-signed; the browser checks it
+/// against the fingerprint in the answer). Sets the crypto every session uses: RustCrypto
+/// and dimpl (see Cargo.toml).
+pub fn certificate() -> Result<DtlsCert, String> {
+    let crypto = str0m::crypto::from_feature_flags();
+    let dtls = crypto.dtls_provider;
+    crypto.install_process_default();
+    dtls.generate_certificate()
+        .ok_or_else(|| "its DTLS certificate could not be made".to_string())
+}
+
 /// The box's side of a viewer's session for an `offer`, offering `candidates` (ICE-lite,
-/// H.264 and Opus only), with the video track matched to `profile` where the offer allows.
-/// What the HTTP handler and the fuzzer (`daemon/fuzz`) call with an offer from anyone.
+/// H.264 and Opus only), with the video track matched to `profile` where the offer allows,
+/// showing `cert` (see [`certificate`]). What the HTTP handler and the fuzzer
+/// (`daemon/fuzz`) call with an offer from anyone.
 pub fn answer_offer(
     offer: &str,
     candidates: &[SocketAddr],
     profile: u32,
+    cert: &DtlsCert,
 ) -> Result<Answered, JoinError> {
     let offer = SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::BadOffer(e.to_string()))?;
     let creds = IceCreds {
@@ -291,6 +316,7 @@ pub fn answer_offer(
         .enable_opus(true, false)
         .set_ice_lite(true)
         .set_local_ice_credentials(creds.clone())
+        .set_dtls_cert(cert.clone())
         // Packets kept for resends (NACK): ~1.5 s at 2.5 Mb/s, and a whole 1080p keyframe,
         // is plenty on a LAN; str0m's default (1,000) is 1.2 MB a viewer.
         .set_send_buffer_video(400)
