@@ -1009,6 +1009,18 @@ fn a_card_joins_the_fleet_with_the_folder_fleet_certs_made() {
     );
 }
 
+/// Debian's libfaketime (package `faketime`), under /usr/lib/<multiarch>/faketime/.
+fn libfaketime() -> String {
+    std::fs::read_dir("/usr/lib")
+        .expect("/usr/lib")
+        .filter_map(Result::ok)
+        .map(|arch| arch.path().join("faketime/libfaketime.so.1"))
+        .find(|lib| lib.exists())
+        .expect("libfaketime (apt-get install faketime)")
+        .display()
+        .to_string()
+}
+
 /// A box with no real-time clock, two years behind: central takes its events in sequence
 /// order all the same and flags the skew; the box learns central's time from the acks.
 #[test]
@@ -1018,9 +1030,15 @@ fn a_box_two_years_behind_is_heard_in_order_and_flagged() {
     let daemon = Daemon::start_with(
         &fleet_config(&broker.url()),
         common::Launch {
-            wrapper: vec!["faketime".into(), "-f".into(), "-730d".into()],
-            // Timers and timeouts run on the real monotonic clock; only the date is wrong.
-            env: vec![("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into())],
+            // libfaketime preloaded directly, not through the `faketime` program: that one
+            // forks and waits, so killing it at the test's end would leave the daemon running.
+            wrapper: Vec::new(),
+            env: vec![
+                ("LD_PRELOAD".into(), libfaketime()),
+                ("FAKETIME".into(), "-730d".into()),
+                // Timers and timeouts run on the real monotonic clock; only the date is wrong.
+                ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+            ],
         },
     );
     let fan = venue(&daemon, 100 * 50);
