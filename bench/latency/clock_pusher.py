@@ -9,7 +9,7 @@ made at 30 fps in real time and piped to the real ffmpeg CLI, which encodes them
 libx264 (zerolatency, a 2 s GOP, or GOP_FRAMES frames: 250 is OBS's Simple mode, with
 scene-cut detection on as there) and pushes RTMP to every URL given (tee muxer).
 
-Usage: [GOP_FRAMES=N] clock_pusher.py SECONDS RTMP_URL [RTMP_URL ...]
+The first two frames are grey (see main). Usage: [GOP_FRAMES=N] clock_pusher.py SECONDS RTMP_URL [RTMP_URL ...]
 """
 
 import os
@@ -54,13 +54,22 @@ def main():
         stdin=subprocess.PIPE)
     start = time.time()
     n = 0
+    # ffmpeg connects to the servers only once it has read the first frame, and reads the
+    # second after that (a frame is larger than the pipe): the first two frames are made
+    # before the push is up, so they carry no clock (grey: unreadable), and the clock and
+    # the schedule start with the third. OBS too connects before it encodes anything;
+    # without this, the seconds ffmpeg takes to start would be painted into the stream as
+    # latency that players starting at its first keyframe keep.
+    blank = bytes([128]) * (WIDTH * HEIGHT)
     try:
         while time.time() - start < seconds:
+            if n == 2:
+                start = time.time() - n / FPS
             due = start + n / FPS
             delay = due - time.time()
             if delay > 0:
                 time.sleep(delay)
-            ffmpeg.stdin.write(frame(int(time.time() * 1000)))
+            ffmpeg.stdin.write(frame(int(time.time() * 1000)) if n >= 2 else blank)
             ffmpeg.stdin.flush()
             n += 1
     except BrokenPipeError:

@@ -1,9 +1,12 @@
-// Opens one headless Chromium tab per player URL, lets them play for the given seconds,
-// and prints each tab's glass-to-glass figures as JSON. A NAME@DELAY=URL tab opens DELAY
-// seconds after the others: a viewer joining late, mid-keyframe-interval. URL may start with
-// the probe page's player (`stock:`, `tuned:`, `whep:`); tuned hls.js otherwise. A tab
-// without DELAY opens as soon as its stream is up (PUSHED_AT_MS: when the push started).
+// Opens one headless Chromium tab per player URL and prints each tab's glass-to-glass
+// figures as JSON. Tabs without a delay are viewers waiting on the page before the stream
+// starts (the probe polls until it is up, then plays): they are opened first, then this
+// prints "ready" and reads, from stdin, the Unix ms at which the push started. A
+// NAME@DELAY=URL tab opens DELAY seconds after the push started: a viewer joining late,
+// mid-keyframe-interval. URL may start with the probe page's player (`stock:`, `tuned:`,
+// `whep:`); tuned hls.js otherwise. Tabs play until SECONDS after the push started.
 // Usage: node run.mjs PAGE_BASE SECONDS NAME[@DELAY]=[PLAYER:]URL [...]
+import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
 
 const [base, seconds, ...targets] = process.argv.slice(2);
@@ -18,34 +21,36 @@ const browser = await chromium.launch({
     "--disable-backgrounding-occluded-windows",
   ],
 });
-const pages = [];
-const opened = [];
-const started = Date.now();
-for (const target of targets) {
+const tabs = targets.map((target) => {
   const [label, url] = target.split(/=(.*)/s);
   const [name, delay] = label.split("@");
-  opened.push((async () => {
-    const [, player, src] = url.match(/^(?:(stock|tuned|whep):)?(.*)$/s);
-    if (delay) {
-      await new Promise((r) => setTimeout(r, Number(delay) * 1000));
-    } else {
-      // Open the moment the stream is up on this server, as a viewer waiting for it would:
-      // its playlist answers 200 (for WHEP, the same box's LL-HLS master).
-      const ready = player === "whep" ? src.replace(/\/whep\/([^/]+)$/, "/hls/$1/master.m3u8") : src;
-      while (!(await fetch(ready).then((r) => r.ok).catch(() => false))) await new Promise((r) => setTimeout(r, 50));
-    }
-    const openedAfterPushMs = Date.now() - Number(process.env.PUSHED_AT_MS ?? started);
-    const page = await browser.newPage();
-    page.on("console", (m) => m.type() === "error" && console.error(`[${name}] ${m.text()}`));
-    await page.goto(`${base}/www/index.html?player=${player ?? "tuned"}&src=${encodeURIComponent(src)}`);
-    pages.push({ name, page, openedAfterPushMs });
-  })());
+  const [, player, src] = url.match(/^(?:(stock|tuned|whep):)?(.*)$/s);
+  return { name, delay: delay === undefined ? null : Number(delay), player: player ?? "tuned", src };
+});
+
+const pages = [];
+async function open({ name, player, src }, wait) {
+  const page = await browser.newPage();
+  page.on("console", (m) => m.type() === "error" && console.error(`[${name}] ${m.text()}`));
+  const openedAt = Date.now();
+  await page.goto(`${base}/www/index.html?player=${player}&src=${encodeURIComponent(src)}${wait ? "&wait=1" : ""}`);
+  pages.push({ name, page, openedAt });
 }
-await Promise.all(opened);
-await new Promise((r) => setTimeout(r, Math.max(0, Number(seconds) * 1000 - (Date.now() - started))));
+
+await Promise.all(tabs.filter((t) => t.delay === null).map((t) => open(t, true)));
+console.log("ready");
+const lines = createInterface({ input: process.stdin });
+const pushedAt = Number((await lines[Symbol.asyncIterator]().next()).value);
+lines.close();
+
+await Promise.all(tabs.filter((t) => t.delay !== null).map(async (t) => {
+  await new Promise((r) => setTimeout(r, Math.max(0, pushedAt + t.delay * 1000 - Date.now())));
+  await open(t, false);
+}));
+await new Promise((r) => setTimeout(r, Math.max(0, pushedAt + Number(seconds) * 1000 - Date.now())));
 const out = {};
-for (const { name, page, openedAfterPushMs } of pages) {
-  out[name] = { ...(await page.evaluate(() => window.results)), openedAfterPushMs };
+for (const { name, page, openedAt } of pages) {
+  out[name] = { ...(await page.evaluate(() => window.results)), openedAt };
   await page.screenshot({ path: `${process.env.OUT ?? "."}/latency-${name}.png` });
 }
 await browser.close();

@@ -388,11 +388,11 @@ fn an_ended_playlist_is_never_a_delta_and_too_far_counts_complete_segments() {
     assert_eq!(asked.text, ended.text);
 }
 
-/// A fresh stream goes live for LL-HLS players once its parts cover PART-HOLD-BACK, where
-/// they start, not a whole segment after its first keyframe; classic players wait for the
-/// segment they need.
+/// A fresh stream is offered to LL-HLS players with its first whole segment, never with
+/// parts alone (hls.js takes such a playlist for empty and asks again seconds later), and
+/// classic players get it at the same moment.
 #[test]
-fn a_fresh_stream_is_live_for_ll_hls_from_its_first_parts() {
+fn a_fresh_stream_is_offered_with_its_first_segment_never_with_parts_alone() {
     let daemon = Daemon::start("[hls]\ntarget_duration = 2.0\npart_target = 0.2\n");
     let key = daemon.add_channel("stage");
     let _push = Push::start_with(
@@ -411,36 +411,36 @@ fn a_fresh_stream_is_live_for_ll_hls_from_its_first_parts() {
         ],
         true,
     );
-    let master = poll_until(
+    // Asked every 50 ms from the push on: the first playlist served already has a segment
+    // (with parts alone it would be served for the 2 s the first segment takes).
+    let p = poll_until(
         Duration::from_secs(20),
-        "the LL-HLS master",
-        || Some(daemon.get("/hls/stage/master.m3u8")),
-        |r| r.status == 200,
+        "the LL-HLS playlist",
+        || {
+            let r = daemon.get("/hls/stage/ll/index.m3u8");
+            (r.status == 200).then(|| daemon.ll_playlist("stage", ""))?
+        },
+        |p| {
+            assert!(
+                !p.segments.is_empty(),
+                "offered with parts alone:\n{}",
+                p.text
+            );
+            true
+        },
     );
-    // Offered with no complete segment yet: a player starts on the parts.
-    let p = daemon.ll_playlist("stage", "").expect("the LL playlist");
-    assert!(master.text().contains("ll/index.m3u8"), "{}", master.text());
-    assert!(
-        p.segments.is_empty(),
-        "live only after a segment:\n{}",
-        p.text
-    );
-    let covered: f64 = p.open_parts.iter().map(|part| part.duration).sum();
-    assert!(
-        covered >= 3.0 * 0.2 - 0.034,
-        "parts cover {covered} s:\n{}",
-        p.text
-    );
-    assert!(p.open_parts[0].independent, "{}", p.text);
+    let (sequence, _, _, parts) = &p.segments[0];
+    assert_eq!(*sequence, 0, "{}", p.text);
+    assert!(parts[0].independent, "{}", p.text);
     assert!(daemon.channel_live("stage"));
-    // Classic players need a whole segment: their master is not offered yet.
-    assert_eq!(daemon.get("/hls/stage/classic.m3u8").status, 404);
+    assert_eq!(daemon.get("/hls/stage/master.m3u8").status, 200);
+    assert_eq!(daemon.get("/hls/stage/classic.m3u8").status, 200);
     // What an LL-HLS player fetches to start is there: the map and the first part.
     let map = p.map.as_deref().expect("EXT-X-MAP");
     let init = daemon.get(&format!("/hls/stage/ll/{map}"));
     assert_eq!(init.status, 200);
     assert_eq!(&init.body[4..8], b"ftyp");
-    let part = daemon.get(&format!("/hls/stage/ll/{}", p.open_parts[0].uri));
+    let part = daemon.get(&format!("/hls/stage/ll/{}", parts[0].uri));
     assert_eq!(part.status, 200);
     assert!(
         part.body.windows(4).any(|w| w == b"moof"),

@@ -1,11 +1,14 @@
 // Plays ?src= (see ?player= below) and, for every frame the browser presents,
 // reads the wall-clock time painted into it by clock_pusher.py: latency = now - frame time.
-// Results accumulate in window.results for the runner to collect.
+// Results accumulate in window.results for the runner to collect. With ?wait=1 the page
+// is a viewer waiting for the stream: it polls until the stream is up, then plays.
 "use strict";
 const params = new URLSearchParams(location.search);
 const results = (window.results = {
   samples: [], // [ms since page start, latency ms]
   firstFrameMs: null,
+  firstFrameAt: null, // wall clock (Unix ms) of the first frame presented
+  playingFrom: null, // wall clock when the player was started
   stalls: 0,
   unreadable: 0,
   errors: [],
@@ -38,7 +41,10 @@ function onFrame() {
   if (painted === null) {
     results.unreadable++;
   } else {
-    if (results.firstFrameMs === null) results.firstFrameMs = performance.now() - started;
+    if (results.firstFrameMs === null) {
+      results.firstFrameMs = performance.now() - started;
+      results.firstFrameAt = Date.now();
+    }
     const latency = (((Date.now() % MOD) - painted) % MOD + MOD) % MOD;
     results.samples.push([performance.now() - started, latency]);
   }
@@ -52,23 +58,43 @@ video.requestVideoFrameCallback(onFrame);
 
 // ?player= picks how to play ?src=:
 // - "stock": hls.js with lowLatencyMode and nothing else, as any other page or player would;
-// - "tuned": the web app's own settings (one part-target of live sync, catch-up to 1.5x);
+// - "tuned": the web app's own settings (the hold-back as target, catch-up to 1.5x);
 // - "whep": WebRTC through WHEP (?src= is the WHEP endpoint), as the web app does first.
 const player = params.get("player") ?? "tuned";
-if (player === "whep") {
-  playWhep(params.get("src")).catch((e) => results.errors.push(`whep: ${e.message}`));
-} else {
-  const config = player === "stock"
-    ? { lowLatencyMode: true }
-    : { lowLatencyMode: true, liveSyncDurationCount: 1, maxLiveSyncPlaybackRate: 1.5, backBufferLength: 10 };
-  const hls = new Hls(config);
-  hls.on(Hls.Events.ERROR, (_, data) => {
-    if (data.fatal) results.errors.push(`${data.type}: ${data.details}`);
-  });
-  hls.loadSource(params.get("src"));
-  hls.attachMedia(video);
+const src = params.get("src");
+
+function play() {
+  results.playingFrom = Date.now();
+  if (player === "whep") {
+    playWhep(src).catch((e) => results.errors.push(`whep: ${e.message}`));
+  } else {
+    const config = player === "stock"
+      ? { lowLatencyMode: true }
+      : { lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.5, backBufferLength: 10 };
+    // ?debug=1: hls.js's own log in the console (how it picked its start, what it loaded).
+    const hls = new Hls({ ...config, debug: params.has("debug") });
+    hls.on(Hls.Events.ERROR, (_, data) => {
+      if (data.fatal) results.errors.push(`${data.type}: ${data.details}`);
+    });
+    hls.loadSource(src);
+    hls.attachMedia(video);
+  }
+  video.play().catch((e) => results.errors.push(`play: ${e}`));
 }
-video.play().catch((e) => results.errors.push(`play: ${e}`));
+
+// A waiting viewer's page asks every 50 ms whether the stream is up (for WHEP, the same
+// box's LL-HLS master: a box offers both at once), as a watch page waiting for its
+// streamer does.
+async function waitThenPlay() {
+  const ready = player === "whep" ? src.replace(/\/whep\/([^/]+)$/, "/hls/$1/master.m3u8") : src;
+  while (!(await fetch(ready, { cache: "no-store" }).then((r) => r.ok).catch(() => false))) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  play();
+}
+
+if (params.get("wait")) waitThenPlay();
+else play();
 
 async function playWhep(endpoint) {
   const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });

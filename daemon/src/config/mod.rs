@@ -732,7 +732,7 @@ impl Default for HlsConfig {
     fn default() -> Self {
         HlsConfig {
             target_duration: 2.0,
-            part_target: 0.334,
+            part_target: 0.2,
             window_segments: 5,
             linger_seconds: 30,
             max_held_requests: 1024,

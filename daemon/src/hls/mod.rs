@@ -333,7 +333,7 @@ impl Packaged {
         let listed = self.listed(&state);
         let current = listed.iter().filter(|s| s.sequence >= state.live_from);
         match listed.first() {
-            None => self.has_first_part(&state),
+            None => false,
             Some(first) if first.sequence >= state.live_from => true,
             Some(_) => {
                 let seconds: f64 = current.map(|s| s.duration.as_secs_f64()).sum();
@@ -342,28 +342,12 @@ impl Packaged {
         }
     }
 
-    /// An LL-HLS packaging of a fresh publish is playable once its parts cover
-    /// PART-HOLD-BACK (three part targets): an LL-HLS player starts that far behind the
-    /// live edge, on parts, so the stream goes live that long after its first keyframe
-    /// rather than a whole segment after. Sooner, a player starts at the edge with nothing
-    /// in hand and stalls (hls.js, measured: each stall is latency it keeps). Classic
-    /// players need a segment.
-    fn has_first_part(&self, state: &PackagedState) -> bool {
-        let Packaging::LowLatency { part_target } = self.packaging else {
-            return false;
-        };
-        state.open.as_ref().is_some_and(|o| {
-            let covered: f64 = o.parts.iter().map(|p| p.duration.as_secs_f64()).sum();
-            // Parts are whole frames, a little under the target each (10 frames at 30 fps
-            // for 0.334 s): a frame's slack.
-            o.start.sequence >= state.live_from && covered + 0.034 >= 3.0 * part_target
-        })
-    }
-
-    /// Whether a player could start on it now: a segment, or an LL-HLS part.
+    /// Whether a player could start on it now: it has a whole segment, LL-HLS too. A
+    /// playlist of parts alone is no use to hls.js: it takes it for empty and asks again
+    /// one second, then two seconds later (measured: the first frame 4 s after the first
+    /// keyframe, against 2 s when the playlist waits for the segment).
     pub fn is_playable(&self) -> bool {
-        let state = self.lock();
-        !state.segments.is_empty() || self.has_first_part(&state)
+        !self.lock().segments.is_empty()
     }
 
     /// Publishes a closed segment and forgets the oldest beyond twice the window.
@@ -704,8 +688,7 @@ impl Variant {
 
     /// Whether a player starting now plays the current publish.
     fn starts_current(&self) -> bool {
-        // LL-HLS decides: it starts first (a part before classic's segment), and after a
-        // drop both hold the same segments.
+        // Both packagings hold the same segments: either decides.
         self.ll.starts_current()
     }
 }

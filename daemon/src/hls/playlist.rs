@@ -154,7 +154,7 @@ pub struct RenditionReport {
 }
 
 impl LowLatencyPlaylist<'_> {
-    /// PART-HOLD-BACK: three part targets, the minimum RFC 8216bis allows.
+    /// PART-HOLD-BACK: three part targets, what RFC 8216bis asks for (it requires two).
     pub fn part_hold_back(&self) -> f64 {
         3.0 * self.part_target
     }

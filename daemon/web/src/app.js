@@ -346,7 +346,10 @@ async function watch(slug) {
     await loadHls();
     const source = `/hls/${encodeURIComponent(slug)}/master.m3u8`;
     if (window.Hls?.isSupported()) {
-      player = new window.Hls({ lowLatencyMode: true, liveSyncDurationCount: 1, maxLiveSyncPlaybackRate: 1.5, backBufferLength: 10 });
+      // The playlist's PART-HOLD-BACK as the target (0.6 s at the default parts), and
+      // catching up at up to 1.5x after a stall or a late start: stock hls.js keeps any
+      // delay it picks up. (A live sync of one target duration would hold it 2 s behind.)
+      player = new window.Hls({ lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.5, backBufferLength: 10 });
       player.on(window.Hls.Events.ERROR, (_, data) => { if (data.fatal) stop(); });
       player.loadSource(source);
       player.attachMedia(video);
