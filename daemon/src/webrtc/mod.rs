@@ -46,9 +46,10 @@ struct Session {
 
 pub struct Webrtc {
     config: WebrtcConfig,
-    /// The box's DTLS certificate, made once at start and shown to every viewer: making
-    /// one is the dearest step of a join (each session still agrees its own keys).
-    /// None, like `port`, when WebRTC is off.
+    /// The box's DTLS certificate, made once at start and shown to every viewer: a key
+    /// pair and a certificate per join would be work for nothing, done for every offer
+    /// anyone posts (each session still agrees its own keys). None, like `port`, when
+    /// WebRTC is off.
     cert: Option<DtlsCert>,
     broadcasts: Arc<Broadcasts>,
     port: Option<Arc<socket::Port>>,
