@@ -416,10 +416,7 @@ fn a_fresh_stream_is_offered_with_its_first_segment_never_with_parts_alone() {
     let p = poll_until(
         Duration::from_secs(20),
         "the LL-HLS playlist",
-        || {
-            let r = daemon.get("/hls/stage/ll/index.m3u8");
-            (r.status == 200).then(|| daemon.ll_playlist("stage", ""))?
-        },
+        || daemon.ll_playlist("stage", ""),
         |p| {
             assert!(
                 !p.segments.is_empty(),
