@@ -19,7 +19,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from harness import OUT, ROOT, Commeowd, Nginx, free_port, percentile, wait_for_url, wait_listening, write_report
+from harness import OUT, ROOT, Commeowd, Nginx, free_port, percentile, wait_listening, write_report
 
 LATENCY = ROOT / "bench" / "latency"
 

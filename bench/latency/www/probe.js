@@ -8,7 +8,6 @@ const results = (window.results = {
   samples: [], // [ms since page start, latency ms]
   firstFrameMs: null,
   firstFrameAt: null, // wall clock (Unix ms) of the first frame presented
-  playingFrom: null, // wall clock when the player was started
   stalls: 0,
   unreadable: 0,
   errors: [],
@@ -64,7 +63,6 @@ const player = params.get("player") ?? "tuned";
 const src = params.get("src");
 
 function play() {
-  results.playingFrom = Date.now();
   if (player === "whep") {
     playWhep(src).catch((e) => results.errors.push(`whep: ${e.message}`));
   } else {
