@@ -345,7 +345,7 @@ impl Packaged {
     /// Whether a player could start on it now: it has a whole segment, LL-HLS too. A
     /// playlist of parts alone is no use to hls.js: it takes it for empty and asks again
     /// one second, then two seconds later (measured: the first frame 4 s after the first
-    /// keyframe, against 2 s when the playlist waits for the segment).
+    /// keyframe, against 2.5 s when the playlist waits for the segment).
     pub fn is_playable(&self) -> bool {
         !self.lock().segments.is_empty()
     }
